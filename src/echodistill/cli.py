@@ -1,0 +1,206 @@
+"""The `echodistill` command line: data, model, warmup, train, eval, report, demo, config.
+
+Every subcommand that trains or evaluates takes ``--config FILE`` plus dotted overrides
+(``train.learning_rate=1e-5``). Heavy imports happen inside the handlers so ``--help`` is instant.
+User mistakes (bad config, bad data) end with one clear line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _cfg(args):
+    from .config import load_config
+    return load_config(args.config, args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config (see configs/); defaults are used without it")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="dotted overrides applied last, e.g. train.learning_rate=1e-5 run.seed=1")
+
+
+def _path_map(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--path-map {item!r} must look like OLD_PREFIX=NEW_PREFIX")
+        old, new = item.split("=", 1)
+        out[old] = new
+    return out
+
+
+# ---------------------------------------------------------------- handlers
+def cmd_data_build(args) -> int:
+    from .data.bench import build_benchmark
+    build_benchmark(Path(args.out), seed=args.seed, size=args.size)
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data.check import run_check
+    return run_check(Path(args.manifest), path_map=_path_map(args.path_map), fmt=args.format,
+                     max_duration_s=args.max_duration)
+
+
+def cmd_data_mix(args) -> int:
+    from .data.mix import mix_manifest
+    mix_manifest(Path(args.manifest), Path(args.out), noise_types=args.noise_types, snrs=args.snr,
+                 seed=args.seed, noise_dir=args.noise_dir, path_map=_path_map(args.path_map))
+    return 0
+
+
+def cmd_model_build(args) -> int:
+    from .models.embedded import build_embedded_model
+    build_embedded_model(Path(args.out), seed=args.seed, window_s=args.window)
+    return 0
+
+
+def cmd_warmup(args) -> int:
+    from .train.sft import run_warmup
+    run_warmup(_cfg(args))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train.trainer import run_train
+    run_train(_cfg(args), resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval.evaluate import run_eval
+    run_eval(_cfg(args), checkpoint=args.checkpoint, manifest=args.manifest, out_dir=Path(args.out),
+             method=args.method, name=args.name, split_name=args.split_name,
+             path_map=_path_map(args.path_map), fmt=args.format)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .eval.report import make_report
+    make_report([Path(p) for p in args.runs], Path(args.out), baseline=args.baseline)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(preset=args.preset, out_dir=Path(args.out), seeds=args.seeds)
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from omegaconf import OmegaConf
+    print(OmegaConf.to_yaml(_cfg(args)))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="echodistill",
+        description="Make audio LLMs robust to noise: GRPO post-training with a clean-audio teacher "
+                    "(noisy-to-clean self-distillation), plus data tools and an honest evaluation.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="build, check and pre-mix datasets").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND")
+    b = data.add_parser("build", help="build the offline spoken-QA benchmark from packaged recordings and TTS",
+                        description="Builds train/val/test/test_heldout manifests, 16 kHz clips, a noise bank "
+                                    "and a datasheet from Debian/PyPI-packaged sources only.")
+    b.add_argument("--out", default="data/bench", help="output folder (default: data/bench)")
+    b.add_argument("--seed", type=int, default=0, help="same seed -> same items, labels and audio")
+    b.add_argument("--size", choices=["small", "default"], default="default",
+                   help="small: a few hundred items for tests; default: >= 2,000 train items")
+    b.set_defaults(func=cmd_data_build)
+
+    c = data.add_parser("check", help="validate a manifest and report every problem with its location and a fix",
+                        description="Exit code 0 only when the manifest is clean.")
+    c.add_argument("manifest", help="JSONL manifest (ours or the paper release's rows) or MMAU-style JSON")
+    c.add_argument("--format", choices=["auto", "echodistill", "release", "mmau"], default="auto")
+    c.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
+    c.add_argument("--max-duration", type=float, default=None, help="flag clips longer than this many seconds")
+    c.set_defaults(func=cmd_data_check)
+
+    m = data.add_parser("mix", help="pre-mix a manifest across noise types x SNR levels",
+                        description="Writes <out>/<noise_type>/<snr>dB/<id>.wav and <out>/noisy.jsonl "
+                                    "(one folder per noise type and SNR, as in the paper release).")
+    m.add_argument("manifest")
+    m.add_argument("--out", required=True)
+    m.add_argument("--noise-types", nargs="+", default=["white", "pink", "babble", "music"])
+    m.add_argument("--snr", nargs="+", type=float, default=[-10, -5, 0, 5, 10, 20, 30])
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--noise-dir", default=None, help="noise bank folder (default: <manifest dir>/noise)")
+    m.add_argument("--path-map", action="append", metavar="OLD=NEW")
+    m.set_defaults(func=cmd_data_mix)
+
+    model = sub.add_parser("model", help="build the embedded offline audio LLM").add_subparsers(
+        dest="model_command", required=True, metavar="MODEL_COMMAND")
+    mb = model.add_parser("build", help="assemble the embedded model (real Whisper tiny.en encoder + small Qwen2 LM)")
+    mb.add_argument("--out", default="models/embedded")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--window", type=float, default=2.0, help="audio window in seconds (multiple of 0.02... use 1-30)")
+    mb.set_defaults(func=cmd_model_build)
+
+    w = sub.add_parser("warmup", help="supervised warm-up (clean) or the sft-noisy baseline (warmup.noisy=true)")
+    _add_config_args(w)
+    w.set_defaults(func=cmd_warmup)
+
+    t = sub.add_parser("train", help="GRPO with a clean-audio teacher (variants: grpo, echodistill, "
+                                     "echodistill-token, distill-only via train.variant=...)")
+    _add_config_args(t)
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="greedy evaluation: clean, noisy (types x SNR), silent; metrics with 95%% CIs")
+    _add_config_args(e)
+    e.add_argument("--checkpoint", default=None, help="model/adapter dir (default: model.path)")
+    e.add_argument("--manifest", default=None, help="manifest to evaluate (default: data.test_manifest)")
+    e.add_argument("--out", required=True, help="folder for predictions.jsonl and metrics.json")
+    e.add_argument("--method", choices=["model", "enhance", "cascade"], default="model",
+                   help="model: as is; enhance: DeepFilterNet3 before the model; cascade: Whisper tiny.en + closest choice")
+    e.add_argument("--name", default=None, help="label shown in reports (default: folder name)")
+    e.add_argument("--split-name", default=None, help="label of the split in reports")
+    e.add_argument("--format", choices=["auto", "echodistill", "release", "mmau"], default="auto")
+    e.add_argument("--path-map", action="append", metavar="OLD=NEW")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="compare evaluated runs: Markdown table, paired bootstrap differences, plots")
+    r.add_argument("runs", nargs="+", help="eval output folders (each with metrics.json and predictions.jsonl)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--baseline", default=None, help="name of the run the others are compared against")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded default, from nothing, with a report")
+    d.add_argument("--preset", choices=["default", "full", "smoke"], default="default",
+                   help="default: <= 20 min on 2 cores; full: longer, stronger; smoke: a minute, for tests")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default per preset)")
+    d.set_defaults(func=cmd_demo)
+
+    cs = sub.add_parser("config", help="show the resolved config").add_subparsers(
+        dest="config_command", required=True, metavar="CONFIG_COMMAND")
+    show = cs.add_parser("show", help="print defaults <- preset <- file <- overrides, resolved")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"echodistill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("echodistill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

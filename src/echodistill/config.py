@@ -1,0 +1,300 @@
+"""Every hyperparameter in one place.
+
+Dataclasses, loaded with OmegaConf structured configs: a YAML file sets what differs from the
+defaults, dotted CLI overrides (``train.learning_rate=1e-5``) set the rest, OmegaConf rejects unknown
+keys and ill-typed values, and ``validate`` checks ranges. The resolved config is saved beside every
+run (``save_config``). Names follow TRL's GRPOConfig where the concept is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A user-facing configuration mistake; the message says which key and what to do."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/demo"  # where checkpoints, metrics, config and reports go
+    seed: int = 0  # seeds python, numpy, torch and every noise draw
+    device: str = "cpu"  # cpu | cuda | auto (accelerate decides under `accelerate launch`)
+    num_threads: int = 2  # torch intra-op threads on CPU
+    log_with: Optional[str] = "tensorboard"  # accelerate tracker name, or null for none
+
+
+@dataclass
+class DataConfig:
+    bench_dir: str = "data/bench"  # the offline benchmark (echodistill data build)
+    train_manifest: str = "${data.bench_dir}/train.jsonl"  # items used for training
+    val_manifest: str = "${data.bench_dir}/val.jsonl"  # items for periodic/tuning evaluation
+    test_manifest: str = "${data.bench_dir}/test.jsonl"  # final evaluation only
+    path_map: dict = field(default_factory=dict)  # prefix -> replacement for relative/foreign paths
+    max_duration_s: float = 2.0  # clips are cropped/padded to at most this (the model's window)
+    min_duration_s: float = 0.05  # shorter clips are rejected as invalid
+    choice_seed: int = 1234  # seeds the per-item shuffle of choices at prompt time
+
+
+@dataclass
+class NoiseConfig:
+    train_types: list = field(default_factory=lambda: ["white", "pink", "brown", "babble", "music"])
+    heldout_types: list = field(default_factory=lambda: ["hum", "midi"])  # generalisation test only
+    train_snr_min: float = -5.0  # online SNR draw during training, uniform in [min, max] dB
+    train_snr_max: float = 5.0
+    noise_dir: str = "${data.bench_dir}/noise"  # noise bank folder written by `data build`
+    extra_noise_paths: list = field(default_factory=list)  # user noise files or folders
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # LoRA adapters on the language model; teacher = adapter disabled
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # Regex limited to the language model so the audio encoder is never adapted by accident.
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "embedded"  # embedded | qwen2_audio | qwen2_5_omni | qwen3_omni
+    path: str = "models/embedded"  # local HF directory (no hub access); `echodistill model build` makes it
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    device_map: Optional[str] = None  # e.g. "auto" for big models on one node
+    trust_remote_code: bool = False
+    teacher_mode: str = "auto"  # auto | adapter_disabled | frozen_copy  (auto: adapter if LoRA)
+    freeze_audio_encoder: bool = True  # the encoder is a pretrained listener: keep it
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class WarmupConfig:
+    noisy: bool = False  # True = the `sft-noisy` baseline (same training on noisy mixes)
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    max_steps: int = 600
+    max_minutes: float = 8.0  # wall-clock cap; stops cleanly and saves
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    eval_every: int = 100
+    eval_items: int = 200
+    
+
+@dataclass
+class TeacherConfig:
+    enabled: bool = True  # False = plain GRPO
+    consistency: str = "mean_prob"  # mean_prob | argmax_agree | mean_logprob
+    logprob_clip: float = 5.0  # mean_logprob mode: clip log-probs at -this, then map to [0, 1]
+    w0: float = 0.5  # bonus weight at the worst SNR
+    snr_lo: float = -10.0  # at or below: full weight
+    snr_hi: float = 30.0  # at or above: w_min * w0
+    w_min: float = 0.2
+    shaping: bool = True  # False = constant weight w0
+    lambda_g: float = 0.0  # grounding term weight (needs a no-audio teacher pass)
+    grounding_clip: float = 2.0  # k in clip(lT - l0, -k, k) / k
+    token_credit: bool = False  # add eta * clip(lT - lS_old) to per-token advantages
+    eta: float = 0.5
+    token_clip: float = 2.0
+    lambda_kd: float = 0.0  # KL(teacher on clean || student on noisy) on the teacher's greedy answer
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "echodistill"  # grpo | echodistill | echodistill-token | distill-only
+    init_from: str = ""  # checkpoint the run starts from (a warm-up dir); "" = model.path
+    num_generations: int = 8  # G samples per item
+    per_device_batch_size: int = 8  # B items per step and process
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 200
+    max_minutes: float = 0.0  # 0 = no wall-clock cap
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "constant_with_warmup"  # any transformers scheduler name
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.0  # KL(pi_theta || pi_ref) weight, k3 estimator
+    epsilon: float = 0.2  # PPO clip low
+    epsilon_high: Optional[float] = None  # PPO clip high (DAPO); null = epsilon
+    loss_type: str = "dr_grpo"  # grpo | dr_grpo | dapo | bnpo
+    scale_rewards: str = "group"  # group | batch | none
+    num_iterations: int = 1  # policy updates per rollout batch
+    max_completion_length: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
+    wrong_answer_reward: float = 0.0  # 0 or -1
+    answer_format: str = "choice"  # choice: the completion is exactly one offered choice
+    save_steps: int = 50
+    eval_steps: int = 50
+    eval_items: int = 64
+    logging_steps: int = 1
+
+
+@dataclass
+class EvalConfig:
+    snr_levels: list = field(default_factory=lambda: [-10, -5, 0, 5, 10, 20, 30])
+    noise_types: list = field(default_factory=lambda: ["white", "pink", "babble", "music"])
+    strong_snr_max: float = 0.0  # strong noise = SNR <= this
+    batch_size: int = 32
+    max_new_tokens: int = 8
+    max_items: int = 0  # 0 = all
+    noise_seed: int = 777  # fixed online mixing for evaluation
+    bootstrap: int = 1000
+    no_audio: bool = True  # the silent-audio control
+    enhance: bool = False  # DeepFilterNet3 front-end before the model
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Variants of the ablation table: each is a set of overrides applied before the user's own.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "grpo": {"teacher.enabled": False, "teacher.token_credit": False, "teacher.lambda_kd": 0.0},
+    "echodistill": {"teacher.enabled": True, "teacher.token_credit": False},
+    "echodistill-token": {"teacher.enabled": True, "teacher.token_credit": True},
+    "distill-only": {
+        "teacher.enabled": False,
+        "teacher.token_credit": False,
+        "teacher.lambda_kd": 1.0,
+        "train.reward_weights": {"accuracy": 0.0, "format": 0.0},
+    },
+}
+
+_CHOICES = {
+    "run.device": {"cpu", "cuda", "auto"},
+    "model.backbone": {"embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni"},
+    "model.dtype": {"float32", "bfloat16", "float16"},
+    "model.teacher_mode": {"auto", "adapter_disabled", "frozen_copy"},
+    "teacher.consistency": {"mean_prob", "argmax_agree", "mean_logprob"},
+    "train.variant": set(VARIANTS),
+    "train.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
+    "train.scale_rewards": {"group", "batch", "none"},
+    "train.answer_format": {"choice"},
+}
+
+
+def _select(cfg: Any, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted, throw_on_missing=False)
+
+
+def validate(cfg: Any) -> None:
+    """Range and choice checks OmegaConf's typing cannot express. Raises ConfigError."""
+    for key, allowed in _CHOICES.items():
+        value = _select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
+    positive = ["train.num_generations", "train.per_device_batch_size", "train.max_completion_length",
+                "train.num_iterations", "train.gradient_accumulation_steps", "warmup.batch_size",
+                "eval.batch_size", "data.max_duration_s"]
+    for key in positive:
+        if _select(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {_select(cfg, key)}")
+    if cfg.train.num_generations < 2:
+        raise ConfigError("train.num_generations must be >= 2: group-relative advantages need a group")
+    if not 0 < cfg.train.top_p <= 1:
+        raise ConfigError(f"train.top_p must be in (0, 1], got {cfg.train.top_p}")
+    if cfg.train.temperature <= 0:
+        raise ConfigError(f"train.temperature must be > 0, got {cfg.train.temperature}")
+    if cfg.noise.train_snr_min > cfg.noise.train_snr_max:
+        raise ConfigError("noise.train_snr_min must be <= noise.train_snr_max")
+    if cfg.teacher.snr_hi <= cfg.teacher.snr_lo:
+        raise ConfigError("teacher.snr_hi must be > teacher.snr_lo")
+    if not 0 <= cfg.teacher.w_min <= 1:
+        raise ConfigError("teacher.w_min must be in [0, 1]")
+    for name in cfg.train.reward_weights:
+        if name not in ("accuracy", "format"):
+            raise ConfigError(f"train.reward_weights has unknown reward {name!r}; known: accuracy, format")
+
+
+def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:
+    """Split ``key=value`` strings into an OmegaConf dotlist; pull out ``train.variant``."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. train.learning_rate=1e-5)")
+    try:
+        dot = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
+    return dot, _select(dot, "train.variant")
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Any:
+    """Defaults <- variant preset <- YAML file <- CLI overrides; validated; interpolations resolved.
+
+    The variant preset is applied first so that explicit YAML or CLI values always win.
+    Returns an OmegaConf DictConfig typed by ``Config`` (attribute access, type-checked assignment).
+    """
+    overrides = list(overrides or [])
+    base = OmegaConf.structured(Config)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cli, cli_variant = _parse_overrides(overrides)
+    variant = cli_variant or (_select(layers[0], "train.variant") if layers else None) or base.train.variant
+    if variant not in VARIANTS:
+        raise ConfigError(f"train.variant={variant!r} is not one of {sorted(VARIANTS)}")
+    preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}" for k, v in VARIANTS[variant].items()])
+    try:
+        cfg = OmegaConf.merge(base, preset, *layers, cli)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{where}: {_short(e)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _dotlist_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _short(e: Exception) -> str:
+    """OmegaConf messages carry a multi-line context block; keep the first line and the key."""
+    msg = str(e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    hint = " (unknown keys: check spelling against `echodistill config show`)" if "not in struct" in str(e) or "Key '" in msg else ""
+    return f"{msg}" + (f" [key: {key}]" if key and key not in msg else "") + hint
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the record of what a run actually used)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def default_config() -> Any:
+    return load_config(None, [])
+
+
+__all__ = ["Config", "ConfigError", "VARIANTS", "load_config", "save_config", "validate", "to_dict",
+           "default_config"]
