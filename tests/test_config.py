@@ -1,0 +1,64 @@
+"""Config: defaults <- variant preset <- YAML <- dotted overrides, with clear errors."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from echodistill.config import VARIANTS, ConfigError, load_config, save_config
+
+
+def test_defaults_validate_and_resolve():
+    cfg = load_config()
+    assert cfg.train.variant == "echodistill" and cfg.teacher.enabled
+    assert cfg.data.train_manifest == "data/bench/train.jsonl"  # interpolation resolved
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_is_selectable_with_one_key(variant):
+    cfg = load_config(overrides=[f"train.variant={variant}"])
+    for key, value in VARIANTS[variant].items():
+        assert OmegaConf.select(cfg, key) == value
+
+
+def test_explicit_values_win_over_the_variant_preset(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  variant: grpo\nteacher:\n  lambda_kd: 0.3\n")
+    cfg = load_config(f, ["train.learning_rate=3e-5"])
+    assert not cfg.teacher.enabled and cfg.teacher.lambda_kd == 0.3 and cfg.train.learning_rate == 3e-5
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["train.bogus=1"], "train.bogus"),
+    (["train.learning_rate=fast"], "learning_rate"),
+    (["train.loss_type=ppo"], "train.loss_type"),
+    (["train.num_generations=1"], "num_generations"),
+    (["train.variant=magic"], "train.variant"),
+    (["noplace"], "key.sub=value"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(overrides=override)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(overrides=["train.variant=echodistill-token", "run.seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+def test_cli_reports_config_errors_without_traceback():
+    out = subprocess.run([sys.executable, "-m", "echodistill.cli", "config", "show", "train.beta=oops"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "train.beta" in out.stderr and "Traceback" not in out.stderr
