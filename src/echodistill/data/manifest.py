@@ -1,0 +1,465 @@
+"""Manifests: the item schema, three readers (ours, the paper release's rows, MMAU/MMAR JSON), a writer.
+
+Our format is JSONL, one item per line::
+
+    {"id": "q1", "audio": "audio/q1.wav", "question": "...", "choices": ["a", "b"], "target": "a",
+     "task": "speaker_count", "split": "train",
+     "noisy_audio": null, "noise_type": null, "snr": null, "meta": {}}
+
+Relative audio paths resolve against the manifest's folder, after an optional ``path_map``
+({old_prefix: new_prefix}) has rewritten foreign prefixes (``/data/mmau/`` -> ``/mnt/mmau/``).
+
+Two layers, so that ``echodistill data check`` can report *every* problem while training code gets
+one clear error:
+
+* ``iter_rows(path, fmt, path_map)`` is lenient: it yields ``Row(line, item | None, issues)`` for every
+  line/element, with structural problems (bad JSON, non-UTF-8, missing or ill-typed fields) and
+  per-item problems (target not in choices, too few or duplicate choices) as ``Issue`` values.
+* ``read_manifest`` is strict: it raises ``ManifestError`` naming ``file:line`` at the first issue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ..errors import UserError
+
+FORMATS = ("auto", "echodistill", "release", "mmau")
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest that cannot be used; the message names ``file:line`` and the fix."""
+
+
+@dataclass
+class Item:
+    """One multiple-choice audio question (clean clip; optionally a pre-mixed noisy version)."""
+
+    id: str
+    audio: str  # clean clip, resolved path
+    question: str
+    choices: list[str]
+    target: str  # the text of the correct choice (never an index: stored order is not trusted)
+    task: str = "default"
+    split: str = "unspecified"
+    noisy_audio: Optional[str] = None  # pre-mixed noisy clip (same length as the clean one)
+    noise_type: Optional[str] = None
+    snr: Optional[float] = None  # dB
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Our schema as a dict; optional fields are left out when unset (keeps files small)."""
+        d = asdict(self)
+        for k in ("noisy_audio", "noise_type", "snr"):
+            if d[k] is None:
+                del d[k]
+        if not d["meta"]:
+            del d["meta"]
+        return d
+
+    def to_json(self) -> str:
+        """One JSONL line (no newline), UTF-8 text kept readable."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Item":
+        """Build from our schema as is (no path resolution, no validation: see ``iter_rows``)."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass
+class Issue:
+    """A problem found while reading. ``line`` is 1-based; ``item_id`` when the row had one."""
+
+    kind: str
+    line: int
+    message: str
+    fix: str
+    item_id: Optional[str] = None
+
+
+@dataclass
+class Row:
+    """One line (JSONL) or list element (JSON) with its parsed item (None when unusable)."""
+
+    line: int
+    item: Optional[Item]
+    issues: list[Issue] = field(default_factory=list)
+    stored_target_index: Optional[int] = None  # position of the target as stored (position-bias check)
+
+
+# ---------------------------------------------------------------- paths
+def resolve_path(p: str, base_dir: str | Path, path_map: Optional[dict] = None) -> str:
+    """Rewrite the longest matching ``path_map`` prefix, expand ``~``, then anchor relative paths at ``base_dir``.
+
+    The map is applied first so that a release's absolute paths (``/root/data/...``) can be mapped to
+    a local folder, or to a relative one that is then anchored at the manifest's folder.
+    """
+    p = str(p)
+    for old in sorted(path_map or {}, key=len, reverse=True):
+        if old and p.startswith(old):
+            p = str(path_map[old]) + p[len(old):]
+            break
+    p = os.path.expanduser(p)
+    if not os.path.isabs(p):
+        p = os.path.abspath(os.path.join(str(base_dir), p))  # absolute: immune to a later chdir
+    return p
+
+
+def _relative_if_under(p: str, base_dir: Path) -> str:
+    """``p`` relative to ``base_dir`` when it lies under it, else unchanged (portable manifests)."""
+    try:
+        return Path(os.path.abspath(p)).relative_to(base_dir.resolve()).as_posix()
+    except ValueError:
+        return p
+
+
+# ---------------------------------------------------------------- raw reading (lenient)
+def _decode_lines(path: Path) -> Iterator[tuple[int, Optional[str], Optional[Issue]]]:
+    """Yield (line_no, text | None, issue | None) for each non-blank line; bad UTF-8 skips only that line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # BOM written by some Windows editors
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, None, Issue("non_utf8", n, f"byte {e.start} of the line is not UTF-8 "
+                                     f"({raw[e.start:e.start + 4]!r})",
+                                     "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                continue
+            if text.strip():
+                yield n, text, None
+
+
+def _json_elements(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
+    """Yield (line_no, element, issue) for a JSON list file, with each element's starting line.
+
+    The list is walked element by element with ``raw_decode`` so that errors and items carry line
+    numbers (``json.load`` would give neither).
+    """
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield line, None, Issue("non_utf8", line, f"byte {e.start} of the file is not UTF-8 "
+                                f"({data[e.start:e.start + 4]!r}); bad characters were replaced to read on",
+                                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        text = data.decode("utf-8", errors="replace")
+    dec = json.JSONDecoder()
+
+    def line_of(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def skip_ws(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    pos = skip_ws(0)
+    if pos < len(text) and text[pos] == "{":
+        # {"data": [...]} or {id: {...}, ...} wrappers: accept a dict of items or one list value
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield e.lineno, None, Issue("malformed_json", e.lineno, f"invalid JSON: {e.msg} (column {e.colno})",
+                                        "fix the JSON syntax at that line")
+            return
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            obj = lists[0]
+        elif all(isinstance(v, dict) for v in obj.values()):
+            obj = [{"id": k, **v} for k, v in obj.items()]
+        else:
+            yield 1, None, Issue("malformed_json", 1, "expected a JSON list of items",
+                                 "wrap the items in [ ... ] (MMAU/MMAR style)")
+            return
+        for el in obj:
+            yield 1, el, None  # positions are lost inside wrappers; the item id still locates it
+        return
+    if pos >= len(text) or text[pos] != "[":
+        yield line_of(pos), None, Issue("malformed_json", line_of(pos), "expected a JSON list of items ('[')",
+                                        "use a JSON list (MMAU/MMAR style) or JSONL, one item per line")
+        return
+    pos = skip_ws(pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while pos < len(text):
+        try:
+            el, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield e.lineno, None, Issue("malformed_json", e.lineno, f"invalid JSON: {e.msg} (column {e.colno}); "
+                                        "the rest of the file could not be read",
+                                        "fix the JSON syntax at that line")
+            return
+        yield line_of(pos), el, None
+        pos = skip_ws(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip_ws(pos + 1)
+        elif pos < len(text) and text[pos] == "]":
+            return
+        else:
+            yield line_of(pos), None, Issue("malformed_json", line_of(pos), "expected ',' or ']' after an item; "
+                                            "the rest of the file could not be read", "fix the JSON syntax at that line")
+            return
+    yield line_of(pos), None, Issue("malformed_json", line_of(pos), "the JSON list is not closed with ']'",
+                                    "the file looks truncated; re-export it")
+
+
+def detect_format(path: Path) -> str:
+    """``mmau`` for a ``.json`` file or one starting with '[' / '{' spanning lines; else JSONL (per-row schema)."""
+    if path.suffix.lower() == ".json":
+        return "mmau"
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "mmau" if head.startswith(b"[") else "jsonl"
+
+
+def _row_format(d: dict, fmt: str) -> str:
+    """Per-row schema for JSONL under ``auto``: the release's rows carry ``prompt`` and ``*_audio_path``."""
+    if fmt != "auto":
+        return fmt
+    if "clean_audio_path" in d or "noisy_audio_path" in d or ("prompt" in d and "question" not in d):
+        return "release"
+    if "audio" not in d and ("audio_id" in d or "audio_path" in d or "answer" in d):
+        return "mmau"
+    return "echodistill"
+
+
+# ---------------------------------------------------------------- row -> item
+class _Bad(Exception):
+    """Internal: a structural problem in one row (becomes a malformed_json Issue)."""
+
+
+def _first(d: dict, names: tuple[str, ...], what: str, required: bool = True):
+    for n in names:
+        if n in d and d[n] is not None:
+            return d[n]
+    if required:
+        raise _Bad(f"missing required field {' | '.join(repr(n) for n in names)} ({what})")
+    return None
+
+
+def _as_str(v, name: str, allow_int: bool = False) -> str:
+    if isinstance(v, str):
+        return v
+    if allow_int and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)  # numeric ids are common in MMAU-style files
+    raise _Bad(f"field {name!r} must be a string, got {type(v).__name__} ({v!r:.40})")
+
+
+def _as_choices(v) -> list[str]:
+    if not isinstance(v, list):
+        raise _Bad(f"field 'choices' must be a list of strings, got {type(v).__name__}")
+    out = []
+    for c in v:
+        if isinstance(c, bool) or not isinstance(c, (str, int, float)):
+            raise _Bad(f"field 'choices' must hold strings, got {type(c).__name__} ({c!r:.40})")
+        out.append(str(c).strip())
+    return out
+
+
+def _as_snr(v) -> Optional[float]:
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.lower().replace("db", "").strip())
+        except ValueError:
+            pass
+    raise _Bad(f"field 'snr' must be a number of dB, got {v!r:.40}")
+
+
+def _split_from_name(path: Path) -> Optional[str]:
+    """``train.jsonl`` -> train, ``foo_val.json`` -> val: the release keeps one file per split."""
+    stem = path.stem.lower()
+    for name, canon in (("train", "train"), ("validation", "val"), ("valid", "val"), ("val", "val"),
+                        ("dev", "val"), ("test", "test")):
+        if stem == name or stem.endswith(("_" + name, "-" + name)) or stem.startswith((name + "_", name + "-")):
+            return canon
+    return None
+
+
+def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Item:
+    base = path.parent
+    default_split = _split_from_name(path) or ("test" if rfmt == "mmau" else "unspecified")
+    if rfmt == "release":
+        used = {"id", "prompt", "question", "noisy_audio_path", "clean_audio_path", "choices", "target",
+                "noise_type", "snr", "task", "split"}
+        noisy = _first(d, ("noisy_audio_path",), "the pre-mixed noisy clip", required=False)
+        item = Item(
+            id=_as_str(_first(d, ("id",), "item id"), "id", allow_int=True),
+            audio=resolve_path(_as_str(_first(d, ("clean_audio_path",), "the clean clip"), "clean_audio_path"),
+                               base, path_map),
+            question=_as_str(_first(d, ("prompt", "question"), "the question text"), "prompt"),
+            choices=_as_choices(_first(d, ("choices",), "the answer options")),
+            target=_as_str(_first(d, ("target",), "the correct choice text"), "target").strip(),
+            task=_as_str(d.get("task") or "release", "task"),
+            split=_as_str(d.get("split") or default_split, "split"),
+            noisy_audio=resolve_path(_as_str(noisy, "noisy_audio_path"), base, path_map) if noisy else None,
+            noise_type=_as_str(d["noise_type"], "noise_type") if d.get("noise_type") is not None else None,
+            snr=_as_snr(d.get("snr")),
+        )
+    elif rfmt == "mmau":
+        used = {"id", "question_id", "audio_id", "audio_path", "audio", "question", "choices", "answer",
+                "task", "category", "sub-category", "split"}
+        item = Item(
+            id=_as_str(_first(d, ("id", "question_id"), "item id"), "id", allow_int=True),
+            audio=resolve_path(_as_str(_first(d, ("audio_id", "audio_path", "audio"), "the audio clip"), "audio_id"),
+                               base, path_map),
+            question=_as_str(_first(d, ("question",), "the question text"), "question"),
+            choices=_as_choices(_first(d, ("choices",), "the answer options")),
+            target=_as_str(_first(d, ("answer",), "the correct choice text"), "answer").strip(),
+            task=_as_str(_first(d, ("task", "category", "sub-category"), "", required=False) or "default", "task"),
+            split=_as_str(d.get("split") or default_split, "split"),
+        )
+    else:
+        used = set(Item.__dataclass_fields__)
+        noisy = d.get("noisy_audio")
+        meta = d.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise _Bad(f"field 'meta' must be an object, got {type(meta).__name__}")
+        item = Item(
+            id=_as_str(_first(d, ("id",), "item id"), "id", allow_int=True),
+            audio=resolve_path(_as_str(_first(d, ("audio",), "the clean clip"), "audio"), base, path_map),
+            question=_as_str(_first(d, ("question",), "the question text"), "question"),
+            choices=_as_choices(_first(d, ("choices",), "the answer options")),
+            target=_as_str(_first(d, ("target",), "the correct choice text"), "target").strip(),
+            task=_as_str(d.get("task") or "default", "task"),
+            split=_as_str(d.get("split") or default_split, "split"),
+            noisy_audio=resolve_path(_as_str(noisy, "noisy_audio"), base, path_map) if noisy else None,
+            noise_type=_as_str(d["noise_type"], "noise_type") if d.get("noise_type") is not None else None,
+            snr=_as_snr(d.get("snr")),
+            meta=dict(meta),
+        )
+    # Unknown keys are kept (a release's or benchmark's extra columns are often useful in reports).
+    item.meta.update({k: v for k, v in d.items() if k not in used and k != "meta"})
+    return item
+
+
+def item_issues(item: Item, line: int) -> list[Issue]:
+    """Problems that make an item unusable for training or scoring, whatever its audio."""
+    out = []
+    if len(item.choices) < 2:
+        out.append(Issue("too_few_choices", line, f"{len(item.choices)} choice(s); a multiple-choice item needs >= 2",
+                         "add the missing options or drop the item", item.id))
+    folded = [c.casefold() for c in item.choices]
+    dups = sorted({c for c, f in zip(item.choices, folded) if folded.count(f) > 1})
+    if dups:
+        out.append(Issue("duplicate_choices", line, f"choices repeat {dups} (ignoring case); the answer is ambiguous",
+                         "make every choice distinct", item.id))
+    if item.target not in item.choices:
+        near = [c for c in item.choices if c.casefold() == item.target.casefold()]
+        hint = f" (it matches {near[0]!r} only when ignoring case)" if near else ""
+        out.append(Issue("target_not_in_choices", line, f"target {item.target!r} is not one of the choices "
+                         f"{item.choices}{hint}", "set the target to the exact text of one choice", item.id))
+    return out
+
+
+def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = None) -> Iterator[Row]:
+    """Lenient reader: one ``Row`` per line/element, never raising for bad content.
+
+    Raises ``ManifestError`` only when the file itself cannot be opened or ``fmt`` is unknown.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ManifestError(f"unknown manifest format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found" + (" (it is a folder)" if path.is_dir() else "")
+                            + "; check the path")
+    try:
+        file_fmt = "mmau" if fmt == "mmau" else detect_format(path)
+        if file_fmt == "mmau":
+            source: Iterator = ((n, el, iss) for n, el, iss in _json_elements(path))
+        else:
+            source = _jsonl_values(path)
+        for n, d, issue in source:
+            if issue is not None:
+                yield Row(n, None, [issue])
+                continue
+            yield _row_from_value(n, d, fmt if fmt != "auto" else ("mmau" if file_fmt == "mmau" else "auto"),
+                                  path, path_map)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read the manifest ({e.strerror or e}); check permissions") from None
+
+
+def _jsonl_values(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
+    for n, text, issue in _decode_lines(path):
+        if issue is not None:
+            yield n, None, issue
+            continue
+        try:
+            yield n, json.loads(text), None
+        except json.JSONDecodeError as e:
+            yield n, None, Issue("malformed_json", n, f"invalid JSON: {e.msg} (column {e.colno})",
+                                 "fix the JSON syntax on that line (one complete object per line)")
+
+
+def _row_from_value(n: int, d: Any, fmt: str, path: Path, path_map: Optional[dict]) -> Row:
+    if not isinstance(d, dict):
+        return Row(n, None, [Issue("malformed_json", n, f"expected a JSON object, got {type(d).__name__}",
+                                   "each item must be an object with id, audio, question, choices, target")])
+    item_id = d.get("id", d.get("question_id"))
+    item_id = str(item_id) if isinstance(item_id, (str, int)) and not isinstance(item_id, bool) else None
+    rfmt = _row_format(d, fmt)
+    try:
+        item = _build_item(d, rfmt, path, path_map)
+    except _Bad as e:
+        fields = {"release": "id, prompt, clean_audio_path, choices, target",
+                  "mmau": "id, audio_id, question, choices, answer"}.get(rfmt, "id, audio, question, choices, target")
+        return Row(n, None, [Issue("malformed_json", n, f"{e} [{rfmt} schema]",
+                                   f"every item needs {fields} with the right types", item_id)])
+    stored = item.choices.index(item.target) if item.target in item.choices else None
+    return Row(n, item, item_issues(item, n), stored)
+
+
+# ---------------------------------------------------------------- strict API
+def read_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto") -> list[Item]:
+    """Read every item; raise ``ManifestError`` at the first unusable row (file:line, item id, fix).
+
+    Duplicate ids are an error too (ids key predictions, splits and noise draws). Audio is not opened
+    here; ``echodistill data check`` does that.
+    """
+    items, seen = [], {}
+    for row in iter_rows(path, fmt, path_map):
+        if row.issues:
+            i = row.issues[0]
+            where = f"{path}:{i.line}" + (f" (item {i.item_id})" if i.item_id else "")
+            raise ManifestError(f"{where}: {i.kind}: {i.message}; fix: {i.fix}. "
+                                f"Run `echodistill data check {path}` to list every problem")
+        item = row.item
+        if item.id in seen:
+            raise ManifestError(f"{path}:{row.line} (item {item.id}): duplicate_id: id also used on line "
+                                f"{seen[item.id]}; fix: give every item a unique id")
+        seen[item.id] = row.line
+        items.append(item)
+    return items
+
+
+def write_manifest(path: str | Path, items: list[Item]) -> None:
+    """Write our JSONL schema; audio paths under the manifest's folder are stored relative to it.
+
+    Written to a temporary file and renamed, so a crash never leaves half a manifest behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for it in items:
+            d = it.to_dict()
+            d["audio"] = _relative_if_under(it.audio, base)
+            if it.noisy_audio:
+                d["noisy_audio"] = _relative_if_under(it.noisy_audio, base)
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
