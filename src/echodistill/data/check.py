@@ -1,0 +1,236 @@
+"""``echodistill data check``: validate a manifest and report every problem with its location and a fix.
+
+Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``), the labels (``target_not_in_choices``,
+``too_few_choices``, ``duplicate_choices``, ``duplicate_id``), the clean clip (``missing_audio``,
+``unreadable_audio``, ``empty_audio``, ``nonfinite_audio``, ``silent_audio``, ``too_long``) and the
+pre-mixed noisy clip when present (the same kinds, plus ``noisy_length_mismatch``). Across items:
+``leakage`` (the same clean clip content and question in two splits, METHOD.md section 4 flaw 2) and
+``position_bias`` (the target nearly always stored at one position, flaw 1).
+
+Any format the readers accept is checked; a bad row never stops the check, and no input produces a
+traceback: every per-item check is wrapped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..audio.io import SAMPLE_RATE, AudioError, load_audio
+from .manifest import Issue, iter_rows
+
+# The position-bias warning needs enough items for the share to mean something.
+POSITION_BIAS_MIN_ITEMS = 20
+POSITION_BIAS_SHARE = 0.9
+
+FIXES = {
+    "missing_audio": "fix the path, or pass --path-map OLD_PREFIX=NEW_PREFIX for moved data",
+    "unreadable_audio": "re-export the clip as WAV/FLAC/OGG, or drop the item",
+    "empty_audio": "re-export the clip (it has 0 samples), or drop the item",
+    "nonfinite_audio": "re-export the clip (it has NaN/inf samples), or drop the item",
+    "silent_audio": "replace the clip or drop the item: a silent clean clip has no SNR and nothing to hear",
+    "too_long": "trim the clip, or raise --max-duration / data.max_duration_s",
+    "too_short": "replace the clip or drop the item",
+    "noisy_length_mismatch": "re-mix the noisy clip from the clean one (echodistill data mix): "
+                             "teacher and student prompts must have the same audio length",
+}
+
+
+@dataclass
+class Problem:
+    """One finding. ``location`` is ``file:line`` or ``file:line (item <id>)`` (``file`` for whole-file ones)."""
+
+    kind: str
+    location: str
+    message: str
+    fix: str
+    severity: str = "error"  # error | warning (position_bias); both make the exit code nonzero
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.kind}: {self.message} — fix: {self.fix}"
+
+
+@dataclass
+class _Clip:
+    """What one decoded clip contributes to the checks (cached: release rows share clean clips)."""
+
+    num_samples: int = 0
+    fingerprint: Optional[np.ndarray] = None  # block RMS profile, for finding copies of a clip
+    error: Optional[AudioError] = None
+
+
+def _loc(path: Path, line: int, item_id: Optional[str] = None) -> str:
+    return f"{path}:{line}" + (f" (item {item_id})" if item_id is not None else "")
+
+
+def _fingerprint(wav: np.ndarray, blocks: int = 32) -> np.ndarray:
+    """RMS of ``blocks`` equal slices. A byte hash would miss copies: re-encoding the same samples
+    (WAV -> FLAC) already changes some of them by one LSB. Candidates found by this profile are then
+    confirmed on the waveforms (``_same_audio``)."""
+    parts = np.array_split(wav.astype(np.float64), blocks)
+    return np.array([np.sqrt(np.mean(p ** 2)) if p.size else 0.0 for p in parts])
+
+
+def _same_audio(a: str, b: str) -> bool:
+    """True when two files decode to the same 16 kHz samples within a few LSB (a copy, any codec)."""
+    try:
+        wa, wb = load_audio(a, require_signal=False), load_audio(b, require_signal=False)
+    except AudioError:
+        return False
+    return wa.size == wb.size and float(np.max(np.abs(wa - wb), initial=0.0)) <= 1e-3
+
+
+def _load(path: str, cache: dict, *, clean: bool, max_duration_s: Optional[float]) -> _Clip:
+    key = (path, clean)
+    if key not in cache:
+        try:
+            # Noisy clips may legitimately be quiet; only clean ones must carry signal.
+            wav = load_audio(path, max_duration_s=max_duration_s if clean else None, require_signal=clean)
+            cache[key] = _Clip(wav.size, _fingerprint(wav) if clean else None)
+        except AudioError as e:
+            cache[key] = _Clip(error=e)
+        except Exception as e:  # e.g. resampler or memory errors on absurd files: report, don't crash
+            cache[key] = _Clip(error=AudioError(f"{path}: cannot load audio ({type(e).__name__}: {e})"))
+    return cache[key]
+
+
+def _audio_problems(item, line: int, path: Path, cache: dict, max_duration_s: Optional[float]) -> tuple[list[Problem], _Clip]:
+    out = []
+    loc = _loc(path, line, item.id)
+    clean = _load(item.audio, cache, clean=True, max_duration_s=max_duration_s)
+    if clean.error is not None:
+        kind = clean.error.kind
+        out.append(Problem(kind, loc, f"clean audio {_what(clean.error)}", FIXES.get(kind, FIXES["unreadable_audio"])))
+    if item.noisy_audio:
+        noisy = _load(item.noisy_audio, cache, clean=False, max_duration_s=None)
+        if noisy.error is not None:
+            kind = noisy.error.kind
+            out.append(Problem(kind, loc, f"noisy audio {_what(noisy.error)}", FIXES.get(kind, FIXES["unreadable_audio"])))
+        elif clean.error is None and abs(noisy.num_samples - clean.num_samples) > 1:
+            # One sample of slack: resampling a file stored at another rate may round differently.
+            out.append(Problem("noisy_length_mismatch", loc,
+                               f"noisy clip has {noisy.num_samples} samples at {SAMPLE_RATE} Hz, the clean clip "
+                               f"{clean.num_samples} ({item.noisy_audio} vs {item.audio})",
+                               FIXES["noisy_length_mismatch"]))
+    return out, clean
+
+
+def _what(e: AudioError) -> str:
+    """The AudioError's description without its own fix clause (the Problem carries the fix)."""
+    return str(e).split("; ", 1)[0]
+
+
+def _issue_problem(path: Path, i: Issue) -> Problem:
+    return Problem(i.kind, _loc(path, i.line, i.item_id), i.message, i.fix)
+
+
+def _find_leak(item, line: int, q: str, clip: _Clip, seen_paths: dict, seen_clips: dict) -> Optional[str]:
+    """A message when (clean clip, question) already occurred in another split, by path or by content."""
+    real = os.path.realpath(item.audio)
+    prev = seen_paths.setdefault((q, real), (item.split, line, item.id))
+    if prev[0] != item.split:
+        return f"same clean file and question as item {prev[2]} (line {prev[1]}) but split {item.split!r} vs {prev[0]!r}"
+    if clip.fingerprint is None:
+        return None
+    bucket = seen_clips.setdefault((q, clip.num_samples), [])
+    found = None
+    for split, pline, pid, ppath, fp in bucket:
+        if (split != item.split and ppath != real
+                and np.allclose(fp, clip.fingerprint, rtol=1e-2, atol=1e-5) and _same_audio(ppath, real)):
+            found = (f"same clean audio content as item {pid} (line {pline}, a copy: {ppath}) and the same "
+                     f"question, but split {item.split!r} vs {split!r}")
+            break
+    if not any(e[3] == real and e[0] == item.split for e in bucket):
+        bucket.append((item.split, line, item.id, real, clip.fingerprint))
+    return found
+
+
+def _progress(total: int):
+    """A tqdm bar on stderr for large manifests; silent when stderr is not a terminal (CI, tests)."""
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc="checking audio", unit="item", file=sys.stderr,
+                    disable=None if total >= 200 else True)
+    except Exception:  # tqdm missing or broken: checking matters more than the bar
+        return None
+
+
+def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
+                   max_duration_s: Optional[float] = None) -> list[Problem]:
+    """Every problem in the manifest at ``path``, in file order, then the cross-item ones.
+
+    Raises ``ManifestError`` only when the file cannot be opened at all.
+    """
+    path = Path(path)
+    problems: list[Problem] = []
+    rows = list(iter_rows(path, fmt, path_map))
+    first_line: dict[str, int] = {}
+    cache: dict = {}
+    seen_paths: dict = {}  # (question, real path) -> (split, line, id) of the first item seen
+    seen_clips: dict = {}  # (question, num samples) -> [(split, line, id, path, fingerprint)]
+    positions: Counter = Counter()
+    bar = _progress(sum(r.item is not None for r in rows))
+    for row in rows:
+        problems.extend(_issue_problem(path, i) for i in row.issues)
+        item = row.item
+        if item is None:
+            continue
+        loc = _loc(path, row.line, item.id)
+        try:
+            if item.id in first_line:
+                problems.append(Problem("duplicate_id", loc, f"id {item.id!r} is also used on line {first_line[item.id]}",
+                                        "give every item a unique id (ids key predictions, splits and noise draws)"))
+            else:
+                first_line[item.id] = row.line
+            if row.stored_target_index is not None:
+                positions[row.stored_target_index] += 1
+            audio_problems, clip = _audio_problems(item, row.line, path, cache, max_duration_s)
+            problems.extend(audio_problems)
+            q = " ".join(item.question.split()).casefold()
+            leak = _find_leak(item, row.line, q, clip, seen_paths, seen_clips)
+            if leak is not None:
+                problems.append(Problem("leakage", loc, leak,
+                                        "keep each clip+question in one split: split by item, not by noise condition"))
+        except Exception as e:  # a bug or an unforeseen input must not end the whole check
+            problems.append(Problem("check_failed", loc, f"could not check this item ({type(e).__name__}: {e})",
+                                    "report this as a bug with the line above; fix or drop the item meanwhile"))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    total = sum(positions.values())
+    if total >= POSITION_BIAS_MIN_ITEMS:
+        pos, count = positions.most_common(1)[0]
+        if count / total >= POSITION_BIAS_SHARE:
+            problems.append(Problem(
+                "position_bias", str(path),
+                f"the target is stored at position {pos + 1} in {count} of {total} items ({count / total:.0%}) — "
+                "the release's target-first order. Prompts shuffle the choices (seeded), but labels made this "
+                "way are suspect", "check where the labels came from; store choices in a shuffled order",
+                severity="warning"))
+    return problems
+
+
+def run_check(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
+              max_duration_s: Optional[float] = None) -> int:
+    """Print every problem and a summary per kind; return 0 when clean, 2 otherwise (the CLI's exit code)."""
+    problems = check_manifest(path, path_map=path_map, fmt=fmt, max_duration_s=max_duration_s)
+    try:
+        for p in problems:
+            print(p)
+        if not problems:
+            print(f"{path}: OK, no problems found")
+            return 0
+        counts = Counter(p.kind for p in problems)
+        summary = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        print(f"{path}: {len(problems)} problem(s) — {summary}")
+    except BrokenPipeError:
+        # `echodistill data check big.jsonl | head`: the reader left; stop quietly (Python docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 2
