@@ -17,8 +17,9 @@ Figures (keys of :func:`compute_metrics`' result):
 * ``Consistency`` -- see :data:`CONSISTENCY_DEFINITION`; ``StrongConsistency`` likewise.
 * ``Retention`` -- Noisy / Acc (computed inside every bootstrap resample, so its interval is honest).
 * ``NoAudio`` -- accuracy on silent audio (the text-prior control).
-* ``Invalid`` -- share of all answers that name no offered choice; ``invalid_by_condition`` splits
-  it into clean / noisy / silent.
+* ``Invalid`` -- share of answers to real audio (clean and noisy rows) that name no offered
+  choice; ``invalid_by_condition`` splits it into clean / noisy / silent (silent answers are kept
+  out of the headline figure: declining to answer a silent clip is not a defect).
 
 Every figure is ``{"value", "ci_low", "ci_high", "n", "n_obs"}``: ``n`` items, ``n_obs`` rows (or
 clean/noisy pairs) behind it, and a 95 % percentile interval from a *cluster* bootstrap over items:
@@ -52,7 +53,8 @@ NOISY_DEFINITION = ("accuracy on noisy audio, averaged over the noise type x SNR
                     "evaluation grid")
 RETENTION_DEFINITION = "Noisy / Acc"
 NOAUDIO_DEFINITION = "accuracy with silent audio (the question alone): the text-prior control"
-INVALID_DEFINITION = "share of answers that name none of the offered choices"
+INVALID_DEFINITION = ("share of answers to clean and noisy audio that name none of the offered choices "
+                      "(silent-audio answers are reported separately)")
 DEFINITIONS = {
     "Acc": "accuracy on clean audio",
     "Noisy": NOISY_DEFINITION,
@@ -266,7 +268,7 @@ def _draws(A: _Arrays, W: np.ndarray, name: str, strong_snr_max: float,
         both = (A.clean_den * m > 0) & ((A.noisy_den * allc * m2).sum(1) > 0)
         return _div(noisy, acc), int(both.sum()), int(both.sum())
     if name == "Invalid" or name.startswith("Invalid/"):
-        j = slice(None) if name == "Invalid" else [CONDITIONS.index(name.split("/", 1)[1])]
+        j = [0, 1] if name == "Invalid" else [CONDITIONS.index(name.split("/", 1)[1])]
         return (_ratio(W, (A.inv_num[:, j] * m2).sum(1), (A.inv_den[:, j] * m2).sum(1)),
                 ) + count(A.inv_den[:, j].sum(1))
     raise ValueError(f"unknown metric {name!r}; choose from {', '.join(PAIRED_METRICS)}")
@@ -337,30 +339,47 @@ def paired_difference(rows_a: Iterable[dict], rows_b: Iterable[dict], metric: st
     ``min(1, 2 * min(P(d <= 0), P(d >= 0)))`` (``None`` without resamples), ``a``/``b`` the two
     figures on the shared items. Rows may be several seeds combined with :func:`combine_seeds`.
     """
-    if metric not in PAIRED_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(PAIRED_METRICS)}")
+    return paired_differences(rows_a, rows_b, (metric,), strong_snr_max, n_boot, seed)[metric]
+
+
+def paired_differences(rows_a: Iterable[dict], rows_b: Iterable[dict],
+                       metrics: Sequence[str] = PAIRED_METRICS, strong_snr_max: float = 0.0,
+                       n_boot: int = 1000, seed: int = 0) -> dict:
+    """:func:`paired_difference` for several metrics at once (same resamples): ``{metric: result}``."""
+    for metric in metrics:
+        if metric not in PAIRED_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(PAIRED_METRICS)}")
     rows_a, rows_b = list(rows_a), list(rows_b)
-    ids_a = {str(r.get("id")) for r in rows_a}
-    ids_b = {str(r.get("id")) for r in rows_b}
-    ids = sorted(ids_a & ids_b)
-    cells_a = {(str(r.get("noise_type")), float(r["snr"])) for r in rows_a
-               if r.get("condition") == "noisy" and r.get("snr") is not None}
-    cells_b = {(str(r.get("noise_type")), float(r["snr"])) for r in rows_b
-               if r.get("condition") == "noisy" and r.get("snr") is not None}
-    cells = sorted(cells_a & cells_b)
+    ids = sorted({str(r.get("id")) for r in rows_a} & {str(r.get("id")) for r in rows_b})
+
+    def cells_of(rows):
+        out = set()
+        for r in rows:
+            if r.get("condition") == "noisy" and r.get("snr") is not None:
+                try:
+                    out.add((str(r.get("noise_type")), float(r["snr"])))
+                except (TypeError, ValueError):
+                    pass  # _build reports the bad row
+        return out
+
+    cells = sorted(cells_of(rows_a) & cells_of(rows_b))
     A = _build(rows_a, ids=ids, cells=cells)
     B = _build(rows_b, ids=ids, cells=cells)
     W = _weights(len(ids), n_boot, seed)
-    da, na, oa = _draws(A, W, metric, strong_snr_max)
-    db, nb, ob = _draws(B, W, metric, strong_snr_max)
-    d = da - db
-    fig = _figure(d, min(na, nb), min(oa, ob))
-    boot = d[1:][~np.isnan(d[1:])]
-    p = None
-    if fig["value"] is not None and boot.size:
-        p = float(min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))))
-    return {"metric": metric, "diff": fig["value"], "ci_low": fig["ci_low"], "ci_high": fig["ci_high"],
-            "n": fig["n"], "p_boot": p, "a": _figure(da, na, oa), "b": _figure(db, nb, ob)}
+    res = {}
+    for metric in metrics:
+        da, na, oa = _draws(A, W, metric, strong_snr_max)
+        db, nb, ob = _draws(B, W, metric, strong_snr_max)
+        d = da - db
+        fig = _figure(d, min(na, nb), min(oa, ob))
+        boot = d[1:][~np.isnan(d[1:])]
+        p = None
+        if fig["value"] is not None and boot.size:
+            p = float(min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))))
+        res[metric] = {"metric": metric, "diff": fig["value"], "ci_low": fig["ci_low"],
+                       "ci_high": fig["ci_high"], "n": fig["n"], "p_boot": p,
+                       "a": _figure(da, na, oa), "b": _figure(db, nb, ob)}
+    return res
 
 
 def combine_seeds(row_sets: Sequence[Iterable[dict]]) -> list:

@@ -1,0 +1,490 @@
+"""Compare evaluated runs: a Markdown report, paired bootstrap differences, PNG plots, report.json.
+
+Input: folders written by ``echodistill eval`` -- each holds ``predictions.jsonl`` (one row per item x
+condition) and ``metrics.json`` (``{"name", "split", "method", "metrics": compute_metrics(...), ...}``).
+A folder with only ``predictions.jsonl`` is fine (metrics are computed here); a folder with only
+``metrics.json`` gets its table rows but no paired differences.
+
+Seeds: runs named ``<base>-s<k>`` / ``<base>-seed<k>`` (same split and method) are grouped into one
+entry ``<base>``: its figures pool the seeds (each item averaged over seeds, items resampled with all
+their seeds), and a seed table gives each seed's value with the mean and standard deviation over
+seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import UserError
+from .metrics import (CONSISTENCY_DEFINITION, DEFINITIONS, GSR_DEFINITION, HEADLINE, combine_seeds,
+                      compute_metrics, paired_differences)
+
+REPORT_PAIRED = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency")
+_SEED_RE = re.compile(r"^(?P<base>.+)[-_](?:s|seed)(?P<seed>\d+)$")
+_REQUIRED = set(HEADLINE) | {"noisy_by_snr", "noisy_by_noise_type"}
+
+
+@dataclass
+class _Run:
+    name: str
+    dir: Path
+    split: Optional[str] = None
+    method: Optional[str] = None
+    metrics: Optional[dict] = None
+    rows: Optional[list] = None
+
+
+@dataclass
+class _Entry:
+    name: str
+    runs: list
+    metrics: Optional[dict] = None
+    rows: Optional[list] = None
+    seeds: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ loading
+def read_predictions(path: Path) -> list:
+    """Rows of a predictions.jsonl; a bad line raises UserError naming file:line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{k}: not valid JSON ({e.msg}); re-run `echodistill eval` to "
+                                "rewrite this file") from None
+            if isinstance(row, dict):
+                row["_where"] = f"{path}:{k}"
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no prediction rows; re-run `echodistill eval --out {path.parent}`")
+    return rows
+
+
+def _load_run(d: Path, n_boot: int, seed: int, strong: Optional[float]) -> _Run:
+    d = Path(d)
+    if not d.is_dir():
+        raise UserError(f"{d}: no such folder; pass the folders written by `echodistill eval --out DIR`")
+    mpath, ppath = d / "metrics.json", d / "predictions.jsonl"
+    if not mpath.is_file() and not ppath.is_file():
+        raise UserError(f"{d}: neither metrics.json nor predictions.jsonl found; evaluate it first with "
+                        f"`echodistill eval --out {d}`, or pass the folder that eval wrote")
+    meta: dict = {}
+    if mpath.is_file():
+        try:
+            meta = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{mpath}: not valid JSON ({e}); delete it to recompute from "
+                            "predictions.jsonl, or re-run `echodistill eval`") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{mpath}: expected a JSON object; delete it or re-run `echodistill eval`")
+    run = _Run(name=str(meta.get("name") or d.name), dir=d, split=meta.get("split"),
+               method=meta.get("method"))
+    if ppath.is_file():
+        run.rows = read_predictions(ppath)
+    m = meta.get("metrics")
+    settings = (m or {}).get("settings", {}) if isinstance(m, dict) else {}
+    usable = isinstance(m, dict) and _REQUIRED <= set(m) and (
+        strong is None or settings.get("strong_snr_max", strong) == strong)
+    if usable:
+        run.metrics = m
+    elif run.rows is not None:
+        run.metrics = compute_metrics(run.rows, 0.0 if strong is None else strong, n_boot, seed)
+    else:
+        raise UserError(f"{mpath}: has no usable 'metrics' (expected the output of compute_metrics) and "
+                        f"{ppath.name} is missing; re-run `echodistill eval --out {d}`")
+    return run
+
+
+def _group(runs: list, n_boot: int, seed: int, strong: float) -> list:
+    """Entries in first-seen order; runs '<base>-s<k>' sharing base, split and method are pooled."""
+    keys = []
+    for r in runs:
+        m = _SEED_RE.match(r.name)
+        keys.append((m.group("base"), r.split, r.method) if m else None)
+    count = {k: keys.count(k) for k in keys if k is not None}
+    entries, by_key = [], {}
+    for r, k in zip(runs, keys):
+        if k is not None and count[k] >= 2:
+            if k not in by_key:
+                by_key[k] = _Entry(name=k[0], runs=[])
+                entries.append(by_key[k])
+            by_key[k].runs.append(r)
+            by_key[k].seeds.append(int(_SEED_RE.match(r.name).group("seed")))
+        else:
+            entries.append(_Entry(name=r.name, runs=[r], metrics=r.metrics, rows=r.rows))
+    for e in entries:
+        if len(e.runs) > 1:
+            if all(r.rows is not None for r in e.runs):
+                e.rows = combine_seeds([r.rows for r in e.runs])
+                e.metrics = compute_metrics(e.rows, strong, n_boot, seed)
+            else:  # no predictions for some seed: fall back to the seeds' mean without interval
+                e.metrics = _mean_metrics([r.metrics for r in e.runs])
+    seen: dict = {}
+    for e in entries:  # unique names
+        if e.name in seen:
+            seen[e.name] += 1
+            e.name = f"{e.name} ({seen[e.name]})"
+        else:
+            seen[e.name] = 1
+    return entries
+
+
+def _val(fig) -> Optional[float]:
+    return fig.get("value") if isinstance(fig, dict) else None
+
+
+def _mean_metrics(ms: list) -> dict:
+    out: dict = {}
+    for name in HEADLINE:
+        vals = [_val(m.get(name)) for m in ms]
+        vals = [v for v in vals if v is not None]
+        out[name] = {"value": sum(vals) / len(vals) if vals else None, "ci_low": None, "ci_high": None,
+                     "n": max((m.get(name, {}).get("n") or 0) for m in ms), "n_obs": None}
+    for key in ("noisy_by_snr", "noisy_by_noise_type"):
+        sub: dict = {}
+        for k in ms[0].get(key, {}):
+            vals = [_val(m.get(key, {}).get(k)) for m in ms]
+            vals = [v for v in vals if v is not None]
+            sub[k] = {"value": sum(vals) / len(vals) if vals else None, "ci_low": None, "ci_high": None,
+                      "n": None, "n_obs": None}
+        out[key] = sub
+    return out
+
+
+def _seed_spread(e: _Entry) -> dict:
+    out = {}
+    for name in HEADLINE:
+        vals = [_val(r.metrics.get(name)) for r in e.runs]
+        ok = [v for v in vals if v is not None]
+        mean = sum(ok) / len(ok) if ok else None
+        sd = (math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)) if len(ok) > 1 else None)
+        out[name] = {"per_seed": vals, "mean": mean, "sd": sd}
+    return out
+
+
+# ------------------------------------------------------------------ formatting
+def _pct(v: Optional[float], signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
+def _cell(fig: Optional[dict]) -> str:
+    if not isinstance(fig, dict) or fig.get("value") is None:
+        return "–"
+    s = _pct(fig["value"])
+    if fig.get("ci_low") is not None and fig.get("ci_high") is not None:
+        s += f" [{_pct(fig['ci_low'])}, {_pct(fig['ci_high'])}]"
+    return s
+
+
+def _diff_cell(d: dict) -> str:
+    if d.get("diff") is None:
+        return "–"
+    s = _pct(d["diff"], signed=True)
+    if d.get("ci_low") is not None:
+        s += f" [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]"
+        if d["ci_low"] > 0 or d["ci_high"] < 0:
+            s = f"**{s}**"
+    if d.get("p_boot") is not None:
+        p = d["p_boot"]
+        s += " p<0.001" if p < 0.001 else f" p={p:.3f}"
+    return s
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _snr_sort(keys) -> list:
+    def f(k):
+        try:
+            return (0, float(k))
+        except ValueError:
+            return (1, 0.0)
+    return sorted(keys, key=f)
+
+
+# ------------------------------------------------------------------ plots
+def _plot_snr(entries: list, path: Path, strong: float) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = [f"C{i % 10}" for i in range(len(entries))]
+    xs_all = []
+    for e, c in zip(entries, colors):
+        by = e.metrics.get("noisy_by_snr", {})
+        keys = [k for k in _snr_sort(by) if _val(by[k]) is not None]
+        if not keys:
+            continue
+        x = [float(k) for k in keys]
+        xs_all += x
+        y = [100 * by[k]["value"] for k in keys]
+        ax.plot(x, y, marker="o", ms=4, color=c, lw=1.8, label=e.name)
+        if all(by[k].get("ci_low") is not None for k in keys):
+            ax.fill_between(x, [100 * by[k]["ci_low"] for k in keys],
+                            [100 * by[k]["ci_high"] for k in keys], color=c, alpha=0.15, lw=0)
+        acc = _val(e.metrics.get("Acc"))
+        if acc is not None:
+            ax.axhline(100 * acc, color=c, ls="--", lw=1.1, alpha=0.9)
+    if xs_all:
+        lo = min(xs_all)
+        if lo <= strong:
+            ax.axvspan(lo - 1, strong, color="0.5", alpha=0.08, lw=0)
+            ax.text(lo - 0.8, 0.02, f"strong noise (SNR ≤ {strong:g} dB)", transform=ax.get_xaxis_transform(),
+                    fontsize=8, color="0.35")
+        ax.set_xlim(lo - 1, max(xs_all) + 1)
+    ax.plot([], [], color="0.3", ls="--", lw=1.1, label="clean Acc (dashed, run's colour)")
+    ax.set_xlabel("SNR (dB) — lower is noisier")
+    ax.set_ylabel("accuracy on noisy audio (%)")
+    ax.set_title("Accuracy vs SNR (mean over noise types; bands: bootstrap 95% CI)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _plot_types(entries: list, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    types = []
+    for e in entries:
+        for t in e.metrics.get("noisy_by_noise_type", {}):
+            if t not in types:
+                types.append(t)
+    fig = Figure(figsize=(max(6.0, 1.2 * len(types) + 2.5), 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    k = max(1, len(entries))
+    width = 0.8 / k
+    for j, e in enumerate(entries):
+        by = e.metrics.get("noisy_by_noise_type", {})
+        xs, ys, err_lo, err_hi = [], [], [], []
+        for i, t in enumerate(types):
+            f = by.get(t)
+            if _val(f) is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(100 * f["value"])
+            lo, hi = f.get("ci_low"), f.get("ci_high")
+            err_lo.append(100 * (f["value"] - lo) if lo is not None else 0.0)
+            err_hi.append(100 * (hi - f["value"]) if hi is not None else 0.0)
+        ax.bar(xs, ys, width=width * 0.95, color=f"C{j % 10}", label=e.name,
+               yerr=[err_lo, err_hi], capsize=2, error_kw={"lw": 0.8})
+    ax.set_xticks(range(len(types)))
+    ax.set_xticklabels(types)
+    ax.set_ylabel("accuracy on noisy audio (%)")
+    ax.set_title("Accuracy per noise type (mean over SNR levels; bars: 95% CI)", fontsize=10)
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right", ncol=min(k, 3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ------------------------------------------------------------------ the report
+def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str] = None, *,
+                n_boot: int = 1000, seed: int = 0, strong_snr_max: Optional[float] = None) -> dict:
+    """Write ``out_dir/report.md``, ``report.json``, ``accuracy_vs_snr.png``,
+    ``accuracy_by_noise_type.png``; return the report.json content.
+
+    ``baseline``: name of the run (or seed group) the others are compared against; default the first.
+    ``strong_snr_max``: strong noise threshold; default that of the runs' metrics.json, else 0 dB.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise UserError("report: no run folders given; pass the folders written by `echodistill eval --out`")
+    runs = [_load_run(d, n_boot, seed, strong_snr_max) for d in run_dirs]
+    if strong_snr_max is None:
+        strong_snr_max = float(runs[0].metrics.get("settings", {}).get("strong_snr_max", 0.0))
+        # recompute runs whose metrics.json used another threshold, so the columns are comparable
+        for r in runs:
+            if r.metrics.get("settings", {}).get("strong_snr_max", strong_snr_max) != strong_snr_max \
+                    and r.rows is not None:
+                r.metrics = compute_metrics(r.rows, strong_snr_max, n_boot, seed)
+    entries = _group(runs, n_boot, seed, strong_snr_max)
+
+    names = [e.name for e in entries]
+    if baseline is None:
+        base = entries[0]
+    else:
+        matches = [e for e in entries if e.name == baseline or any(r.name == baseline for r in e.runs)]
+        if not matches:
+            raise UserError(f"report: --baseline {baseline!r} is not one of the runs: {', '.join(names)}")
+        base = matches[0]
+
+    notes = []
+    paired = []
+    for e in entries:
+        if e is base:
+            continue
+        if e.rows is None or base.rows is None:
+            notes.append(f"No paired differences for `{e.name}` vs `{base.name}`: predictions.jsonl is "
+                         "missing in one of them.")
+            continue
+        res = paired_differences(e.rows, base.rows, REPORT_PAIRED, strong_snr_max, n_boot, seed)
+        n_items = max((_val_n(e.metrics), _val_n(base.metrics)))
+        n_shared = max((d["n"] for d in res.values()), default=0)
+        if n_shared < n_items:
+            notes.append(f"`{e.name}` and `{base.name}` share only {n_shared} of {n_items} items; the "
+                         "paired differences use the shared items only.")
+        paired.append({"run": e.name, "baseline": base.name, "metrics": res})
+    splits = {r.split for r in runs if r.split}
+    if len(splits) > 1:
+        notes.append(f"The runs were evaluated on different splits ({', '.join(sorted(splits))}); "
+                     "compare their absolute numbers with care.")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot_snr(entries, out_dir / "accuracy_vs_snr.png", strong_snr_max)
+    _plot_types(entries, out_dir / "accuracy_by_noise_type.png")
+
+    report = {
+        "baseline": base.name,
+        "runs": [{"name": e.name, "dirs": [str(r.dir) for r in e.runs], "run_names": [r.name for r in e.runs],
+                  "split": e.runs[0].split, "method": e.runs[0].method, "seeds": e.seeds or None,
+                  "metrics": e.metrics, "seed_spread": _seed_spread(e) if len(e.runs) > 1 else None}
+                 for e in entries],
+        "paired": paired,
+        "definitions": dict(DEFINITIONS),
+        "settings": {"n_boot": n_boot, "seed": seed, "strong_snr_max": strong_snr_max, "ci_level": 0.95},
+        "notes": notes,
+        "files": ["report.md", "report.json", "accuracy_vs_snr.png", "accuracy_by_noise_type.png"],
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    (out_dir / "report.md").write_text(_markdown(entries, base, paired, notes, strong_snr_max, n_boot),
+                                       encoding="utf-8")
+    return report
+
+
+def _val_n(m: dict) -> int:
+    return int((m.get("Acc") or {}).get("n") or 0)
+
+
+def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
+    s = f"{strong:g}"
+    md = ["# EchoDistill evaluation report", ""]
+    md += ["Each model answers multiple-choice questions about short audio clips, once on the clean clip, "
+           "once per noise condition (noise type x signal-to-noise ratio, SNR, in dB; lower SNR = louder "
+           "noise) and once with silence instead of audio. All numbers are percentages. "
+           "`value [low, high]` is the estimate with its 95 % bootstrap interval: questions (items) are "
+           f"resampled {n_boot} times with all their conditions, so the interval shows how much the number "
+           "would move on another set of questions of the same kind. It does not include the variation "
+           "between training runs unless several seeds are pooled (see below).", ""]
+    md += ["## What the columns mean", "",
+           "* **Acc**: accuracy on clean audio.",
+           "* **Noisy**: accuracy on noisy audio, averaged over all noise types and SNR levels.",
+           f"* **Strong noisy**: the same over the conditions with SNR ≤ {s} dB (noise as loud as the "
+           "speech or louder).",
+           f"* **GSR** (grounded success rate): {GSR_DEFINITION}. It counts only successes that survive "
+           f"the noise; **Strong GSR** restricts it to SNR ≤ {s} dB. This is EchoDistill's definition "
+           "(the paper's text available to us does not define GSR).",
+           f"* **Consistency**: {CONSISTENCY_DEFINITION}.",
+           "* **Retention**: Noisy / Acc — the share of clean accuracy kept under noise.",
+           "* **NoAudio**: accuracy with silent audio. Far above chance (1 / number of choices) means the "
+           "questions can be answered without listening, and all other numbers are inflated by that.",
+           "* **Invalid**: share of answers to clean and noisy audio that name none of the offered choices "
+           "(empty or made up); counted as wrong everywhere. Silent-audio answers are listed separately "
+           "below.",
+           "* **n**: number of items (questions) behind Acc; **pairs**: (item, noise condition) pairs "
+           "behind GSR.", ""]
+    if any(len(e.runs) > 1 for e in entries):
+        md += ["Runs named `<name>-s<k>` are seeds of one method and are pooled under `<name>`: every "
+               "item is averaged over the seeds, then items are resampled with all their seeds.", ""]
+
+    md += ["## Summary", ""]
+    cols = [("Acc", "Acc"), ("Noisy", "Noisy"), ("StrongNoisy", f"Strong noisy (≤{s} dB)"), ("GSR", "GSR"),
+            ("StrongGSR", f"Strong GSR (≤{s} dB)"), ("Consistency", "Consistency"),
+            ("Retention", "Retention"), ("NoAudio", "NoAudio"), ("Invalid", "Invalid")]
+    rows = []
+    for e in entries:
+        label = e.name + (" (baseline)" if e is base else "")
+        if len(e.runs) > 1:
+            label += f" — {len(e.runs)} seeds"
+        m = e.metrics
+        rows.append([label] + [_cell(m.get(k)) for k, _ in cols]
+                    + [str((m.get("Acc") or {}).get("n", "–")), str((m.get("GSR") or {}).get("n_obs", "–"))])
+    md += [_table(["Run"] + [h for _, h in cols] + ["n", "pairs"], rows), ""]
+
+    groups = [e for e in entries if len(e.runs) > 1]
+    if groups:
+        md += ["## Seeds", "", "Each seed's own value, and the mean ± standard deviation over seeds "
+               "(the training-run spread the pooled interval above does not fully show).", ""]
+        for e in groups:
+            spread = _seed_spread(e)
+            hdr = ["Metric"] + [r.name for r in e.runs] + ["mean ± sd"]
+            rows = []
+            for k, h in cols:
+                sp = spread[k]
+                ms = _pct(sp["mean"]) + (f" ± {100 * sp['sd']:.1f}" if sp["sd"] is not None else "")
+                rows.append([h] + [_pct(v) for v in sp["per_seed"]] + [ms])
+            md += [f"### {e.name}", "", _table(hdr, rows), ""]
+
+    if paired:
+        md += [f"## Differences vs {base.name}", "",
+               f"Run minus `{base.name}`, in percentage points, on the items both runs share; the same "
+               "resampled items are used for both runs (paired bootstrap). **Bold**: the 95 % interval "
+               "excludes 0. `p` is the two-sided bootstrap p-value. With several comparisons, expect "
+               "about one in twenty intervals to exclude 0 by chance.", ""]
+        hdr = ["Run"] + [dict(cols).get(k, k) for k in REPORT_PAIRED] + ["shared items"]
+        rows = [[p["run"]] + [_diff_cell(p["metrics"][k]) for k in REPORT_PAIRED]
+                + [str(max(d["n"] for d in p["metrics"].values()))] for p in paired]
+        md += [_table(hdr, rows), ""]
+
+    snr_keys = _snr_sort({k for e in entries for k in e.metrics.get("noisy_by_snr", {})})
+    if snr_keys:
+        md += ["## Accuracy per SNR", "",
+               "Accuracy on noisy audio at each SNR (mean over noise types); the first row is clean audio.",
+               "", "![accuracy vs SNR](accuracy_vs_snr.png)", ""]
+        rows = [["clean"] + [_cell(e.metrics.get("Acc")) for e in entries]]
+        rows += [[f"{k} dB"] + [_cell(e.metrics.get("noisy_by_snr", {}).get(k)) for e in entries]
+                 for k in snr_keys]
+        md += [_table(["SNR"] + [e.name for e in entries], rows), ""]
+    types = []
+    for e in entries:
+        types += [t for t in e.metrics.get("noisy_by_noise_type", {}) if t not in types]
+    if types:
+        md += ["## Accuracy per noise type", "", "Mean over SNR levels.", "",
+               "![accuracy per noise type](accuracy_by_noise_type.png)", ""]
+        rows = [[t] + [_cell(e.metrics.get("noisy_by_noise_type", {}).get(t)) for e in entries] for t in types]
+        md += [_table(["Noise type"] + [e.name for e in entries], rows), ""]
+    tasks = []
+    for e in entries:
+        tasks += [t for t in (e.metrics.get("by_task") or {}) if t not in tasks]
+    if tasks:
+        md += ["## Per task", "", "Acc / Noisy per task.", ""]
+        hdr = ["Task"] + [f"{e.name} {k}" for e in entries for k in ("Acc", "Noisy")]
+        rows = [[t] + [_cell((e.metrics.get("by_task") or {}).get(t, {}).get(k))
+                       for e in entries for k in ("Acc", "Noisy")] for t in tasks]
+        md += [_table(hdr, rows), ""]
+    inv = [e for e in entries if e.metrics.get("invalid_by_condition")]
+    if inv:
+        md += ["## Invalid answers per condition", ""]
+        rows = [[c] + [_cell(e.metrics["invalid_by_condition"].get(c)) for e in inv]
+                for c in ("clean", "noisy", "silent")]
+        md += [_table(["Condition"] + [e.name for e in inv], rows), ""]
+    if notes:
+        md += ["## Notes", ""] + [f"* {n}" for n in notes] + [""]
+    md += ["## Runs", ""]
+    md += [f"* `{e.name}`: " + ", ".join(f"`{r.dir}`" + (f" (split {r.split})" if r.split else "")
+                                          for r in e.runs) for e in entries]
+    md += ["", "All numbers are also in `report.json`."]
+    return "\n".join(md) + "\n"
