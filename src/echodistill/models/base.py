@@ -1,0 +1,530 @@
+"""The model adapter contract: every backbone is used through ``AudioLLM``; the trainer never branches.
+
+Shapes: ``B`` prompts (one clip each), ``G`` samples per prompt, ``N = B*G`` completions, item-major
+(rows ``i*G .. i*G+G-1`` belong to prompt ``i``), ``L`` prompt tokens (left padded), ``T`` completion
+tokens, ``D`` hidden size, ``V`` vocabulary.
+
+Design choices (why):
+
+* **Audio encoded once per clip.** ``prompt_embeds`` computes the merged ``inputs_embeds`` (text
+  embeddings with the projected audio features scattered into the ``<|AUDIO|>`` positions) for the B
+  prompts once and expands them to N rows. HF ``generate(input_features=..., num_return_sequences=G)``
+  would run the encoder G times. When the audio path (encoder + projector) has no trainable
+  parameter, the projected features are also cached on the batch object, so scoring the same batch
+  after sampling does not encode again. ``encoder_calls`` / ``encoder_clips`` count the encoder runs.
+* **Our own sampling loop** (KV cache, temperature, top-p) rather than ``GenerationMixin.generate``:
+  it starts from ``inputs_embeds``, uses exactly the same position ids as scoring (cumsum of the
+  attention mask, so left padding changes nothing), suppresses every special token except EOS
+  (a sampled ``<|AUDIO|>`` crashed a prototype at the next feature merge), and returns the raw
+  log-probs of the sampled tokens, equal to ``token_logprobs`` at temperature 1.
+* **Teacher = initial model.** With LoRA, ``teacher()`` disables the adapter (peft's
+  ``disable_adapter``): no second copy in memory. Otherwise a frozen deep copy made at load time.
+* Scoring calls the text model and applies the LM head to the T completion positions only (the full
+  ``[N, L+T, V]`` logits of a 7B model would not fit).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import json
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+META_FILE = "echodistill_model.json"  # written by ``save``: backbone name, base path, lora flag
+
+
+@dataclass
+class Completions:
+    """Sampled completions, item-major.
+
+    ids: [N, T] long (pad id after EOS); mask: [N, T] long, 1 up to and including the first EOS, 0
+    after (all 1 when no EOS within ``max_new_tokens``); texts: N strings decoded without special
+    tokens; logprobs: [N, T] float32 raw log-probs (temperature 1, no suppression) of the sampled
+    tokens under the sampling model, 0 where mask is 0; num_samples: G.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    texts: list[str]
+    logprobs: Optional[torch.Tensor] = None
+    num_samples: int = 1
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[N, S] 0/1 mask -> [N, S] positions counting attended tokens only (pads at 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering on [N, V] logits: keep the smallest set with cumulative prob >= top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > top_p  # mass strictly before this token already reaches top_p
+    drop[..., 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class AudioLLM(abc.ABC):
+    """One audio LLM behind the adapter contract. Subclasses fill in the backbone-specific bits.
+
+    Attributes: ``model`` (the top-level nn.Module: PeftModel or HF model; give it to the optimizer /
+    accelerate), ``hf`` (the underlying HF model, LoRA layers injected in place), ``processor``,
+    ``peft`` (PeftModel or None), ``teacher_mode`` (adapter_disabled | frozen_copy | self),
+    ``system_prompt``, ``encoder_calls``, ``encoder_clips``.
+    """
+
+    backbone: str = ""
+    # Module-name prefix of the language model inside the HF model (LoRA must stay under it).
+    lm_prefix: str = ""
+    # Extra kwargs for the processor call (feature extractor options).
+    sampling_rate: int = 16000
+
+    # ---------------------------------------------------------------- backbone-specific hooks
+    @classmethod
+    @abc.abstractmethod
+    def hf_class(cls) -> type:
+        """The transformers model class to load."""
+
+    @abc.abstractmethod
+    def text_model(self, m: nn.Module) -> nn.Module:
+        """The decoder stack of HF model ``m``: forward(inputs_embeds, attention_mask, position_ids, cache)."""
+
+    @abc.abstractmethod
+    def lm_head(self, m: nn.Module) -> nn.Module:
+        """The output projection of HF model ``m``."""
+
+    @abc.abstractmethod
+    def audio_encoder(self, m: nn.Module) -> nn.Module:
+        """The audio encoder module of ``m`` (frozen by ``freeze_audio_encoder``; counted)."""
+
+    @abc.abstractmethod
+    def audio_modules(self, m: nn.Module) -> list[nn.Module]:
+        """Every module on the audio path (encoder, projector): if none trains, features are cached."""
+
+    @abc.abstractmethod
+    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        """Projected audio features for every placeholder of the batch, in order: [n_placeholders, D]."""
+
+    @property
+    @abc.abstractmethod
+    def audio_token_id(self) -> int:
+        """Id of the audio placeholder token the features replace."""
+
+    def chat_messages(self, prompt: str) -> list[dict]:
+        """The conversation for one user text with one clip (system prompt first)."""
+        return [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": prompt}]},
+        ]
+
+    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Position ids for the text model (Omni models override for 3-D rope if needed)."""
+        return position_ids_from_mask(attention_mask)
+
+    @classmethod
+    def lora_target_modules(cls, regex: str) -> str:
+        """The LoRA target regex for this backbone (subclasses translate the Qwen2-Audio default)."""
+        return regex
+
+    # ---------------------------------------------------------------- construction
+    def __init__(self, hf_model: nn.Module, processor: Any, *, peft_model: Optional[nn.Module] = None,
+                 teacher_model: Optional[nn.Module] = None, teacher_mode: str = "self",
+                 base_path: Optional[str] = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+        self.hf = hf_model
+        self.peft = peft_model
+        self.model = peft_model if peft_model is not None else hf_model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.teacher_model = teacher_model
+        self.teacher_mode = teacher_mode
+        self.base_path = base_path
+        self.system_prompt = system_prompt
+        self.sync_generation = False  # True: always run max_new_tokens steps (ZeRO-3 / FSDP lockstep)
+        self.encoder_calls = 0
+        self.encoder_clips = 0
+        self._active = hf_model
+        self._in_teacher = False
+        for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
+            self.audio_encoder(m).register_forward_pre_hook(self._count_encoder, with_kwargs=True)
+        self._init_token_sets()
+
+    def _count_encoder(self, module, args, kwargs):
+        feats = args[0] if args else kwargs.get("input_features")
+        self.encoder_calls += 1
+        self.encoder_clips += int(feats.shape[0]) if feats is not None else 0
+
+    def _init_token_sets(self) -> None:
+        tok = self.tokenizer
+        gen = getattr(self.hf, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tok.eos_token_id is not None:
+            eos.append(tok.eos_token_id)
+        self.eos_token_ids = sorted(set(int(e) for e in eos))
+        if not self.eos_token_ids:
+            raise ConfigError("the model has no EOS token (generation_config.eos_token_id and tokenizer.eos_token "
+                              "are both empty): set one in the model directory")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]
+        self.pad_token_id = int(pad)
+        vocab = self.lm_head(self.hf).weight.shape[0]
+        special = set(int(i) for i in tok.all_special_ids)
+        for i, added in getattr(tok, "added_tokens_decoder", {}).items():
+            if getattr(added, "special", False):
+                special.add(int(i))
+        special.add(int(self.audio_token_id))
+        # Rows of the embedding beyond the tokenizer (padding to a multiple) decode to nothing.
+        extra = set(range(len(tok), vocab))
+        self.suppress_token_ids = sorted((special | extra) - set(self.eos_token_ids))
+        self._suppress = torch.tensor([i for i in self.suppress_token_ids if i < vocab], dtype=torch.long)
+
+    @classmethod
+    def load(cls, path: str | Path, cfg_model: Any, *, lora: Any = None, train: bool = True,
+             base_path: Optional[str | Path] = None) -> "AudioLLM":
+        """Load from a local HF directory: full weights, or a saved PEFT adapter (adapter_config.json).
+
+        ``cfg_model``: ``ModelConfig`` (dtype, device_map, attn_implementation, trust_remote_code,
+        teacher_mode, freeze_audio_encoder). ``lora``: ``LoraConfig`` (default ``cfg_model.lora``);
+        applied only when ``train`` and the directory is not already an adapter.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"model directory {path} does not exist: build it (`echodistill model build`) "
+                              "or set model.path")
+        lora = lora if lora is not None else getattr(cfg_model, "lora", None)
+        is_adapter = (path / "adapter_config.json").is_file()
+        if is_adapter:
+            base = base_path or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base or not Path(base).is_dir():
+                base = cfg_model.path
+            base = Path(base)
+        else:
+            base = path
+        hf = cls._load_hf(base, cfg_model)
+        processor = cls.load_processor(path if cls._has_processor(path) else base, cfg_model)
+        teacher_mode = getattr(cfg_model, "teacher_mode", "auto")
+        use_lora = is_adapter or bool(lora is not None and getattr(lora, "enabled", False) and train)
+        if teacher_mode == "auto":
+            teacher_mode = "adapter_disabled" if use_lora else ("frozen_copy" if train else "self")
+        if teacher_mode == "adapter_disabled" and not use_lora:
+            raise ConfigError("model.teacher_mode=adapter_disabled needs model.lora.enabled=true "
+                              "(or use teacher_mode=frozen_copy / auto)")
+        teacher = None
+        if teacher_mode == "frozen_copy":
+            teacher = copy.deepcopy(hf)
+            teacher.requires_grad_(False)
+            teacher.eval()
+        peft_model = None
+        if is_adapter:
+            from peft import PeftModel
+
+            peft_model = PeftModel.from_pretrained(hf, str(path), is_trainable=train)
+        elif use_lora:
+            from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+            target = cls._lora_regex(lora.target_modules)
+            pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                                  target_modules=target)
+            peft_model = get_peft_model(hf, pcfg)
+        if peft_model is not None:
+            hf = peft_model.get_base_model()
+            cls._check_lora_scope(hf)
+        elif not train:
+            hf.requires_grad_(False)
+        obj = cls(hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
+                  base_path=str(base.resolve()) if base.is_dir() else str(base))
+        if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
+            obj.audio_encoder(hf).requires_grad_(False)
+        if not train and peft_model is not None:
+            for p in peft_model.parameters():
+                p.requires_grad_(False)
+        obj.model.eval()  # no dropout: sampling and scoring must see the same function
+        return obj
+
+    @classmethod
+    def _lora_regex(cls, regex: str) -> str:
+        return cls.lora_target_modules(regex)
+
+    @classmethod
+    def _check_lora_scope(cls, hf: nn.Module) -> None:
+        names = [n for n, m in hf.named_modules() if hasattr(m, "lora_A")]
+        if not names:
+            raise ConfigError("model.lora.target_modules matched no module of the language model: check the regex "
+                              f"against module names under {cls.lm_prefix!r}")
+        outside = [n for n in names if not n.startswith(cls.lm_prefix + ".")]
+        if outside:
+            raise ConfigError(f"model.lora.target_modules adapts modules outside the language model "
+                              f"({outside[:3]}...): limit the regex to {cls.lm_prefix!r}")
+
+    @classmethod
+    def _load_hf(cls, path: Path, cfg_model: Any) -> nn.Module:
+        dtype = DTYPES[getattr(cfg_model, "dtype", "float32")]
+        kwargs = dict(dtype=dtype, attn_implementation=getattr(cfg_model, "attn_implementation", "sdpa"),
+                      trust_remote_code=bool(getattr(cfg_model, "trust_remote_code", False)))
+        if getattr(cfg_model, "device_map", None):
+            kwargs["device_map"] = cfg_model.device_map
+        try:
+            return cls.hf_class().from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load a {cls.backbone} model from {path}: {e}") from None
+
+    @staticmethod
+    def _has_processor(path: Path) -> bool:
+        return (path / "preprocessor_config.json").is_file() or (path / "processor_config.json").is_file()
+
+    @classmethod
+    def load_processor(cls, path: Path, cfg_model: Any) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=bool(getattr(cfg_model, "trust_remote_code", False)))
+
+    # ---------------------------------------------------------------- basic properties
+    @property
+    def device(self) -> torch.device:
+        return self.text_model(self.hf).get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_model(self.hf).get_input_embeddings().weight.dtype
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def to(self, device: Any) -> "AudioLLM":
+        self.model.to(device)
+        if self.teacher_model is not None:
+            self.teacher_model.to(device)
+        return self
+
+    # ---------------------------------------------------------------- inputs
+    def build_inputs(self, prompts: list[str], waveforms: list[np.ndarray]) -> Any:
+        """Chat-templated prompts (one clip each), audio features, left padding -> BatchFeature.
+
+        ``prompts``: B user texts; ``waveforms``: B float32 mono 16 kHz arrays (cropped/padded to the
+        model's window by the feature extractor).
+        """
+        if len(prompts) != len(waveforms):
+            raise ValueError(f"build_inputs: {len(prompts)} prompts but {len(waveforms)} waveforms")
+        texts = [self.processor.apply_chat_template(self.chat_messages(p), add_generation_prompt=True, tokenize=False)
+                 for p in prompts]
+        wavs = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        batch = self.call_processor(texts, wavs)
+        n_ph = (batch["input_ids"] == self.audio_token_id).sum(-1)
+        if (n_ph == 0).any():
+            raise ValueError("build_inputs: a prompt has no audio placeholder after processing (empty clip?)")
+        return batch
+
+    def call_processor(self, texts: list[str], wavs: list[np.ndarray]) -> Any:
+        self.processor.tokenizer.padding_side = "left"
+        return self.processor(text=texts, audio=wavs, sampling_rate=self.sampling_rate, return_tensors="pt",
+                              padding=True)
+
+    # ---------------------------------------------------------------- prompt embeddings
+    def _audio_path_frozen(self, m: nn.Module) -> bool:
+        return not any(p.requires_grad for mod in self.audio_modules(m) for p in mod.parameters())
+
+    def _audio_features(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        frozen = self._audio_path_frozen(m)
+        key = (id(self.audio_modules(m)[-1]), str(self.device))
+        cache = batch.__dict__.setdefault("_echodistill_audio", {}) if frozen else None
+        if cache is not None and key in cache:
+            return cache[key]
+        with torch.no_grad() if frozen else nullcontext():
+            feats = self.encode_audio(m, batch)
+        if cache is not None:
+            cache[key] = feats
+        return feats
+
+    def prompt_embeds(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged prompt embeddings [B, L, D] and attention mask [B, L] under the active model."""
+        m = self._active
+        ids = batch["input_ids"].to(self.device)
+        am = batch["attention_mask"].to(self.device)
+        emb = self.text_model(m).get_input_embeddings()(ids)
+        feats = self._audio_features(m, batch)
+        ph = (ids == self.audio_token_id)
+        if int(ph.sum()) != feats.shape[0]:
+            raise ValueError(f"audio placeholders ({int(ph.sum())}) and audio features ({feats.shape[0]}) differ: "
+                             "the prompt and the clip do not match (was the batch built by build_inputs?)")
+        emb = emb.masked_scatter(ph.unsqueeze(-1), feats.to(emb.dtype))
+        return emb, am
+
+    def _expand(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        return x if num_samples == 1 else x.repeat_interleave(num_samples, dim=0)
+
+    def _decoder(self, m: nn.Module, embeds, attention_mask, position_ids, cache=None, use_cache=False):
+        out = self.text_model(m)(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                 cache=cache, use_cache=use_cache)
+        return out.last_hidden_state, getattr(out, "cache", None)
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, batch: Any, num_samples: int = 1, *, max_new_tokens: int, do_sample: bool = True,
+                 temperature: float = 1.0, top_p: float = 1.0,
+                 generator: Optional[torch.Generator] = None) -> Completions:
+        """Sample ``num_samples`` completions per prompt (item-major), encoding each clip once."""
+        m = self._active
+        emb, am = self.prompt_embeds(batch)
+        emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
+        n = emb.shape[0]
+        dev = emb.device
+        pos = self.position_ids(am)
+        h, cache = self._decoder(m, emb, am, pos, use_cache=True)
+        next_pos = pos[..., -1:] + 1
+        head = self.lm_head(m)
+        embed = self.text_model(m).get_input_embeddings()
+        eos = torch.tensor(self.eos_token_ids, device=dev)
+        suppress = self._suppress.to(dev)
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)
+        toks, lps = [], []
+        last = h[:, -1]
+        for step in range(max_new_tokens):
+            logits = head(last).float()  # [N, V]
+            raw_lp = logits.log_softmax(-1)
+            work = logits.index_fill(-1, suppress, float("-inf")) if suppress.numel() else logits
+            if do_sample:
+                work = top_p_filter(work / temperature, top_p)
+                tok = torch.multinomial(work.softmax(-1), 1, generator=generator).squeeze(-1)
+            else:
+                tok = work.argmax(-1)
+            tok = torch.where(finished, torch.full_like(tok, self.pad_token_id), tok)
+            toks.append(tok)
+            lps.append(torch.where(finished, torch.zeros_like(tok, dtype=raw_lp.dtype),
+                                   raw_lp.gather(-1, tok[:, None]).squeeze(-1)))
+            finished = finished | torch.isin(tok, eos)
+            if step == max_new_tokens - 1 or (finished.all() and not self.sync_generation):
+                break
+            am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+            h, cache = self._decoder(m, embed(tok[:, None]), am, next_pos, cache=cache, use_cache=True)
+            next_pos = next_pos + 1
+            last = h[:, -1]
+        ids = torch.stack(toks, 1)
+        is_eos = torch.isin(ids, eos)
+        after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+        mask = (~after).long()
+        ids = ids.masked_fill(after, self.pad_token_id)
+        lp = torch.stack(lps, 1) * mask
+        texts = self.decode(ids, mask)
+        return Completions(ids=ids, mask=mask, texts=texts, logprobs=lp, num_samples=num_samples)
+
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        out = []
+        for row, mrow in zip(ids.tolist(), mask.tolist()):
+            out.append(self.tokenizer.decode([t for t, k in zip(row, mrow) if k], skip_special_tokens=True).strip())
+        return out
+
+    # ---------------------------------------------------------------- scoring
+    def token_logprobs(self, batch: Any, ids: torch.Tensor, mask: torch.Tensor, *, num_samples: int = 1,
+                       with_grad: bool = False, return_entropy: bool = False, temperature: float = 1.0):
+        """Log-probs [N, T] of completion tokens ``ids`` [N, T] given the prompts of ``batch`` (B rows).
+
+        ``mask`` [N, T]: 1 for real tokens; outputs are 0 where it is 0. With ``return_entropy``
+        also returns entropies [N, T] of the full next-token distributions. ``temperature`` divides
+        the logits (1 = the raw model). Under ``teacher()`` the frozen initial model scores.
+        """
+        ctx = nullcontext() if with_grad else torch.no_grad()
+        with ctx:
+            m = self._active
+            emb, am = self.prompt_embeds(batch)
+            emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
+            if emb.shape[0] != ids.shape[0]:
+                raise ValueError(f"token_logprobs: {ids.shape[0]} completions but {emb.shape[0]} prompt rows "
+                                 f"(B={batch['input_ids'].shape[0]} x num_samples={num_samples})")
+            ids = ids.to(emb.device)
+            mask = mask.to(emb.device)
+            big, t = emb.shape[1], ids.shape[1]
+            comp = self.text_model(m).get_input_embeddings()(ids)
+            full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
+            h, _ = self._decoder(m, torch.cat([emb, comp], dim=1), full_am, self.position_ids(full_am))
+            logits = self.lm_head(m)(h[:, big - 1: big + t - 1]).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            lse = logits.logsumexp(-1)
+            lp = (logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - lse) * mask
+            if not return_entropy:
+                return lp
+            p = (logits - lse.unsqueeze(-1)).exp()
+            ent = (lse - (p * logits).sum(-1)) * mask
+            return lp, ent
+
+    # ---------------------------------------------------------------- teacher
+    @contextmanager
+    def teacher(self) -> Iterator["AudioLLM"]:
+        """Inside: the same adapter computes with the frozen initial model (LoRA off, or frozen copy)."""
+        if self._in_teacher:
+            yield self
+            return
+        self._in_teacher = True
+        try:
+            if self.teacher_mode == "frozen_copy":
+                prev = self._active
+                self._active = self.teacher_model
+                try:
+                    yield self
+                finally:
+                    self._active = prev
+            elif self.teacher_mode == "adapter_disabled":
+                with self.peft.disable_adapter():
+                    yield self
+            else:  # "self": an untrained (evaluation) model is its own initial model
+                yield self
+        finally:
+            self._in_teacher = False
+
+    # ---------------------------------------------------------------- save
+    def save(self, out_dir: str | Path) -> Path:
+        """HF format: the PEFT adapter (``PeftModel.from_pretrained`` loads it) or full weights; + processor."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.peft is not None:
+            self.peft.save_pretrained(str(out))
+            cfg_path = out / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            if self.base_path:
+                cfg["base_model_name_or_path"] = self.base_path
+                cfg_path.write_text(json.dumps(cfg, indent=2))
+        else:
+            self.hf.save_pretrained(str(out))
+        self.processor.save_pretrained(str(out))
+        (out / META_FILE).write_text(json.dumps({"backbone": self.backbone, "base_path": self.base_path,
+                                                 "lora": self.peft is not None}, indent=2))
+        return out
+
+
+def backbone_of(path: str | Path) -> Optional[str]:
+    """The backbone recorded by ``save`` in ``path`` (None if absent)."""
+    meta = Path(path) / META_FILE
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("backbone")
+    return None
+
+
+def lm_only_regex(regex: str, prefix: str) -> str:
+    """Rewrite the default ``.*language_model.*\\.(...)`` regex for a backbone whose LM prefix differs."""
+    m = re.fullmatch(r"\.\*language_model\.\*\\\.\((.*)\)", regex)
+    if m is None:
+        return regex
+    return rf"{re.escape(prefix)}\.layers\.\d+\..*\.({m.group(1)})"
+
+
+__all__ = ["AudioLLM", "Completions", "position_ids_from_mask", "top_p_filter", "DTYPES", "META_FILE",
+           "backbone_of", "lm_only_regex", "DEFAULT_SYSTEM_PROMPT"]

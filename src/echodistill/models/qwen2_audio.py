@@ -1,0 +1,69 @@
+"""Qwen2-Audio (``Qwen2AudioForConditionalGeneration``) behind the adapter contract.
+
+transformers 5.x module paths: ``model.model.audio_tower`` (Whisper-style encoder; needs the mel
+length to equal ``2 * max_source_positions`` exactly), ``model.model.multi_modal_projector``,
+``model.model.language_model`` (a Qwen2Model), ``model.lm_head``. The processor expands each
+``<|AUDIO|>`` of the chat template to one placeholder per encoder output frame (after pooling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import AudioLLM
+
+
+class Qwen2AudioLLM(AudioLLM):
+    backbone = "qwen2_audio"
+    lm_prefix = "model.language_model"
+
+    @classmethod
+    def hf_class(cls) -> type:
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        return Qwen2AudioForConditionalGeneration
+
+    def text_model(self, m: nn.Module) -> nn.Module:
+        return m.model.language_model
+
+    def lm_head(self, m: nn.Module) -> nn.Module:
+        return m.lm_head
+
+    def audio_encoder(self, m: nn.Module) -> nn.Module:
+        return m.model.audio_tower
+
+    def audio_modules(self, m: nn.Module) -> list[nn.Module]:
+        return [m.model.audio_tower, m.model.multi_modal_projector]
+
+    @property
+    def audio_token_id(self) -> int:
+        return int(self.hf.config.audio_token_id)
+
+    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        """Encoder + projector on all B clips in one call; keep the valid frames of each -> [n, D].
+
+        Mirrors ``Qwen2AudioModel.forward``: the encoder attends only to the clip's own frames
+        (bidirectional mask from ``feature_attention_mask``), then the valid pooled frames are kept.
+        """
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower = m.model.audio_tower
+        dev = next(tower.parameters()).device
+        feats = batch["input_features"].to(dev)
+        fmask = batch["feature_attention_mask"].to(dev)
+        conv_lengths, out_lengths = tower._get_feat_extract_output_lengths(fmask.sum(-1))
+        b, _, n_mel = feats.shape
+        max_len = (n_mel - 2) // 2 + 1
+        mask2d = (torch.arange(max_len, device=dev)[None, :] < conv_lengths[:, None]).long()
+        dummy = torch.zeros((b, max_len, 1), dtype=tower.conv1.weight.dtype, device=dev)
+        amask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask2d)
+        hidden = tower(feats, attention_mask=amask).last_hidden_state
+        audio = m.model.multi_modal_projector(hidden)  # [B, frames, D]
+        valid = torch.arange(audio.shape[1], device=dev)[None, :] < out_lengths[:, None]
+        return audio[valid]
+
+
+__all__ = ["Qwen2AudioLLM"]
