@@ -1,0 +1,38 @@
+"""Shared fixtures: offline hub, one CPU thread, and tiny random models built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio_dir(tmp_path_factory):
+    """A tiny random Qwen2-Audio model + processor directory (1 s window, 25 audio tokens per second)."""
+    from echodistill.models.tiny import build_tiny_qwen2_audio
+
+    return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny_qwen2_audio"), seed=0, window_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_omni_dir(tmp_path_factory):
+    """A tiny random Qwen2.5-Omni thinker + audio-only processor directory."""
+    from echodistill.models.tiny import build_tiny_qwen_omni
+
+    return build_tiny_qwen_omni(tmp_path_factory.mktemp("tiny_qwen_omni"), seed=0, window_s=1.0)
+
+
+@pytest.fixture
+def tiny_waveforms():
+    """Two clips of different lengths (0.5 s and 1 s) at 16 kHz, fixed seed."""
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 16000)]
