@@ -56,8 +56,10 @@ def cmd_data_mix(args) -> int:
 
 
 def cmd_model_build(args) -> int:
-    from .models.embedded import build_embedded_model
-    build_embedded_model(Path(args.out), seed=args.seed, window_s=args.window)
+    from .models.embedded import build_embedded_model, read_bench_texts
+    texts = read_bench_texts(Path(args.bench)) if args.bench else None
+    build_embedded_model(Path(args.out), seed=args.seed, window_s=args.window, corpus_texts=texts,
+                         vocab_size=args.vocab_size)
     return 0
 
 
@@ -143,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     mb = model.add_parser("build", help="assemble the embedded model (real Whisper tiny.en encoder + small Qwen2 LM)")
     mb.add_argument("--out", default="models/embedded")
     mb.add_argument("--seed", type=int, default=0)
-    mb.add_argument("--window", type=float, default=2.0, help="audio window in seconds (multiple of 0.02... use 1-30)")
+    mb.add_argument("--window", type=float, default=2.0, help="audio window in whole seconds (1-30); 25 audio tokens/s")
+    mb.add_argument("--bench", default=None, metavar="DIR",
+                    help="train the tokenizer on DIR/*.jsonl questions and choices too (e.g. data/bench)")
+    mb.add_argument("--vocab-size", type=int, default=4096,
+                    help="upper bound on the small tokenizer's vocabulary (it stops once every word is one token)")
     mb.set_defaults(func=cmd_model_build)
 
     w = sub.add_parser("warmup", help="supervised warm-up (clean) or the sft-noisy baseline (warmup.noisy=true)")
