@@ -30,8 +30,11 @@ def ordered_choices(item: "Item", seed: int) -> list[str]:
 
     Sorting by a hash of each choice's text is a uniformly random permutation per (seed, id), and
     does not depend on the stored order. Ties (only for duplicate texts) keep stored order.
+    Pre-mixed noisy rows (`data mix`) carry their clean item's id in ``meta["clean_id"]``: keying on
+    it shows a clip's choices in the same order under every noise condition.
     """
-    idx = sorted(range(len(item.choices)), key=lambda i: (_key(seed, str(item.id), item.choices[i]), i))
+    key_id = str(item.meta.get("clean_id", item.id)) if item.meta else str(item.id)
+    idx = sorted(range(len(item.choices)), key=lambda i: (_key(seed, key_id, item.choices[i]), i))
     return [item.choices[i] for i in idx]
 
 
