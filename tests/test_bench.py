@@ -1,0 +1,166 @@
+"""`echodistill data build --size small`: counts, choices, disjoint splits, clips, noise bank, datasheet,
+determinism (two fresh builds with the same seed are byte-identical), and the missing-source path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from echodistill.data import bench
+from echodistill.data import sources as S
+
+AVAIL = S.probe()
+pytestmark = pytest.mark.skipif(
+    not (AVAIL.flite or AVAIL.espeak) or not AVAIL.asterisk,
+    reason="benchmark sources absent: needs flite/espeak-ng and asterisk-core-sounds-en-wav "
+           "(run scripts/setup.sh as root or apt-get install flite espeak-ng asterisk-core-sounds-en-wav)")
+
+SPLITS = ("train", "val", "test", "test_heldout")
+
+
+def _read(out: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """sha1 of every manifest, clip and noise file (the cache and datasheets excluded)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and not rel.startswith(".cache") and not rel.startswith("datasheet"):
+            out[rel] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "a"
+    sheet = bench.build_benchmark(out, seed=3, size="small")
+    return out, sheet
+
+
+def test_counts_and_schema(built):
+    out, sheet = built
+    ntasks = len(sheet["tasks"])
+    assert ntasks >= 5
+    kinds = {t["kind"] for t in sheet["tasks"]}
+    assert kinds == {"speech", "music"} or not AVAIL.fluidsynth
+    for split in SPLITS:
+        rows = _read(out, split)
+        want = bench.SIZES["small"][split] * ntasks
+        assert want * 0.9 <= len(rows) <= want, (split, len(rows), want)
+        for r in rows:
+            assert set(r) >= {"id", "audio", "question", "choices", "target", "task", "split", "meta"}
+            assert r["split"] == split
+            assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4
+            assert r["target"] in r["choices"]
+            task = next(t for t in sheet["tasks"] if t["name"] == r["task"])
+            assert set(r["choices"]) <= set(task["labels"])  # distractors from the same task
+            assert {"voice", "source", "licence"} <= set(r["meta"])
+            assert len(r["question"]) < 60
+    rows = [r for s in SPLITS for r in _read(out, s)]
+    first = sum(r["choices"][0] == r["target"] for r in rows) / len(rows)
+    assert first < 0.45  # seeded order, never target-first
+
+
+def test_splits_disjoint_and_heldout_voices(built):
+    out, sheet = built
+    by = {s: _read(out, s) for s in SPLITS}
+    for key in ("id", "audio"):
+        seen = [r[key] for s in SPLITS for r in by[s]]
+        assert len(seen) == len(set(seen)), key
+    groups = {s: {r["meta"]["group"] for r in by[s]} for s in SPLITS}
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            assert not groups[a] & groups[b], (a, b)
+    heldout = {v["name"] for v in sheet["voices"] if v["role"] == "test_heldout only"}
+    assert "asterisk_human" in heldout
+    speech_voices = {r["meta"]["voice"] for s in ("train", "val", "test") for r in by[s]
+                     if r["meta"]["source"] != "fluidsynth"}
+    assert not speech_voices & heldout
+    ho_speech = {r["meta"]["voice"] for r in by["test_heldout"] if r["meta"]["source"] != "fluidsynth"}
+    assert ho_speech and ho_speech <= heldout
+
+
+def test_clips_are_valid(built):
+    out, _ = built
+    from echodistill.audio.io import load_audio
+    for split in SPLITS:
+        for r in _read(out, split):
+            path = out / r["audio"]
+            assert path.is_file() and r["audio"].startswith(f"audio/{r['task']}/")
+            info = sf.info(str(path))
+            assert info.samplerate == 16000 and info.channels == 1
+            assert info.frames / 16000 <= 2.0
+            load_audio(path, min_duration_s=0.1, max_duration_s=2.0)  # decodable, not silent
+
+
+def test_noise_bank_and_loader(built):
+    out, sheet = built
+    for sub in ("babble", "music", "midi"):
+        files = sorted((out / "noise" / sub).glob("*.wav"))
+        assert files, sub
+        assert len(files) == sheet["noise"]["files"][sub]
+        for f in files:
+            info = sf.info(str(f))
+            assert info.samplerate == 16000 and info.channels == 1 and info.frames > 16000
+    assert set(sheet["noise"]["types_heldout"]) == {"hum", "midi"}
+    from echodistill.audio.noise import NoiseBank
+    bank = NoiseBank(out / "noise")
+    for t in ("babble", "music", "midi"):
+        assert t in bank.types
+        x = bank.sample(t, 16000, np.random.default_rng(0))
+        assert x.shape == (16000,) and np.abs(x).max() > 0
+
+
+def test_datasheet_matches_files(built):
+    out, _ = built
+    sheet = json.loads((out / "datasheet.json").read_text())
+    for split in SPLITS:
+        rows = _read(out, split)
+        assert sheet["counts"]["split"][split] == len(rows)
+        assert sheet["counts"]["task"][split] == dict(Counter(r["task"] for r in rows))
+        assert sheet["counts"]["voice"][split] == dict(Counter(r["meta"]["voice"] for r in rows))
+        assert sheet["counts"]["source"][split] == dict(Counter(r["meta"]["source"] for r in rows))
+    assert sheet["seed"] == 3 and "--seed 3" in sheet["rebuild_command"]
+    md = (out / "datasheet.md").read_text()
+    assert "CC-BY-SA-3.0" in md and "asterisk_human" in md and "held out" in md
+
+
+def test_same_seed_same_bytes(built, tmp_path):
+    out, _ = built
+    again = tmp_path / "b"
+    bench.build_benchmark(again, seed=3, size="small")  # fresh folder: no shared cache
+    assert _digest(out) == _digest(again)
+    # a rebuild into the same folder reuses the utterance cache and still gives the same bytes
+    bench.build_benchmark(again, seed=3, size="small")
+    assert _digest(out) == _digest(again)
+
+
+def test_other_seed_differs(built, tmp_path):
+    out, _ = built
+    other = tmp_path / "c"
+    bench.build_benchmark(other, seed=4, size="small")
+    a = [(r["target"], r["choices"]) for r in _read(out, "train")]
+    b = [(r["target"], r["choices"]) for r in _read(other, "train")]
+    assert a != b
+
+
+def test_missing_sources_clear_error(tmp_path, monkeypatch):
+    empty = S.Availability(missing=["flite not found (Debian package: flite)"])
+    monkeypatch.setattr(S, "probe", lambda: empty)
+    with pytest.raises(bench.BenchmarkError, match="flite"):
+        bench.build_benchmark(tmp_path / "x", seed=0, size="small")
+
+
+def test_probe_names_missing_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(S, "ASTERISK_DIR", tmp_path / "nowhere")
+    a = S.probe()
+    assert not a.asterisk
+    assert any("asterisk-core-sounds-en-wav" in m for m in a.missing)
