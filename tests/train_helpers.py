@@ -1,0 +1,54 @@
+"""A tiny training set-up for the trainer tests: tone clips, a manifest, a noise dir, a config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from echodistill.audio.io import write_audio
+from echodistill.config import load_config
+
+WORDS = ["low", "high", "mid", "rising"]
+
+
+def tone(freq: float, seconds: float = 0.6, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, bad_ids: tuple[str, ...] = ()) -> Path:
+    """root/{train,val}.jsonl, root/audio/*.wav, root/noise/music/*.wav. ``bad_ids``: audio missing."""
+    root = Path(root)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows = []
+        for i in range(n):
+            iid = f"{split}{i}"
+            k = i % len(WORDS)
+            path = root / "audio" / f"{iid}.wav"
+            if iid not in bad_ids:
+                write_audio(path, tone(200 + 150 * k + 7 * i, seed=i))
+            rows.append({"id": iid, "audio": str(path), "question": "Which tone is it?",
+                         "choices": list(WORDS), "target": WORDS[k], "task": "tone", "split": split})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rng = np.random.default_rng(1)
+    write_audio(root / "noise" / "music" / "m0.wav", (0.2 * rng.standard_normal(32000)).astype(np.float32))
+    return root
+
+
+def tiny_config(data_dir: Path, model_dir: Path, out_dir: Path, *overrides: str):
+    base = [
+        f"run.output_dir={out_dir}", "run.num_threads=1", "run.log_with=null", "run.seed=3",
+        f"data.bench_dir={data_dir}", f"data.train_manifest={data_dir}/train.jsonl",
+        f"data.val_manifest={data_dir}/val.jsonl", "data.max_duration_s=1.0",
+        f"noise.noise_dir={data_dir}/noise", "noise.train_types=[white,pink,music]",
+        "noise.train_snr_min=-5", "noise.train_snr_max=5",
+        "model.backbone=embedded", f"model.path={model_dir}",
+        "train.num_generations=4", "train.per_device_batch_size=2", "train.max_completion_length=4",
+        "train.max_steps=2", "train.save_steps=1", "train.eval_steps=2", "train.eval_items=2",
+        "train.learning_rate=1e-3", "train.warmup_ratio=0.0", "eval.batch_size=4", "eval.max_new_tokens=4",
+    ]
+    return load_config(None, base + list(overrides))
