@@ -89,7 +89,7 @@ class AudioLLM(abc.ABC):
     Attributes: ``model`` (the top-level nn.Module: PeftModel or HF model; give it to the optimizer /
     accelerate), ``hf`` (the underlying HF model, LoRA layers injected in place), ``processor``,
     ``peft`` (PeftModel or None), ``teacher_mode`` (adapter_disabled | frozen_copy | self),
-    ``system_prompt``, ``encoder_calls``, ``encoder_clips``.
+    ``system_prompt``, ``encoder_calls`` (audio-encoder forwards), ``encoder_clips`` (clips encoded).
     """
 
     backbone: str = ""
@@ -169,9 +169,7 @@ class AudioLLM(abc.ABC):
         self._init_token_sets()
 
     def _count_encoder(self, module, args, kwargs):
-        feats = args[0] if args else kwargs.get("input_features")
-        self.encoder_calls += 1
-        self.encoder_clips += int(feats.shape[0]) if feats is not None else 0
+        self.encoder_calls += 1  # every forward of an audio encoder, whoever calls it
 
     def _init_token_sets(self) -> None:
         tok = self.tokenizer
@@ -350,6 +348,7 @@ class AudioLLM(abc.ABC):
             return cache[key]
         with torch.no_grad() if frozen else nullcontext():
             feats = self.encode_audio(m, batch)
+        self.encoder_clips += int(batch["input_features"].shape[0])
         if cache is not None:
             cache[key] = feats
         return feats

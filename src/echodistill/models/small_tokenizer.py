@@ -89,15 +89,20 @@ def train_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], l
     return dict(model["vocab"]), merges
 
 
-def build_small_tokenizer(corpus: list[str], vocab_size: int = 1000) -> Qwen2Tokenizer:
+def build_small_tokenizer(corpus: list[str], vocab_size: int = 1000,
+                          extra_specials: dict[str, str] | None = None) -> Qwen2Tokenizer:
     """A Qwen2-format tokenizer (byte-level BPE, Qwen2-Audio specials and chat template).
 
     ``corpus``: texts the BPE is trained on (questions, answers...). ``vocab_size``: total size
     including the 6 special tokens (fewer if the corpus has fewer distinct merges).
     eos = <|im_end|> (end of an assistant turn), pad = unk = <|endoftext|>.
+    ``extra_specials``: more named special tokens (attribute -> token, e.g. the Omni processor's
+    ``image_token``), appended after the Qwen2-Audio ones and readable as ``tok.<attribute>``.
     """
-    vocab, merges = train_bpe(corpus, vocab_size)
-    for t in SPECIAL_TOKENS:
+    vocab, merges = train_bpe(corpus, vocab_size - len(extra_specials or {}))
+    named = dict(NAMED_SPECIALS)
+    named.update(extra_specials or {})
+    for t in SPECIAL_TOKENS + [t for t in (extra_specials or {}).values() if t not in SPECIAL_TOKENS]:
         vocab[t] = len(vocab)
     tok = Qwen2Tokenizer(
         vocab=vocab,
@@ -105,7 +110,7 @@ def build_small_tokenizer(corpus: list[str], vocab_size: int = 1000) -> Qwen2Tok
         unk_token="<|endoftext|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=dict(NAMED_SPECIALS),
+        extra_special_tokens=named,
         model_max_length=32768,
         padding_side="left",
     )
