@@ -31,6 +31,14 @@ def tiny_qwen_omni_dir(tmp_path_factory):
     return build_tiny_qwen_omni(tmp_path_factory.mktemp("tiny_qwen_omni"), seed=0, window_s=1.0)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_omni_dir(tmp_path_factory):
+    """A tiny random Qwen3-Omni-MoE thinker (4 experts) + audio-only processor directory."""
+    from echodistill.models.qwen_omni import build_tiny_qwen3_omni
+
+    return build_tiny_qwen3_omni(tmp_path_factory.mktemp("tiny_qwen3_omni"), seed=0, window_s=1.0)
+
+
 @pytest.fixture
 def tiny_waveforms():
     """Two clips of different lengths (0.5 s and 1 s) at 16 kHz, fixed seed."""

@@ -13,13 +13,15 @@ from echodistill.models import load_adapter
 from echodistill.models.base import Completions, top_p_filter
 from echodistill.models.small_tokenizer import SPECIAL_TOKENS, build_small_tokenizer
 
-BACKBONES = ["qwen2_audio", "qwen2_5_omni"]
+BACKBONES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni"]
 PROMPTS = ["What is the spoken word?", "Which number is said? Answer with one choice."]
 
 
 @pytest.fixture(params=BACKBONES)
-def model_dir(request, tiny_qwen2_audio_dir, tiny_qwen_omni_dir):
-    return request.param, (tiny_qwen2_audio_dir if request.param == "qwen2_audio" else tiny_qwen_omni_dir)
+def model_dir(request):
+    fixture = {"qwen2_audio": "tiny_qwen2_audio_dir", "qwen2_5_omni": "tiny_qwen_omni_dir",
+               "qwen3_omni": "tiny_qwen3_omni_dir"}[request.param]
+    return request.param, request.getfixturevalue(fixture)
 
 
 def _cfg(backbone, path, lora=False, **kw) -> ModelConfig:
@@ -67,7 +69,8 @@ def test_build_inputs(model_dir, tiny_waveforms):
     ids, am = b["input_ids"], b["attention_mask"]
     assert ids.shape[0] == 2 and b["input_features"].shape[0] == 2
     n_audio = (ids == a.audio_token_id).sum(-1)
-    assert n_audio.tolist() == [12, 25]  # 0.5 s and 1 s clips: 25 placeholders per second
+    # 0.5 s and 1 s clips: 25 placeholders per second (Qwen3-Omni's encoder: 12.5 per second)
+    assert n_audio.tolist() == ([7, 13] if backbone == "qwen3_omni" else [12, 25])
     assert am[:, -1].all() and (am[0] == 0).any()  # left padding: the shorter-audio prompt is padded on the left
     text = a.tokenizer.decode(ids[1][am[1].bool()])
     assert "You are a helpful assistant." in text and PROMPTS[1] in text and text.endswith("assistant\n")

@@ -239,7 +239,7 @@ class AudioLLM(abc.ABC):
         elif use_lora:
             from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-            target = cls._lora_regex(lora.target_modules)
+            target = cls._lora_targets(hf, lora.target_modules)
             pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                                   target_modules=target)
             peft_model = get_peft_model(hf, pcfg)
@@ -259,8 +259,22 @@ class AudioLLM(abc.ABC):
         return obj
 
     @classmethod
-    def _lora_regex(cls, regex: str) -> str:
-        return cls.lora_target_modules(regex)
+    def _lora_targets(cls, hf: nn.Module, regex: str) -> list[str]:
+        """Full names of the nn.Linear modules the regex matches (``re.fullmatch``, as PEFT does).
+
+        Passed to PEFT as an explicit list: given the regex *string*, PEFT 0.21 rewrites it for MoE
+        models (Qwen3-Omni) into bare suffixes {q_proj, k_proj, ...} that also hit the audio tower.
+        """
+        regex = cls.lora_target_modules(regex)
+        try:
+            pat = re.compile(regex)
+        except re.error as e:
+            raise ConfigError(f"model.lora.target_modules={regex!r} is not a valid regex: {e}") from None
+        names = [n for n, mod in hf.named_modules() if isinstance(mod, nn.Linear) and pat.fullmatch(n)]
+        if not names:
+            raise ConfigError(f"model.lora.target_modules={regex!r} matched no linear layer of the {cls.backbone} "
+                              f"model: module names look like {cls.lm_prefix}.layers.0.self_attn.q_proj")
+        return names
 
     @classmethod
     def _check_lora_scope(cls, hf: nn.Module) -> None:
