@@ -163,12 +163,9 @@ def micro_loss(model, r: Rollout, cfg, *, first_iteration: bool, num_tokens: Opt
     logp, ent = model.token_logprobs(r.noisy_batch, r.ids, r.mask, num_samples=G, with_grad=True, return_entropy=True)
     # One update per rollout: the behaviour policy is the current one (ratio 1, as TRL does).
     old = None if t.num_iterations == 1 else r.behaviour_logp
-    stats: dict = {}
-    if t.reward_weights.get("accuracy", 0) or t.reward_weights.get("format", 0) or tc.enabled or tc.token_credit:
-        loss, stats = grpo.policy_loss(logp, old, r.advantages, r.mask, t.epsilon, t.epsilon_high, t.loss_type,
-                                       t.max_completion_length, t.beta, r.ref_logp, num_tokens)
-    else:  # distill-only: no reward term at all
-        loss = logp.sum() * 0.0
+    # distill-only has all-zero rewards, hence zero advantages: the PPO term is 0, beta KL still applies.
+    loss, stats = grpo.policy_loss(logp, old, r.advantages, r.mask, t.epsilon, t.epsilon_high, t.loss_type,
+                                   t.max_completion_length, t.beta, r.ref_logp, num_tokens)
     if r.kd is not None:
         student = completion_logits(model, r.noisy_batch, r.kd["ids"], r.kd["mask"], 1, with_grad=True)
         kd = grpo.kd_loss(r.kd["teacher_logits"], student, r.kd["mask"])
@@ -439,6 +436,7 @@ def run_train(cfg, resume: bool = False) -> Path:
         m.update({f"time_{k}": v for k, v in timer.seconds.items()})
         m["skipped_items"] = float(len(skipped))
         m = _mean_over_ranks(accelerator, m)
+        m["skipped_items"] *= world  # a count: summed over ranks, not averaged
         m.update(step=step, epoch=stream.epoch_of(position - 1), lr=scheduler.get_last_lr()[0],
                  time_step=sum(timer.seconds[k] for k in ("noise", "rollout", "teacher", "rewards", "update")
                                if k in timer.seconds))
