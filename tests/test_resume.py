@@ -1,0 +1,82 @@
+"""Kill-and-resume: 2 steps + resume 2 steps ends with the same weights as 4 steps straight."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from echodistill.train import trainer as T
+from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints
+
+from train_helpers import make_dataset, tiny_config
+
+ARGS = ("train.variant=echodistill-token", "train.max_steps=4", "train.save_steps=2", "train.eval_steps=0",
+        "train.beta=0.05", "train.num_iterations=2", "train.lr_scheduler_type=cosine", "train.warmup_ratio=0.25")
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("resume_data"))
+
+
+def _final_weights(out):
+    return torch.load(latest_checkpoint(out) / "trainable.pt")
+
+
+def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, straight, *ARGS))
+
+    resumed = tmp_path / "resumed"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, resumed, *ARGS)
+    orig = T.save_checkpoint
+
+    def kill_after_first_save(*a, **k):
+        path = orig(*a, **k)
+        raise Killed(path)
+
+    monkeypatch.setattr(T, "save_checkpoint", kill_after_first_save)
+    with pytest.raises(Killed):
+        T.run_train(cfg)
+    monkeypatch.setattr(T, "save_checkpoint", orig)
+    assert [s for s, _ in list_checkpoints(resumed)] == [2]
+    # a save killed half-way leaves a tmp dir behind: it must be ignored
+    (resumed / ".tmp-checkpoint-4").mkdir()
+    (resumed / ".tmp-checkpoint-4" / "trainable.pt").write_bytes(b"partial")
+    T.run_train(cfg, resume=True)
+
+    a, b = _final_weights(straight), _final_weights(resumed)
+    assert set(a) == set(b)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, worst
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    opt_a = torch.load(latest_checkpoint(straight) / "optimizer.pt", weights_only=False)
+    opt_b = torch.load(latest_checkpoint(resumed) / "optimizer.pt", weights_only=False)
+    assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]  # optimizer state restored, not restarted
+    assert json.loads((latest_checkpoint(resumed) / "trainer_state.json").read_text())["step"] == 4
+    assert (resumed / "final" / "config.json").is_file()
+
+
+def test_latest_checkpoint_ignores_incomplete(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()  # no trainer_state.json: incomplete
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / ".tmp-checkpoint-5").mkdir()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    shutil.rmtree(tmp_path / "checkpoint-2")
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_resume_without_checkpoint_starts_fresh(data_dir, tiny_qwen2_audio_dir, tmp_path):
+    out = tmp_path / "run"
+    T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, "train.max_steps=1", "train.eval_steps=0"),
+                resume=True)
+    assert latest_checkpoint(out).name == "checkpoint-1"
