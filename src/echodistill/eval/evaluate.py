@@ -1,0 +1,567 @@
+"""`echodistill eval`: greedy answers on clean, noisy (noise types x SNR) and silent audio; metrics.json.
+
+Conditions per item (METHOD.md section 3):
+
+* ``clean`` -- the clean clip, cropped to the model window (``data.max_duration_s``);
+* ``noisy`` -- for each ``eval.noise_types`` x ``eval.snr_levels`` the clean clip mixed online with
+  ``seeded_rng(eval.noise_seed, item id, noise type, snr)`` (so a clip's noise does not depend on
+  which other items or conditions are evaluated, nor on batch order); or, when the manifest's rows
+  carry a pre-mixed ``noisy_audio`` (``data mix`` output, the paper release's rows), those clips with
+  their own noise type and SNR;
+* ``silent`` -- zeros of the clean clip's length (the no-audio control), when ``eval.no_audio``.
+
+Prompts are the training prompts (``format_question`` over ``ordered_choices(item, data.choice_seed)``);
+answers are greedy (``do_sample=False``, ``eval.max_new_tokens``) and mapped to a choice by the one
+shared extractor (``train.rewards.extract_choice``).
+
+Methods: ``model`` (the checkpoint as is: base directory, warm-up checkpoint or trained adapter),
+``enhance`` (DeepFilterNet3 in front of the model, ``eval/enhance.py``; also ``eval.enhance=true``),
+``cascade`` (Whisper tiny.en transcribes, the closest choice is picked; speech tasks only,
+``eval/cascade.py``).
+
+Resumable: ``<out>/predictions.jsonl`` is appended batch by batch (flushed and fsynced); a re-run reads
+it, keys rows by (item id, condition, noise type, snr) and computes only what is missing. A truncated
+last line (a killed run) is dropped. ``<out>/eval_state.json`` records what the predictions depend on
+(method, checkpoint, manifest, seeds, decoding settings); a re-run with different settings into the same
+folder is refused rather than mixing two evaluations. ``metrics.json`` is computed from the rows of the
+current job set only (so a smaller ``eval.max_items`` in a re-run reports that subset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from ..audio.io import SAMPLE_RATE, AudioError, fit_length, load_audio
+from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
+from ..data.manifest import Item, read_manifest
+from ..data.prompts import format_question, ordered_choices
+from ..errors import UserError
+from ..train.rewards import extract_choice
+from .metrics import GSR_DEFINITION, compute_metrics
+
+METHODS = ("model", "enhance", "cascade")
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+STATE = "eval_state.json"
+
+
+# ------------------------------------------------------------------ conditions and jobs
+@dataclass(frozen=True)
+class Condition:
+    """One evaluation condition: ``clean``, ``silent``, or ``noisy`` with its noise type and SNR (dB).
+
+    ``path``: a pre-mixed noisy clip (None: mix online)."""
+
+    kind: str
+    noise_type: Optional[str] = None
+    snr: Optional[float] = None
+    path: Optional[str] = None
+
+
+def grid_conditions(noise_types: Sequence[str], snr_levels: Sequence[float], no_audio: bool = True,
+                    clean: bool = True) -> list[Condition]:
+    """clean, then every noise type x SNR (online mixing), then silent."""
+    out = [Condition("clean")] if clean else []
+    out += [Condition("noisy", str(t), float(s)) for t in noise_types for s in snr_levels]
+    if no_audio:
+        out.append(Condition("silent"))
+    return out
+
+
+def row_key(item_id: str, condition: str, noise_type: Optional[str] = None, snr: Optional[float] = None) -> tuple:
+    """The identity of one prediction: (clean item id, condition, noise type, snr)."""
+    if condition != "noisy":
+        return (str(item_id), condition, None, None)
+    return (str(item_id), condition, str(noise_type), round(float(snr), 6))
+
+
+@dataclass
+class EvalGroup:
+    """One question (clean item) with the pre-mixed noisy rows of the manifest that belong to it."""
+
+    id: str
+    item: Item
+    premixed: list = field(default_factory=list)  # [(noise_type, snr, path)]
+
+
+def clean_id_of(item: Item) -> str:
+    """The clean item's id: ``meta['clean_id']`` for `data mix` rows, else the id itself."""
+    if item.meta and item.meta.get("clean_id") is not None:
+        return str(item.meta["clean_id"])
+    return str(item.id)
+
+
+def group_items(items: Iterable[Item]) -> list[EvalGroup]:
+    """Group manifest rows by clean item id (first-seen order); pre-mixed rows become noisy conditions."""
+    groups: "OrderedDict[Any, EvalGroup]" = OrderedDict()
+    for it in items:
+        cid = clean_id_of(it)
+        # The release's rows have one id per (clip, noise condition) and no clean id: rows sharing the
+        # clean clip and the question are one item (named by its first row's id).
+        key = cid if (cid != str(it.id) or not it.noisy_audio) else \
+            ("release", it.audio, it.question, tuple(sorted(it.choices)), it.target)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = EvalGroup(cid, it)
+        if it.noisy_audio:
+            if it.noise_type is None or it.snr is None:
+                raise UserError(f"item {it.id}: a pre-mixed noisy clip needs noise_type and snr in the manifest "
+                                "(evaluation reports accuracy per noise type and SNR); add them")
+            g.premixed.append((str(it.noise_type), float(it.snr), it.noisy_audio))
+    return list(groups.values())
+
+
+def subset(groups: Sequence[EvalGroup], max_items: int, seed: int) -> list[EvalGroup]:
+    """At most ``max_items`` groups, chosen by a seeded hash of their id (independent of file order),
+    returned in manifest order. 0 = all."""
+    if not max_items or max_items >= len(groups):
+        return list(groups)
+    rank = sorted(range(len(groups)),
+                  key=lambda i: hashlib.sha256(f"{seed}\x00{groups[i].id}".encode()).hexdigest())
+    keep = set(rank[:max_items])
+    return [g for i, g in enumerate(groups) if i in keep]
+
+
+@dataclass
+class Job:
+    group: EvalGroup
+    cond: Condition
+
+    @property
+    def key(self) -> tuple:
+        return row_key(self.group.id, self.cond.kind, self.cond.noise_type, self.cond.snr)
+
+
+def build_jobs(groups: Sequence[EvalGroup], conditions: Sequence[Condition]) -> list[Job]:
+    """Item-major jobs. A group with pre-mixed rows uses them instead of the online noisy grid."""
+    jobs = []
+    for g in groups:
+        for c in conditions:
+            if c.kind == "noisy" and g.premixed:
+                continue
+            jobs.append(Job(g, c))
+            if c.kind == "clean" and g.premixed:
+                jobs += [Job(g, Condition("noisy", t, s, p)) for t, s, p in g.premixed]
+        if g.premixed and not any(c.kind == "clean" for c in conditions):
+            jobs += [Job(g, Condition("noisy", t, s, p)) for t, s, p in g.premixed]
+    seen, out = set(), []
+    for j in jobs:  # a release may repeat a row: keep the first
+        if j.key not in seen:
+            seen.add(j.key)
+            out.append(j)
+    return out
+
+
+# ------------------------------------------------------------------ audio
+class ClipLoader:
+    """Loads each job's waveform: clean crop, online or pre-mixed noisy of the same length, silence."""
+
+    def __init__(self, cfg: Any, bank: Optional[NoiseBank] = None, cache_items: int = 256):
+        self.cfg = cfg
+        self.bank = bank
+        self.max_samples = int(round(float(cfg.data.max_duration_s) * SAMPLE_RATE))
+        self.min_duration_s = float(cfg.data.min_duration_s)
+        self._clean: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._limit = cache_items
+
+    def clean(self, group: EvalGroup) -> np.ndarray:
+        wav = self._clean.get(group.id)
+        if wav is None:
+            wav = load_audio(group.item.audio, min_duration_s=self.min_duration_s)[: self.max_samples]
+            self._clean[group.id] = wav
+            while len(self._clean) > self._limit:
+                self._clean.popitem(last=False)
+        return wav
+
+    def __call__(self, job: Job) -> np.ndarray:
+        clean = self.clean(job.group)
+        c = job.cond
+        if c.kind == "clean":
+            return clean
+        if c.kind == "silent":
+            return np.zeros_like(clean)
+        if c.path:
+            noisy = load_audio(c.path, require_signal=False)[: self.max_samples]
+            return fit_length(noisy, clean.size).astype(np.float32)
+        if self.bank is None:
+            raise ValueError("online noisy conditions need a NoiseBank")
+        rng = seeded_rng(self.cfg.eval.noise_seed, job.group.id, c.noise_type, float(c.snr))
+        noise = self.bank.sample(c.noise_type, clean.size, rng)
+        return mix_at_snr(clean, noise, float(c.snr)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ predictors
+Predictor = Callable[[list, list, list], list]  # (prompts, choices lists, wavs) -> [(response, idx|None)]
+
+
+def model_predictor(adapter: Any, max_new_tokens: int, enhancer: Optional[Callable] = None) -> Predictor:
+    """Greedy answers of an ``AudioLLM``; ``enhancer`` (wav -> wav) is applied to every clip first."""
+
+    def predict(prompts, choices, wavs):
+        if enhancer is not None:
+            wavs = [enhancer(w) for w in wavs]
+        batch = adapter.build_inputs(list(prompts), list(wavs))
+        comp = adapter.generate(batch, 1, max_new_tokens=int(max_new_tokens), do_sample=False)
+        return [(t, extract_choice(t, ch)) for t, ch in zip(comp.texts, choices)]
+
+    return predict
+
+
+def cascade_predictor(cascade: Any) -> Predictor:
+    """Whisper transcript -> closest choice (``eval/cascade.py``); the response is the transcript."""
+    from .cascade import closest_choice
+
+    def predict(prompts, choices, wavs):
+        texts = cascade.transcribe(list(wavs))
+        return [(t, closest_choice(t, ch)) for t, ch in zip(texts, choices)]
+
+    return predict
+
+
+def make_row(job: Job, choices: list, response: str, idx: Optional[int], split: Optional[str] = None) -> dict:
+    item, c = job.group.item, job.cond
+    answer = choices[idx] if idx is not None else None
+    return {"id": job.group.id, "task": item.task, "condition": c.kind,
+            "noise_type": c.noise_type if c.kind == "noisy" else None,
+            "snr": float(c.snr) if c.kind == "noisy" else None,
+            "response": response, "answer": answer, "target": item.target,
+            "correct": bool(answer is not None and answer == item.target), "invalid": answer is None,
+            "voice": (item.meta or {}).get("voice"), "split": split or item.split}
+
+
+def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, batch_size: int, choice_seed: int,
+             on_rows: Optional[Callable[[list], None]] = None, bad: Optional[dict] = None,
+             split: Optional[str] = None, progress: Optional[Any] = None) -> list[dict]:
+    """Predict ``jobs`` in batches; rows are passed to ``on_rows`` after every batch and returned.
+
+    A job whose audio cannot be used (AudioError) is skipped and recorded in ``bad`` as
+    ``{item id: {"kind", "message", "conditions"}}``; an item whose clean clip fails loses every condition.
+    """
+    bad = {} if bad is None else bad
+    out: list[dict] = []
+    pending: list = []
+
+    def flush():
+        if not pending:
+            return
+        res = predict([p[1] for p in pending], [p[2] for p in pending], [p[3] for p in pending])
+        rows = [make_row(job, ch, resp, idx, split) for (job, _, ch, _), (resp, idx) in zip(pending, res)]
+        out.extend(rows)
+        if on_rows is not None:
+            on_rows(rows)
+        if progress is not None:
+            progress.update(len(rows))
+        pending.clear()
+
+    prompts: dict[str, tuple[str, list]] = {}
+    for job in jobs:
+        g = job.group
+        if g.id in bad and bad[g.id].get("clean_failed"):
+            if progress is not None:
+                progress.update(1)
+            continue
+        try:
+            wav = loader(job)
+        except AudioError as e:
+            rec = bad.setdefault(g.id, {"kind": e.kind, "message": str(e), "conditions": []})
+            failed_clean = job.cond.kind == "clean" or g.id not in loader._clean
+            rec["clean_failed"] = rec.get("clean_failed", False) or failed_clean
+            rec["conditions"].append(job.cond.kind if job.cond.kind != "noisy"
+                                     else f"noisy/{job.cond.noise_type}/{job.cond.snr:g}")
+            if progress is not None:
+                progress.update(1)
+            continue
+        if g.id not in prompts:
+            ch = ordered_choices(g.item, choice_seed)
+            prompts[g.id] = (format_question(g.item.question, ch), ch)
+        prompt, ch = prompts[g.id]
+        pending.append((job, prompt, ch, wav))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return out
+
+
+def evaluate_items(adapter: Any, items: Sequence[Item], conditions: Sequence[Condition], cfg: Any, *,
+                   bank: Optional[NoiseBank] = None, batch_size: Optional[int] = None,
+                   max_new_tokens: Optional[int] = None, enhancer: Optional[Callable] = None,
+                   progress: bool = False) -> tuple[list[dict], dict]:
+    """Greedy prediction rows for ``items`` x ``conditions`` (no files written): the trainer's val hook.
+
+    ``conditions``: e.g. ``grid_conditions(types, snrs, no_audio)`` or
+    ``[Condition("clean"), Condition("noisy", "white", 0.0)]``; noisy ones are mixed online
+    (``seeded_rng(cfg.eval.noise_seed, id, type, snr)``) unless an item carries a pre-mixed clip.
+    Returns ``(rows, bad)``; ``compute_metrics(rows, ...)`` turns rows into figures.
+    """
+    groups = group_items(items)
+    needs_bank = any(c.kind == "noisy" for c in conditions) and any(not g.premixed for g in groups)
+    if needs_bank and bank is None:
+        bank = NoiseBank(cfg.noise.noise_dir, list(cfg.noise.extra_noise_paths))
+    jobs = build_jobs(groups, conditions)
+    bad: dict = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), desc="eval", unit="clip")
+    try:
+        rows = run_jobs(jobs, model_predictor(adapter, max_new_tokens or cfg.eval.max_new_tokens, enhancer),
+                        ClipLoader(cfg, bank), batch_size=int(batch_size or cfg.eval.batch_size),
+                        choice_seed=int(cfg.data.choice_seed), bad=bad, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows, bad
+
+
+# ------------------------------------------------------------------ predictions file
+def read_existing(path: Path) -> list[dict]:
+    """Rows already in ``path``; unparsable lines (a run killed mid-write) are dropped and the file
+    rewritten without them."""
+    if not path.is_file():
+        return []
+    rows, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            s = line.strip()
+            if not s:
+                continue
+            try:
+                r = json.loads(s)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(r, dict) and "id" in r and "condition" in r:
+                rows.append(r)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        print(f"eval: dropped {dropped} incomplete line(s) from {path} (an interrupted run); they are recomputed")
+    return rows
+
+
+class PredictionWriter:
+    """Appends rows to predictions.jsonl, flushed and fsynced after every chunk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "a", encoding="utf-8")
+        self.written = 0
+
+    def __call__(self, rows: list) -> None:
+        for r in rows:
+            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.written += len(rows)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _check_state(out_dir: Path, state: dict) -> None:
+    p = out_dir / STATE
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if isinstance(old, dict):
+            diff = [k for k in state if k in old and old[k] != state[k]]
+            if diff:
+                raise UserError(
+                    f"{out_dir}: holds predictions made with different settings ({', '.join(diff)}: "
+                    f"{[old[k] for k in diff]} -> {[state[k] for k in diff]}); evaluate into a new --out folder, "
+                    f"or delete {out_dir / PREDICTIONS} to start over")
+    p.write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ summary
+def _pct(fig: Optional[dict]) -> str:
+    if not fig or fig.get("value") is None:
+        return "n/a"
+    lo, hi = fig.get("ci_low"), fig.get("ci_high")
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{100 * fig['value']:.1f}%{ci}"
+
+
+def summary_text(meta: dict) -> str:
+    m = meta["metrics"]
+    n = m.get("counts", {}).get("items", 0)
+    t = meta.get("timing", {})
+    lines = [f"eval {meta['name']} ({meta.get('split') or '-'}, method {meta['method']}): {n} items, "
+             f"{m.get('counts', {}).get('rows', 0)} predictions"
+             + (f"; {t['new_predictions']} new in {t['seconds']:.1f} s ({t['clips_per_s']:.2f} clips/s, "
+                f"{t['items_per_s']:.2f} items/s)" if t.get("new_predictions") else "")]
+    lines.append("  " + "  ".join(f"{k} {_pct(m.get(k))}" for k in ("Acc", "Noisy", "StrongNoisy", "GSR")))
+    lines.append("  " + "  ".join(f"{k} {_pct(m.get(k))}" for k in ("Consistency", "NoAudio", "Invalid")))
+    lines.append(f"  GSR = {GSR_DEFINITION}; StrongNoisy: SNR <= {m['settings']['strong_snr_max']:g} dB; "
+                 f"95% bootstrap CIs over items")
+    if meta.get("bad_items", {}).get("count"):
+        b = meta["bad_items"]
+        lines.append(f"  skipped {b['count']} item(s) with unusable audio: "
+                     + ", ".join(x["id"] for x in b["items"][:10]) + (" ..." if b["count"] > 10 else ""))
+    if meta.get("skipped_tasks"):
+        lines.append(f"  tasks not evaluated by this method: {meta['skipped_tasks']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ entry point
+def _resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
+    return device
+
+
+def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Optional[str | Path] = None,
+             out_dir: str | Path = "runs/eval", method: str = "model", name: Optional[str] = None,
+             split_name: Optional[str] = None, path_map: Optional[dict] = None, fmt: str = "auto") -> dict:
+    """Evaluate one model (or baseline) on one manifest; writes predictions.jsonl and metrics.json.
+
+    Returns the metrics.json content ``{"name", "split", "method", "checkpoint", "manifest",
+    "metrics", "bad_items", "skipped_tasks", "timing", ...}``.
+    """
+    import torch
+
+    if method not in METHODS:
+        raise UserError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    if method == "model" and bool(cfg.eval.enhance):
+        method = "enhance"
+    out_dir = Path(out_dir)
+    manifest = Path(manifest if manifest is not None else cfg.data.test_manifest)
+    if not manifest.is_file():
+        raise UserError(f"manifest {manifest} not found: build the benchmark (`echodistill data build`) or pass "
+                        "--manifest")
+    pmap = dict(cfg.data.path_map or {})
+    pmap.update(path_map or {})
+    items = read_manifest(manifest, path_map=pmap or None, fmt=fmt)
+    groups = subset(group_items(items), int(cfg.eval.max_items), int(cfg.eval.noise_seed))
+    conditions = grid_conditions(list(cfg.eval.noise_types), [float(s) for s in cfg.eval.snr_levels],
+                                 bool(cfg.eval.no_audio))
+    skipped_tasks: dict = {}
+    if method == "cascade":
+        from .cascade import is_speech_task
+        kept = []
+        for g in groups:
+            if is_speech_task(g.item.task):
+                kept.append(g)
+            else:
+                skipped_tasks[g.item.task] = skipped_tasks.get(g.item.task, 0) + 1
+        groups = kept
+        if not groups:
+            raise UserError(f"{manifest}: no speech task to evaluate with --method cascade (tasks: "
+                            f"{sorted(skipped_tasks)}); the cascade baseline transcribes speech only")
+    jobs = build_jobs(groups, conditions)
+    bank = None
+    if any(j.cond.kind == "noisy" and not j.cond.path for j in jobs):
+        bank = NoiseBank(cfg.noise.noise_dir, list(cfg.noise.extra_noise_paths))
+        bank.check(sorted({j.cond.noise_type for j in jobs if j.cond.kind == "noisy" and not j.cond.path}))
+
+    ckpt = str(checkpoint) if checkpoint is not None else str(cfg.model.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {"method": method, "checkpoint": "whisper-tiny.en" if method == "cascade" else str(Path(ckpt).resolve()),
+             "manifest": str(manifest.resolve()), "noise_seed": int(cfg.eval.noise_seed),
+             "choice_seed": int(cfg.data.choice_seed), "max_new_tokens": int(cfg.eval.max_new_tokens),
+             "max_duration_s": float(cfg.data.max_duration_s)}
+    _check_state(out_dir, state)
+
+    pred_path = out_dir / PREDICTIONS
+    existing = read_existing(pred_path)
+    done = {}
+    for r in existing:
+        try:
+            done[row_key(r["id"], r["condition"], r.get("noise_type"), r.get("snr"))] = r
+        except (TypeError, ValueError):
+            continue
+    todo = [j for j in jobs if j.key not in done]
+
+    device = _resolve_device(str(cfg.run.device))
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(cfg.run.num_threads)))
+    bad: dict = {}
+    writer = PredictionWriter(pred_path)
+    t0 = time.time()
+    try:
+        if todo:
+            if method == "cascade":
+                from .cascade import WhisperCascade
+                predict = cascade_predictor(WhisperCascade(device=device))
+            else:
+                from ..models import load_adapter
+                enhancer = None
+                if method == "enhance":
+                    from .enhance import get_enhancer
+                    enhancer = get_enhancer()
+                adapter = load_adapter(cfg.model, path=ckpt, train=False)
+                if device != "cpu":
+                    adapter.to(device)
+                predict = model_predictor(adapter, int(cfg.eval.max_new_tokens), enhancer)
+            from tqdm import tqdm
+            with tqdm(total=len(todo), desc=f"eval {method}", unit="clip", disable=None) as bar:
+                new_rows = run_jobs(todo, predict, ClipLoader(cfg, bank), batch_size=int(cfg.eval.batch_size),
+                                    choice_seed=int(cfg.data.choice_seed), on_rows=writer, bad=bad,
+                                    split=split_name, progress=bar)
+        else:
+            new_rows = []
+    finally:
+        writer.close()
+    seconds = time.time() - t0
+    for r in new_rows:
+        done[row_key(r["id"], r["condition"], r.get("noise_type"), r.get("snr"))] = r
+    rows = [done[j.key] for j in jobs if j.key in done]
+    if not rows:
+        raise UserError(f"{manifest}: no prediction could be made ({len(bad)} item(s) with unusable audio, e.g. "
+                        f"{next(iter(bad.values()))['message'] if bad else '-'}); run `echodistill data check`")
+    metrics = compute_metrics(rows, float(cfg.eval.strong_snr_max), int(cfg.eval.bootstrap), int(cfg.run.seed))
+    n_new_items = len({r["id"] for r in new_rows})
+    bad_list = [{"id": k, "kind": v["kind"], "message": v["message"], "conditions": v["conditions"]}
+                for k, v in bad.items()]
+    from omegaconf import OmegaConf
+    meta = {
+        "name": name or out_dir.name,
+        "split": split_name or (groups[0].item.split if groups else None),
+        "method": method,
+        "checkpoint": state["checkpoint"],
+        "manifest": state["manifest"],
+        "metrics": metrics,
+        "bad_items": {"count": len(bad_list), "items": bad_list},
+        "skipped_tasks": skipped_tasks,
+        "n_items": len(groups),
+        "n_predictions": len(rows),
+        "conditions": {"clean": any(c.kind == "clean" for c in conditions),
+                       "noise_types": sorted({j.cond.noise_type for j in jobs if j.cond.kind == "noisy"}),
+                       "snr_levels": sorted({float(j.cond.snr) for j in jobs if j.cond.kind == "noisy"}),
+                       "premixed": any(j.cond.path for j in jobs), "silent": bool(cfg.eval.no_audio)},
+        "timing": {"seconds": round(seconds, 3), "new_predictions": len(new_rows), "device": device,
+                   "clips_per_s": round(len(new_rows) / seconds, 4) if seconds > 0 and new_rows else None,
+                   "items_per_s": round(n_new_items / seconds, 4) if seconds > 0 and new_rows else None},
+        "eval_config": OmegaConf.to_container(cfg.eval, resolve=True) if OmegaConf.is_config(cfg.eval)
+        else dict(vars(cfg.eval)),
+    }
+    tmp = out_dir / (METRICS + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out_dir / METRICS)
+    print(summary_text(meta))
+    print(f"  wrote {pred_path} and {out_dir / METRICS}")
+    return meta
+
+
+__all__ = ["run_eval", "evaluate_items", "Condition", "grid_conditions", "group_items", "build_jobs", "subset",
+           "row_key", "run_jobs", "model_predictor", "cascade_predictor", "ClipLoader", "summary_text",
+           "METHODS", "PREDICTIONS", "METRICS"]
