@@ -383,6 +383,7 @@ def run_train(cfg, resume: bool = False) -> Path:
         timer = PhaseTimer()
         rolls: list[Rollout] = []
         skipped: list[str] = []
+        encoder_clips, empty_in_a_row = model.encoder_clips, 0
         while len(rolls) < t.gradient_accumulation_steps:
             # ---- phase 1: noise (load clips, draw noise); all ranks agree before any skip
             with timer("noise"):
@@ -391,7 +392,12 @@ def run_train(cfg, resume: bool = False) -> Path:
                 skip = _any_rank(accelerator, len(examples) == 0)
             position += 1
             if skip:  # some rank has nothing usable: every rank drops this micro-batch together
+                empty_in_a_row += 1
+                if empty_in_a_row > max(100, len(train_items)):  # the same decision on every rank
+                    raise UserError(f"{cfg.data.train_manifest}: {empty_in_a_row} micro-batches in a row had no "
+                                    f"usable audio (last: {bad[-1] if bad else '?'}); run `echodistill data check`")
                 continue
+            empty_in_a_row = 0
             # ---- phase 2: rollout (student, noisy audio)
             with timer("rollout"):
                 r = rollout(model, examples, cfg, _generator(model.device, cfg.run.seed, "rollout", position, rank))
@@ -435,6 +441,7 @@ def run_train(cfg, resume: bool = False) -> Path:
         m.update(loss=float(np.mean(losses)), grad_norm=float(np.mean(grad_norms)))
         m.update({f"time_{k}": v for k, v in timer.seconds.items()})
         m["skipped_items"] = float(len(skipped))
+        m["encoder_clips"] = float(model.encoder_clips - encoder_clips)  # audio encodings this step (all phases)
         m = _mean_over_ranks(accelerator, m)
         m["skipped_items"] *= world  # a count: summed over ranks, not averaged
         m.update(step=step, epoch=stream.epoch_of(position - 1), lr=scheduler.get_last_lr()[0],
