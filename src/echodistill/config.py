@@ -79,15 +79,23 @@ class ModelConfig:
 @dataclass
 class WarmupConfig:
     noisy: bool = False  # True = the `sft-noisy` baseline (same training on noisy mixes)
+    init_from: str = ""  # checkpoint to start from (e.g. a clean warm-up's final/ for sft-noisy); "" = model.path
     learning_rate: float = 1e-3
     batch_size: int = 32
-    max_steps: int = 600
-    max_minutes: float = 8.0  # wall-clock cap; stops cleanly and saves
+    max_steps: int = 300  # ~80-90 % clean val on the embedded model: sharp enough to answer, not saturated
+    max_minutes: float = 10.0  # wall-clock cap (evaluation included); stops cleanly and saves
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
-    eval_every: int = 100
-    eval_items: int = 200
-    
+    lr_scheduler: str = "cosine"  # cosine | linear | constant (after the linear warm-up)
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    cache_audio: bool = True  # cache the frozen encoder's output per clip (needs the adapter hooks)
+    noise_versions: int = 4  # sft-noisy: K pre-drawn noisy versions per item (epoch % K); 0 = fresh each epoch
+    eval_every: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
+    eval_items: int = 100  # seeded subset of the val split (0 = all)
+    eval_noisy: bool = True  # also greedy val accuracy on noisy audio (eval.noise_seed, train types/SNRs)
+    log_every: int = 10  # train rows in metrics.jsonl every this many steps
+    resume: bool = False  # continue from run.output_dir/final (weights, optimizer, schedule, data position)
+
 
 @dataclass
 class TeacherConfig:

@@ -42,9 +42,10 @@ class Qwen2AudioLLM(AudioLLM):
     def audio_token_id(self) -> int:
         return int(self.hf.config.audio_token_id)
 
-    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
-        """Encoder + projector on all B clips in one call; keep the valid frames of each -> [n, D].
+    def encode_audio_hidden(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        """Encoder only (before the projector), valid frames of every clip in order -> [n, H].
 
+        Used by the warm-up to cache the frozen encoder's output per clip while the projector trains.
         Mirrors ``Qwen2AudioModel.forward``: the encoder attends only to the clip's own frames
         (bidirectional mask from ``feature_attention_mask``), then the valid pooled frames are kept.
         """
@@ -61,9 +62,16 @@ class Qwen2AudioLLM(AudioLLM):
         dummy = torch.zeros((b, max_len, 1), dtype=tower.conv1.weight.dtype, device=dev)
         amask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask2d)
         hidden = tower(feats, attention_mask=amask).last_hidden_state
-        audio = m.model.multi_modal_projector(hidden)  # [B, frames, D]
-        valid = torch.arange(audio.shape[1], device=dev)[None, :] < out_lengths[:, None]
-        return audio[valid]
+        valid = torch.arange(hidden.shape[1], device=dev)[None, :] < out_lengths[:, None]
+        return hidden[valid]
+
+    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        """Encoder + projector on all B clips in one call; keep the valid frames of each -> [n, D]."""
+        return self.project_audio(m, self.encode_audio_hidden(m, batch))
+
+    def project_audio(self, m: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Projector on encoder frames [n, H] -> [n, D] (per frame, so caching ``hidden`` is exact)."""
+        return m.model.multi_modal_projector(hidden)
 
 
 __all__ = ["Qwen2AudioLLM"]
