@@ -197,6 +197,8 @@ def test_closest_choice_rules():
     assert closest_choice("Turn the volume up.", ["volume down", "volume up"]) == 1
     assert closest_choice("   ", ["a", "b"]) is None and closest_choice("", ["a"]) is None
     assert closest_choice("foxtrott", ["papa", "foxtrot", "lima"]) == 1
+    assert closest_choice("you", ["two", "four", "nine"]) is None  # Whisper's hallucination on silence
+    assert closest_choice("Volume up, please", ["volume down", "volume up"]) == 1
 
 
 def test_cascade_on_a_real_recording():

@@ -8,7 +8,8 @@ skipped and the evaluation records which.
 Matching (:func:`closest_choice`): transcript and choices are normalised (case, punctuation, digits
 to number words: "7" == "seven", "20" == "twenty"; spoken letter names to letters when every choice is
 one letter: "cue" -> "q"); a choice whose words occur as a whole phrase in the transcript wins (the
-longest such), otherwise the highest ``difflib`` similarity. An empty transcript gives no answer.
+longest such), otherwise the most similar choice (``difflib`` character ratio or fuzzy word share) if
+its similarity reaches :data:`MIN_SIMILARITY`. An empty or dissimilar transcript gives no answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 
 SPEECH_TASKS = frozenset({"spoken_number", "spoken_word", "spoken_letter", "command", "speech", "asr",
                           "speaker_content", "spoken_digit"})
+
+MIN_SIMILARITY = 0.6  # below this no choice is close enough: no answer (counted invalid)
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -97,10 +100,17 @@ def closest_choice(transcript: str, choices: Sequence[str]) -> Optional[int]:
         best = max(hits)
         if sum(1 for h in hits if h[0] == best[0]) == 1:
             return best[2]
-    # 2. Character similarity of the whole normalised strings.
+    # 2. Similarity: the larger of the character similarity of the whole normalised strings and the
+    # share of the choice's words found (fuzzily) in the transcript. A transcript unlike every choice
+    # (Whisper's "you" on silence, a paraphrase) gives no answer rather than a forced guess.
     text = " ".join(words)
-    scores = [difflib.SequenceMatcher(None, text, " ".join(cw)).ratio() for cw in cwords]
-    return int(np.argmax(scores))
+
+    def word_share(cw):
+        return sum(any(difflib.SequenceMatcher(None, w, x).ratio() >= 0.8 for x in words) for w in cw) / max(1, len(cw))
+
+    scores = [max(difflib.SequenceMatcher(None, text, " ".join(cw)).ratio(), word_share(cw)) for cw in cwords]
+    best = int(np.argmax(scores))
+    return best if scores[best] >= MIN_SIMILARITY else None
 
 
 def is_speech_task(task: str) -> bool:
