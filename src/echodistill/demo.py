@@ -1,0 +1,177 @@
+"""`echodistill demo`: the whole pipeline on the embedded default, from nothing, resumable.
+
+Stages (each skipped when its output is already complete, so a rerun resumes):
+
+1. bench     build the offline spoken-QA benchmark                       -> <out>/bench
+2. model     assemble the embedded audio LLM                              -> <out>/models/embedded
+3. warmup    supervised warm-up on clean audio                            -> <out>/warmup/final
+4. train     from the same warm-up, same budget: grpo, echodistill (GRPO + clean teacher),
+             sft-noisy (answer-level supervised training on noisy mixes)  -> <out>/train/<method>-s<seed>
+5. eval      greedy eval on the test split: base, warm-up, each trained model, the DeepFilterNet3
+             front-end before the warm-up model                           -> <out>/eval/<name>
+6. report    table, paired differences, plots                             -> <out>/report
+
+The presets below are the only place the demo's budgets live.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import load_config
+
+# Budgets per preset. `train` overrides are shared by grpo and echodistill (same budget);
+# sft-noisy gets the same number of optimizer steps as the RL runs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {  # about a minute: the end-to-end test of the CLI
+        "bench_size": "small", "seeds": [0], "methods": ["grpo", "echodistill", "sft-noisy"],
+        "warmup": ["warmup.max_steps=10", "warmup.batch_size=8", "warmup.eval_every=0"],
+        "train": ["train.max_steps=2", "train.per_device_batch_size=2", "train.num_generations=4",
+                  "train.eval_steps=0", "train.save_steps=2", "train.max_completion_length=4"],
+        "eval": ["eval.max_items=4", "eval.snr_levels=[-5,10]", "eval.noise_types=[white,babble]",
+                 "eval.bootstrap=200"],
+        "enhance": False,
+    },
+    "default": {  # <= 20 minutes on 2 cores
+        "bench_size": "default", "seeds": [0], "methods": ["grpo", "echodistill", "sft-noisy"],
+        "warmup": [],
+        "train": ["train.max_steps=30", "train.eval_steps=0", "train.save_steps=10"],
+        "eval": ["eval.max_items=140", "eval.snr_levels=[-10,-5,0,10,30]",
+                 "eval.noise_types=[white,pink,babble,music]"],
+        "enhance": True,
+    },
+    "full": {  # hours: the experiment in docs/results.md
+        "bench_size": "default", "seeds": [0, 1, 2], "methods": ["grpo", "echodistill", "sft-noisy"],
+        "warmup": [],
+        "train": ["train.max_steps=150", "train.eval_steps=50", "train.save_steps=25"],
+        "eval": [],
+        "enhance": True,
+    },
+}
+
+
+def _say(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _cfg(out: Path, *overrides: str) -> Any:
+    base = [f"data.bench_dir={out / 'bench'}", f"model.path={out / 'models' / 'embedded'}"]
+    return load_config(None, base + [o for o in overrides if o])
+
+
+def _stage_bench(out: Path, size: str) -> None:
+    from .data.bench import build_benchmark
+    if (out / "bench" / "datasheet.json").is_file():
+        _say("bench: already built")
+        return
+    _say(f"bench: building the offline benchmark ({size})")
+    build_benchmark(out / "bench", seed=0, size=size)
+
+
+def _stage_model(out: Path) -> None:
+    from .models.embedded import build_embedded_model, read_bench_texts
+    target = out / "models" / "embedded"
+    if (target / "config.json").is_file():
+        _say("model: already built")
+        return
+    _say("model: assembling the embedded audio LLM (Whisper tiny.en encoder + small Qwen2 LM)")
+    build_embedded_model(target, seed=0, corpus_texts=read_bench_texts(out / "bench"))
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "final").is_dir() and any((run_dir / "final").iterdir())
+
+
+def _stage_warmup(out: Path, preset: dict) -> Path:
+    from .train.sft import run_warmup
+    run_dir = out / "warmup"
+    if _done(run_dir):
+        _say("warmup: already done")
+    else:
+        _say("warmup: supervised training on clean audio")
+        run_warmup(_cfg(out, f"run.output_dir={run_dir}", "warmup.resume=true", *preset["warmup"]))
+    return run_dir / "final"
+
+
+def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) -> Path:
+    run_dir = out / "train" / f"{method}-s{seed}"
+    if _done(run_dir):
+        _say(f"train {method} seed {seed}: already done")
+        return run_dir / "final"
+    _say(f"train {method} seed {seed}")
+    common = [f"run.output_dir={run_dir}", f"run.seed={seed}"]
+    if method == "sft-noisy":
+        from .train.sft import run_warmup
+        steps = next((o.split("=", 1)[1] for o in preset["train"] if o.startswith("train.max_steps=")), "30")
+        batch = next((o.split("=", 1)[1] for o in preset["train"]
+                      if o.startswith("train.per_device_batch_size=")), "8")
+        # Same budget as the RL runs: as many optimizer steps, as many items per step.
+        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}", "warmup.resume=true",
+                        f"warmup.max_steps={steps}", f"warmup.batch_size={batch}", "warmup.learning_rate=1e-4",
+                        "warmup.eval_every=0"))
+    else:
+        from .train.checkpoint import latest_checkpoint
+        from .train.trainer import run_train
+        cfg = _cfg(out, *common, f"train.variant={method}", f"train.init_from={warm}", *preset["train"])
+        run_train(cfg, resume=latest_checkpoint(run_dir) is not None)
+    return run_dir / "final"
+
+
+def _stage_eval(out: Path, preset: dict, name: str, checkpoint: Path, method: str = "model") -> Path:
+    from .eval.evaluate import run_eval
+    eval_dir = out / "eval" / name
+    if (eval_dir / "metrics.json").is_file():
+        _say(f"eval {name}: already done")
+        return eval_dir
+    _say(f"eval {name} ({method}) on the test split")
+    cfg = _cfg(out, *preset["eval"])
+    run_eval(cfg, checkpoint=str(checkpoint), manifest=str(out / "bench" / "test.jsonl"), out_dir=eval_dir,
+             method=method, name=name, split_name="test")
+    return eval_dir
+
+
+def _headline(report: dict) -> str:
+    cols = ["Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "NoAudio", "Invalid"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for run in report["runs"]:
+        cells = []
+        for c in cols:
+            m = run["metrics"].get(c) or {}
+            v = m.get("value")
+            cells.append("-" if v is None else f"{100 * v:.1f} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}]")
+        lines.append(f"| {run['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: Optional[list[int]] = None) -> dict:
+    """Run every stage of the demo; print and return the report (report.json's content)."""
+    from .eval.report import make_report
+
+    p = PRESETS[preset]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _stage_bench(out, p["bench_size"])
+    _stage_model(out)
+    warm = _stage_warmup(out, p)
+    trained = {f"{m}-s{s}": _stage_train(out, p, m, s, warm) for s in (seeds or p["seeds"]) for m in p["methods"]}
+
+    eval_dirs = [_stage_eval(out, p, "base", out / "models" / "embedded"),
+                 _stage_eval(out, p, "warmup", warm)]
+    if p["enhance"]:
+        eval_dirs.append(_stage_eval(out, p, "enhance+warmup", warm, method="enhance"))
+    eval_dirs += [_stage_eval(out, p, name, ckpt) for name, ckpt in trained.items()]
+
+    _say("report: comparing every evaluated model")
+    report = make_report(eval_dirs, out / "report", baseline="warmup")
+    minutes = (time.time() - t0) / 60
+    (out / "demo.json").write_text(json.dumps({"preset": preset, "minutes": round(minutes, 2),
+                                               "runs": [str(d) for d in eval_dirs]}, indent=1))
+    print("\nTest split, % with bootstrap 95 % intervals (GSR: correct on noisy AND on clean audio; "
+          "strong noise: SNR <= 0 dB):\n")
+    print(_headline(report))
+    print(f"\nFull report: {out / 'report' / 'report.md'} (plots beside it). Took {minutes:.1f} min.")
+    return report
