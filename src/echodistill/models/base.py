@@ -11,7 +11,15 @@ Design choices (why):
   prompts once and expands them to N rows. HF ``generate(input_features=..., num_return_sequences=G)``
   would run the encoder G times. When the audio path (encoder + projector) has no trainable
   parameter, the projected features are also cached on the batch object, so scoring the same batch
-  after sampling does not encode again. ``encoder_calls`` / ``encoder_clips`` count the encoder runs.
+  after sampling does not encode again. When only the encoder is frozen (the projector trains), the
+  encoder's output (``encode_audio_hidden``) is cached on the batch instead and only the projector
+  reruns, so rollout and update share one encoder pass. The teacher (frozen initial model) keeps its
+  projected features per clip (content hash) across steps in a bounded LRU (``teacher_cache_mb``):
+  the same clean clip is never encoded twice. ``cache_encoder_output = False`` restores one encoder
+  pass per call (benchmarks compare both). ``encoder_calls`` / ``encoder_clips`` count the encoder runs.
+* **Shared prompt prefix.** The G samples of an item share its prompt: generation and no-grad
+  scoring run the prompt once per item (B rows) and repeat its KV cache G times, instead of running
+  the same prompt G times (``share_prefix``; the with-grad update keeps the plain full forward).
 * **Our own sampling loop** (KV cache, temperature, top-p) rather than ``GenerationMixin.generate``:
   it starts from ``inputs_embeds``, uses exactly the same position ids as scoring (cumsum of the
   attention mask, so left padding changes nothing), suppresses every special token except EOS
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import abc
 import copy
+import hashlib
 import json
 import re
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +172,11 @@ class AudioLLM(abc.ABC):
         self.sync_generation = False  # True: always run max_new_tokens steps (ZeRO-3 / FSDP lockstep)
         self.encoder_calls = 0
         self.encoder_clips = 0
+        self.cache_encoder_output = True  # batch-level encoder-output cache + per-clip teacher cache
+        self.teacher_cache_mb = 256.0  # bound of the teacher's per-clip feature cache (0 = off)
+        self.share_prefix = True  # prompt run once per item, its KV cache repeated for the G samples
+        self._clip_cache: OrderedDict = OrderedDict()
+        self._clip_cache_bytes = 0
         self._active = hf_model
         self._in_teacher = False
         for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
@@ -343,6 +358,8 @@ class AudioLLM(abc.ABC):
         n_ph = (batch["input_ids"] == self.audio_token_id).sum(-1)
         if (n_ph == 0).any():
             raise ValueError("build_inputs: a prompt has no audio placeholder after processing (empty clip?)")
+        # Content keys of the clips: the teacher's per-clip feature cache is keyed by them.
+        batch.__dict__["_echodistill_clip_keys"] = [hashlib.sha1(w.tobytes()).hexdigest() + f":{w.size}" for w in wavs]
         return batch
 
     def call_processor(self, texts: list[str], wavs: list[np.ndarray]) -> Any:
@@ -357,15 +374,60 @@ class AudioLLM(abc.ABC):
     def _audio_features(self, m: nn.Module, batch: Any) -> torch.Tensor:
         frozen = self._audio_path_frozen(m)
         key = (id(self.audio_modules(m)[-1]), str(self.device))
-        cache = batch.__dict__.setdefault("_echodistill_audio", {}) if frozen else None
-        if cache is not None and key in cache:
+        cache = batch.__dict__.setdefault("_echodistill_audio", {})
+        if frozen and key in cache:
             return cache[key]
-        with torch.no_grad() if frozen else nullcontext():
-            feats = self.encode_audio(m, batch)
-        self.encoder_clips += int(batch["input_features"].shape[0])
-        if cache is not None:
+        clip_keys = batch.__dict__.get("_echodistill_clip_keys")
+        if (frozen and self.cache_encoder_output and self._in_teacher and self.teacher_mode != "self"
+                and self.teacher_cache_mb > 0 and clip_keys is not None):
+            feats = self._teacher_clip_features(m, batch, clip_keys, key[0])
+        elif (not frozen and self.cache_encoder_output and hasattr(self, "encode_audio_hidden")
+              and not any(p.requires_grad for p in self.audio_encoder(m).parameters())):
+            # Frozen encoder, trainable projector: cache the encoder's output, rerun the projector only.
+            hkey = ("hidden", id(self.audio_encoder(m)), str(self.device))
+            if hkey not in cache:
+                with torch.no_grad():
+                    cache[hkey] = self.encode_audio_hidden(m, batch)
+                self.encoder_clips += int(batch["input_features"].shape[0])
+            return self.project_audio(m, cache[hkey])
+        else:
+            with torch.no_grad() if frozen else nullcontext():
+                feats = self.encode_audio(m, batch)
+            self.encoder_clips += int(batch["input_features"].shape[0])
+        if frozen:
             cache[key] = feats
         return feats
+
+    def _teacher_clip_features(self, m: nn.Module, batch: Any, clip_keys: list[str], model_key: int) -> torch.Tensor:
+        """The frozen teacher's projected features, per clip from an LRU keyed by clip content."""
+        counts = (batch["input_ids"] == self.audio_token_id).sum(-1).tolist()
+        store = self._clip_cache
+        missing = [i for i, k in enumerate(clip_keys) if (model_key, k) not in store]
+        if missing:
+            idx = torch.tensor(missing)
+            sub = {"input_features": batch["input_features"][idx],
+                   "feature_attention_mask": batch["feature_attention_mask"][idx]}
+            with torch.no_grad():
+                feats = self.encode_audio(m, sub)
+            self.encoder_clips += len(missing)
+            for i, part in zip(missing, feats.split([counts[i] for i in missing])):
+                store[(model_key, clip_keys[i])] = part
+                self._clip_cache_bytes += part.numel() * part.element_size()
+        parts = []
+        for k in clip_keys:
+            store.move_to_end((model_key, k))
+            parts.append(store[(model_key, k)])
+        out = torch.cat(parts)
+        limit = self.teacher_cache_mb * 2 ** 20
+        while self._clip_cache_bytes > limit and store:
+            _, old = store.popitem(last=False)
+            self._clip_cache_bytes -= old.numel() * old.element_size()
+        return out
+
+    def clear_feature_cache(self) -> None:
+        """Drop the teacher's per-clip feature cache (batch-level caches die with their batch)."""
+        self._clip_cache.clear()
+        self._clip_cache_bytes = 0
 
     def prompt_embeds(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged prompt embeddings [B, L, D] and attention mask [B, L] under the active model."""
@@ -389,6 +451,23 @@ class AudioLLM(abc.ABC):
                                  cache=cache, use_cache=use_cache)
         return out.last_hidden_state, getattr(out, "cache", None)
 
+    def _prefill(self, m: nn.Module, emb: torch.Tensor, am: torch.Tensor, num_samples: int):
+        """Run the B prompts and expand to N = B*G rows: (last hidden [N, D], cache, mask [N, L], pos [N, L]).
+
+        With ``share_prefix`` the prompt runs once per item and the KV cache is repeated G times.
+        """
+        if self.share_prefix and num_samples > 1:
+            pos = self.position_ids(am)
+            h, cache = self._decoder(m, emb, am, pos, use_cache=True)
+            if cache is not None and hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(num_samples)
+                return (self._expand(h[:, -1], num_samples), cache, self._expand(am, num_samples),
+                        self._expand(pos, num_samples))
+        emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
+        pos = self.position_ids(am)
+        h, cache = self._decoder(m, emb, am, pos, use_cache=True)
+        return h[:, -1], cache, am, pos
+
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, batch: Any, num_samples: int = 1, *, max_new_tokens: int, do_sample: bool = True,
@@ -397,11 +476,9 @@ class AudioLLM(abc.ABC):
         """Sample ``num_samples`` completions per prompt (item-major), encoding each clip once."""
         m = self._active
         emb, am = self.prompt_embeds(batch)
-        emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
-        n = emb.shape[0]
-        dev = emb.device
-        pos = self.position_ids(am)
-        h, cache = self._decoder(m, emb, am, pos, use_cache=True)
+        last, cache, am, pos = self._prefill(m, emb, am, num_samples)
+        n = last.shape[0]
+        dev = last.device
         next_pos = pos[..., -1:] + 1
         head = self.lm_head(m)
         embed = self.text_model(m).get_input_embeddings()
@@ -409,7 +486,6 @@ class AudioLLM(abc.ABC):
         suppress = self._suppress.to(dev)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         toks, lps = [], []
-        last = h[:, -1]
         for step in range(max_new_tokens):
             logits = head(last).float()  # [N, V]
             raw_lp = logits.log_softmax(-1)
@@ -458,17 +534,25 @@ class AudioLLM(abc.ABC):
         with ctx:
             m = self._active
             emb, am = self.prompt_embeds(batch)
-            emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
-            if emb.shape[0] != ids.shape[0]:
-                raise ValueError(f"token_logprobs: {ids.shape[0]} completions but {emb.shape[0]} prompt rows "
-                                 f"(B={batch['input_ids'].shape[0]} x num_samples={num_samples})")
+            if emb.shape[0] * num_samples != ids.shape[0]:
+                raise ValueError(f"token_logprobs: {ids.shape[0]} completions but {emb.shape[0] * num_samples} prompt "
+                                 f"rows (B={batch['input_ids'].shape[0]} x num_samples={num_samples})")
             ids = ids.to(emb.device)
             mask = mask.to(emb.device)
             big, t = emb.shape[1], ids.shape[1]
             comp = self.text_model(m).get_input_embeddings()(ids)
-            full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
-            h, _ = self._decoder(m, torch.cat([emb, comp], dim=1), full_am, self.position_ids(full_am))
-            logits = self.lm_head(m)(h[:, big - 1: big + t - 1]).float()
+            if not with_grad and self.share_prefix and num_samples > 1:
+                last, cache, am, _ = self._prefill(m, emb, am, num_samples)
+                full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
+                hc, _ = self._decoder(m, comp, full_am, self.position_ids(full_am)[:, big:], cache=cache,
+                                      use_cache=True)
+                h = torch.cat([last.unsqueeze(1), hc[:, :-1]], dim=1)  # hidden states predicting tokens 0..T-1
+            else:
+                emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
+                full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
+                h, _ = self._decoder(m, torch.cat([emb, comp], dim=1), full_am, self.position_ids(full_am))
+                h = h[:, big - 1: big + t - 1]
+            logits = self.lm_head(m)(h).float()
             if temperature != 1.0:
                 logits = logits / temperature
             lse = logits.logsumexp(-1)
