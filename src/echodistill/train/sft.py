@@ -339,6 +339,10 @@ def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
     data = WarmupData(cfg, train_items)
     cache = AudioCache(use_cache)
     targets = {it.id: completion_ids(adapter, it.target) for it in train_items}
+    missing = [it for it in train_items if not Path(it.audio).is_file()]
+    if missing:  # fail before training, not after minutes of it
+        raise UserError(f"{cfg.data.train_manifest}: {len(missing)} item(s) have no audio file (first: {missing[0].id}: "
+                        f"{missing[0].audio}); run `echodistill data check` or fix data.path_map")
     for it in train_items:
         if it.target not in it.choices:
             raise UserError(f"{cfg.data.train_manifest}: item {it.id}: target {it.target!r} is not a choice")
