@@ -266,3 +266,29 @@ def test_save_load_full_round_trip(tiny_qwen2_audio_dir, tiny_waveforms, tmp_pat
 def test_missing_model_dir_is_user_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist|no config.json"):
         load_adapter(_cfg("qwen2_audio", tmp_path / "nope"))
+
+
+def test_lora_stage_after_lora_warmup_has_the_warmup_as_teacher(tiny_qwen2_audio_dir, tiny_waveforms, tmp_path):
+    """GRPO from a LoRA warm-up: the teacher is the warmed-up model (adapter folded in), not the base."""
+    path = tiny_qwen2_audio_dir
+    warm = load_adapter(_cfg("qwen2_audio", path, lora=True))
+    _perturb_lora(warm, seed=3)
+    warm_dir = warm.save(tmp_path / "warmup")
+    warm_eval = load_adapter(_cfg("qwen2_audio", path), path=warm_dir, train=False)
+
+    rl = load_adapter(_cfg("qwen2_audio", path, lora=True), path=warm_dir, train=True)
+    assert rl.teacher_mode == "adapter_disabled" and rl.merged_adapters == [str(warm_dir.resolve())]
+    _perturb_lora(rl, seed=4)  # the new stage's own adapter moves away from the warm-up
+    b = rl.build_inputs(PROMPTS, tiny_waveforms)
+    c = rl.generate(b, 2, max_new_tokens=6)
+    student = rl.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    with rl.teacher():
+        teacher = rl.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    ref = warm_eval.token_logprobs(warm_eval.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
+    assert torch.allclose(teacher, ref, atol=1e-5)
+    assert (student - teacher).abs().max() > 1e-3
+
+    # the saved stage re-applies the warm-up it was trained on
+    final = load_adapter(_cfg("qwen2_audio", path), path=rl.save(tmp_path / "rl"), train=False)
+    again = final.token_logprobs(final.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
+    assert torch.allclose(again, student, atol=1e-5)

@@ -31,11 +31,12 @@ def adapter_class(backbone: str) -> type[AudioLLM]:
     raise ConfigError(f"model.backbone={backbone!r} is unknown; use embedded | qwen2_audio | qwen2_5_omni | qwen3_omni")
 
 
-def load_adapter(cfg_model: Any, path: Optional[str | Path] = None, lora: Any = None, train: bool = True) -> AudioLLM:
+def load_adapter(cfg_model: Any, path: Optional[str | Path] = None, lora: Any = None, train: bool = True,
+                 fold_adapter: bool = True) -> AudioLLM:
     """Load the model of ``cfg_model`` (``ModelConfig``) from ``path`` (default ``cfg_model.path``).
 
     ``lora``: a ``LoraConfig`` (default ``cfg_model.lora``), applied when ``train`` and enabled.
-    ``train=False``: everything frozen (evaluation).
+    ``train=False``: everything frozen (evaluation). ``fold_adapter``: see ``AudioLLM.load``.
     """
     path = Path(path if path is not None else cfg_model.path)
     backbone = backbone_of(path) or cfg_model.backbone
@@ -43,7 +44,7 @@ def load_adapter(cfg_model: Any, path: Optional[str | Path] = None, lora: Any = 
             and not (path / "adapter_config.json").is_file():
         raise ConfigError(f"model directory {path} has no config.json: build the embedded model first "
                           "(`echodistill model build`) or set model.path")
-    return adapter_class(backbone).load(path, cfg_model, lora=lora, train=train)
+    return adapter_class(backbone).load(path, cfg_model, lora=lora, train=train, fold_adapter=fold_adapter)
 
 
 __all__ = ["AudioLLM", "Completions", "load_adapter", "adapter_class"]

@@ -212,12 +212,18 @@ class AudioLLM(abc.ABC):
 
     @classmethod
     def load(cls, path: str | Path, cfg_model: Any, *, lora: Any = None, train: bool = True,
-             base_path: Optional[str | Path] = None) -> "AudioLLM":
+             base_path: Optional[str | Path] = None, fold_adapter: bool = True) -> "AudioLLM":
         """Load from a local HF directory: full weights, or a saved PEFT adapter (adapter_config.json).
 
         ``cfg_model``: ``ModelConfig`` (dtype, device_map, attn_implementation, trust_remote_code,
         teacher_mode, freeze_audio_encoder). ``lora``: ``LoraConfig`` (default ``cfg_model.lora``);
         applied only when ``train`` and the directory is not already an adapter.
+
+        Training from a saved adapter (e.g. GRPO after a LoRA warm-up) with ``fold_adapter``: the
+        adapter is merged into the weights and a fresh one trains on top, so the teacher (adapter
+        disabled) is this run's initial model, not the base model before the warm-up. The merged
+        stages are recorded in the saved metadata (``merged_adapters``) and re-applied on load.
+        ``fold_adapter=False`` keeps training the same adapter (resuming that adapter's own run).
         """
         path = Path(path)
         if not path.is_dir():
@@ -233,6 +239,13 @@ class AudioLLM(abc.ABC):
         else:
             base = path
         hf = cls._load_hf(base, cfg_model)
+        merged = list(_read_meta(path).get("merged_adapters", [])) if is_adapter else []
+        for stage in merged:  # earlier LoRA stages this adapter was trained on top of
+            hf = _merge_adapter(hf, stage)
+        if is_adapter and train and fold_adapter:
+            hf = _merge_adapter(hf, path)
+            merged.append(str(path.resolve()))
+            is_adapter = False
         processor = cls.load_processor(path if cls._has_processor(path) else base, cfg_model)
         teacher_mode = getattr(cfg_model, "teacher_mode", "auto")
         use_lora = is_adapter or bool(lora is not None and getattr(lora, "enabled", False) and train)
@@ -265,6 +278,7 @@ class AudioLLM(abc.ABC):
             hf.requires_grad_(False)
         obj = cls(hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
                   base_path=str(base.resolve()) if base.is_dir() else str(base))
+        obj.merged_adapters = merged
         if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
             obj.audio_encoder(hf).requires_grad_(False)
         if not train and peft_model is not None:
@@ -603,16 +617,30 @@ class AudioLLM(abc.ABC):
             self.hf.save_pretrained(str(out))
         self.processor.save_pretrained(str(out))
         (out / META_FILE).write_text(json.dumps({"backbone": self.backbone, "base_path": self.base_path,
-                                                 "lora": self.peft is not None}, indent=2))
+                                                 "lora": self.peft is not None,
+                                                 "merged_adapters": getattr(self, "merged_adapters", [])},
+                                                indent=2))
         return out
+
+
+def _read_meta(path: str | Path) -> dict:
+    meta = Path(path) / META_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def backbone_of(path: str | Path) -> Optional[str]:
     """The backbone recorded by ``save`` in ``path`` (None if absent)."""
-    meta = Path(path) / META_FILE
-    if meta.is_file():
-        return json.loads(meta.read_text()).get("backbone")
-    return None
+    return _read_meta(path).get("backbone")
+
+
+def _merge_adapter(hf: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Fold the PEFT adapter saved in ``adapter_dir`` into ``hf``'s weights; returns the plain model."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter_dir}: the LoRA stage this checkpoint was trained on is missing "
+                          "(no adapter_config.json); restore that folder or retrain from the base model")
+    return PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
 
 
 def lm_only_regex(regex: str, prefix: str) -> str:

@@ -290,7 +290,8 @@ def load_warmup_model(cfg: Any, path: Optional[str] = None) -> Any:
     from ..models import load_adapter
 
     src = path or cfg.warmup.init_from or cfg.model.path
-    adapter = load_adapter(cfg.model, path=src, train=True)
+    # Resuming this run's own adapter keeps training it; any other adapter is a finished stage to build on.
+    adapter = load_adapter(cfg.model, path=src, train=True, fold_adapter=path is None)
     adapter.to(cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     return adapter
 
