@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from .small_tokenizer import QWEN2_AUDIO_CHAT_TEMPLATE  # one definition of the Qwen2-Audio ChatML template
 
 # Qwen2's pre-tokenizer: single digits, letters with one optional leading non-letter, etc.
 QWEN2_PRETOKENIZE_REGEX = (
@@ -33,34 +34,6 @@ QWEN2_PRETOKENIZE_REGEX = (
 QWEN2_AUDIO_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
 ]
-
-# The Qwen2(-Audio) ChatML template: string content as in Qwen2; list content with audio parts
-# rendered as Qwen2-Audio-Instruct does ("Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>\n").
-QWEN2_AUDIO_CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
 
 CACHE_VERSION = "v1"
 
