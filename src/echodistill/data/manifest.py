@@ -20,13 +20,29 @@ one clear error:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..errors import UserError
+
+T = TypeVar("T")
+
+
+def seeded_subset(entries: Sequence[T], n: int, seed: int, key: Callable[[T], str] = lambda e: e.id) -> list[T]:
+    """At most ``n`` entries chosen by a seeded hash of their id, returned in their original order.
+
+    Independent of file order (manifests are often sorted by task, so "the first n" would cover one
+    or two tasks only) and stable across processes. ``n <= 0`` keeps everything.
+    """
+    if n <= 0 or n >= len(entries):
+        return list(entries)
+    rank = sorted(range(len(entries)), key=lambda i: hashlib.sha256(f"{seed}\x00{key(entries[i])}".encode()).hexdigest())
+    keep = set(rank[:n])
+    return [e for i, e in enumerate(entries) if i in keep]
 
 FORMATS = ("auto", "echodistill", "release", "mmau")
 

@@ -29,7 +29,6 @@ current job set only (so a smaller ``eval.max_items`` in a re-run reports that s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -42,7 +41,7 @@ import numpy as np
 
 from ..audio.io import SAMPLE_RATE, AudioError, fit_length, load_audio
 from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
-from ..data.manifest import Item, read_manifest
+from ..data.manifest import Item, read_manifest, seeded_subset
 from ..data.prompts import format_question, ordered_choices
 from ..errors import UserError
 from ..train.rewards import extract_choice
@@ -123,12 +122,7 @@ def group_items(items: Iterable[Item]) -> list[EvalGroup]:
 def subset(groups: Sequence[EvalGroup], max_items: int, seed: int) -> list[EvalGroup]:
     """At most ``max_items`` groups, chosen by a seeded hash of their id (independent of file order),
     returned in manifest order. 0 = all."""
-    if not max_items or max_items >= len(groups):
-        return list(groups)
-    rank = sorted(range(len(groups)),
-                  key=lambda i: hashlib.sha256(f"{seed}\x00{groups[i].id}".encode()).hexdigest())
-    keep = set(rank[:max_items])
-    return [g for i, g in enumerate(groups) if i in keep]
+    return seeded_subset(groups, max_items, seed)
 
 
 @dataclass

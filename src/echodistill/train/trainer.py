@@ -319,7 +319,7 @@ def run_train(cfg, resume: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     from ..audio.noise import NoiseBank
-    from ..data.manifest import read_manifest
+    from ..data.manifest import read_manifest, seeded_subset
     from ..models import load_adapter
 
     t, out = cfg.train, Path(cfg.run.output_dir)
@@ -346,7 +346,8 @@ def run_train(cfg, resume: bool = False) -> Path:
     stream = ItemStream(train_items, t.per_device_batch_size, world, rank, cfg.run.seed)
     val_examples: list[Example] = []
     if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).is_file():
-        val_items = read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map))[: t.eval_items]
+        val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map)),
+                                  t.eval_items, cfg.eval.noise_seed)  # every task, not the file's first ones
         val_examples = eval_examples(val_items, cfg, bank, cfg.eval.noise_seed)
 
     model = load_adapter(cfg.model, path=t.init_from or None, train=True)
