@@ -105,8 +105,9 @@ def teacher_scoring(model, r: Rollout, cfg) -> None:
     prompts = [e.prompt for e in r.examples]
     need_teacher = tc.enabled or tc.token_credit or tc.lambda_g > 0
     with model.teacher():
+        clean = model.build_inputs(prompts, [e.clean for e in r.examples]) \
+            if need_teacher or tc.lambda_kd > 0 else None
         if need_teacher:
-            clean = model.build_inputs(prompts, [e.clean for e in r.examples])
             if tc.consistency == "argmax_agree":
                 logits = completion_logits(model, clean, r.ids, r.mask, G, with_grad=False)
                 r.teacher_logp = (logits.gather(-1, r.ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)) * r.mask
@@ -119,7 +120,6 @@ def teacher_scoring(model, r: Rollout, cfg) -> None:
         if t.beta > 0:  # reference = the initial model on the NOISY clip (the student's input)
             r.ref_logp = model.token_logprobs(r.noisy_batch, r.ids, r.mask, num_samples=G)
         if tc.lambda_kd > 0:  # the teacher's greedy answer on clean audio, and its distributions
-            clean = model.build_inputs(prompts, [e.clean for e in r.examples])
             yT = model.generate(clean, 1, max_new_tokens=t.max_completion_length, do_sample=False)
             r.kd = {"ids": yT.ids, "mask": yT.mask,
                     "teacher_logits": completion_logits(model, clean, yT.ids, yT.mask, 1, with_grad=False)}
