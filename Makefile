@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/echodistill demo --preset $(or $(PRESET),default)
 
 test: setup
-	$(PY) -m pytest -x -q -p no:cacheprovider tests
+	$(PY) -m pytest -x -p no:cacheprovider tests
 
 bench: setup
 	$(PY) benchmarks/run_all.py
