@@ -117,7 +117,7 @@ class TeacherConfig:
 
 @dataclass
 class TrainConfig:
-    variant: str = "echodistill"  # grpo | echodistill | echodistill-token | distill-only
+    variant: str = "echodistill"  # grpo | echodistill | echodistill-token | echodistill-kd | distill-only
     init_from: str = ""  # checkpoint the run starts from (a warm-up dir); "" = model.path
     num_generations: int = 8  # G samples per item
     per_device_batch_size: int = 8  # B items per step and process
@@ -178,6 +178,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"teacher.enabled": False, "teacher.token_credit": False, "teacher.lambda_kd": 0.0},
     "echodistill": {"teacher.enabled": True, "teacher.token_credit": False},
     "echodistill-token": {"teacher.enabled": True, "teacher.token_credit": True},
+    # + the distillation term on the teacher's greedy clean answer: pushes toward the clean answer
+    # instead of only re-weighting sampled ones (best teacher signal in docs/results.md's val sweep)
+    "echodistill-kd": {"teacher.enabled": True, "teacher.token_credit": False, "teacher.lambda_kd": 0.5},
     "distill-only": {
         "teacher.enabled": False,
         "teacher.token_credit": False,

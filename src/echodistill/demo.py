@@ -49,8 +49,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "eval.no_audio=false"],
         "heldout": None,
     },
-    "full": {  # ~50 minutes on 2 cores: the experiment in docs/results.md
-        "bench_size": "default", "seeds": [0, 1, 2], "methods": ["grpo", "echodistill", "sft-noisy"],
+    "full": {  # ~55 minutes on 2 cores: the experiment in docs/results.md
+        "bench_size": "default", "seeds": [0, 1, 2],
+        "methods": ["grpo", "echodistill", "echodistill-kd", "sft-noisy"],
         "warmup": [],
         "train": ["train.max_steps=60", "train.eval_steps=20", "train.eval_items=64", "train.save_steps=20"],
         "eval": ["eval.max_items=140", "eval.snr_levels=[-10,-5,0,10,30]",
@@ -183,7 +184,7 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
 
     _say("report: comparing every evaluated model")
     report = make_report(eval_dirs, out / "report", baseline="warmup")
-    rl_dirs = [d for d in eval_dirs if d.name.split("-s")[0] in ("grpo", "echodistill")]
+    rl_dirs = [d for d in eval_dirs if d.name.split("-s")[0] in ("grpo", "echodistill", "echodistill-kd")]
     if len(rl_dirs) >= 2:
         # The paper's comparison: EchoDistill against GRPO-only, paired over items (seeds pooled).
         make_report(rl_dirs, out / "report_vs_grpo", baseline="grpo" if len(rl_dirs) > 2 else "grpo-s0")
