@@ -115,20 +115,17 @@ def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) ->
         return run_dir / "final"
     _say(f"train {method} seed {seed}")
     common = [f"run.output_dir={run_dir}", f"run.seed={seed}"]
+    variant = [] if method == "sft-noisy" else [f"train.variant={method}"]
+    cfg = _cfg(out, *common, *variant, f"train.init_from={warm}", *RL_COMMON, *preset["train"])
     if method == "sft-noisy":
         from .train.sft import run_warmup
-        steps = next((o.split("=", 1)[1] for o in preset["train"] if o.startswith("train.max_steps=")), "30")
-        batch = next((o.split("=", 1)[1] for o in preset["train"]
-                      if o.startswith("train.per_device_batch_size=")), "8")
-        # Same budget as the RL runs: as many optimizer steps, as many items per step.
+        # Same budget as the RL runs: as many optimizer steps of as many items, the same learning rate.
         run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}", "warmup.resume=true",
-                        f"warmup.max_steps={steps}", f"warmup.batch_size={batch}", "warmup.learning_rate=1e-4",
-                        "warmup.eval_every=0"))
+                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.batch_size={cfg.train.per_device_batch_size}",
+                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_every=0"))
     else:
         from .train.checkpoint import latest_checkpoint
         from .train.trainer import run_train
-        cfg = _cfg(out, *common, f"train.variant={method}", f"train.init_from={warm}", *RL_COMMON,
-                   *preset["train"])
         run_train(cfg, resume=latest_checkpoint(run_dir) is not None)
     return run_dir / "final"
 
