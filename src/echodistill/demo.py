@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "eval.no_audio=false"],
         "heldout": None,
     },
-    "full": {  # ~55 minutes on 2 cores: the experiment in docs/results.md
+    "full": {  # about an hour on 2 cores: the experiment in docs/results.md
         "bench_size": "default", "seeds": [0, 1, 2],
         "methods": ["grpo", "echodistill", "echodistill-kd", "sft-noisy"],
         "warmup": [],
