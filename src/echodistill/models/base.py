@@ -114,17 +114,18 @@ class AudioLLM(abc.ABC):
     def hf_class(cls) -> type:
         """The transformers model class to load."""
 
-    @abc.abstractmethod
+    # transformers 5.x lays out every Qwen audio backbone the same way; subclasses override if not.
     def text_model(self, m: nn.Module) -> nn.Module:
         """The decoder stack of HF model ``m``: forward(inputs_embeds, attention_mask, position_ids, cache)."""
+        return m.model.language_model
 
-    @abc.abstractmethod
     def lm_head(self, m: nn.Module) -> nn.Module:
         """The output projection of HF model ``m``."""
+        return m.lm_head
 
-    @abc.abstractmethod
     def audio_encoder(self, m: nn.Module) -> nn.Module:
         """The audio encoder module of ``m`` (frozen by ``freeze_audio_encoder``; counted)."""
+        return m.model.audio_tower
 
     @abc.abstractmethod
     def audio_modules(self, m: nn.Module) -> list[nn.Module]:

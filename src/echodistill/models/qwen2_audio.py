@@ -26,15 +26,6 @@ class Qwen2AudioLLM(AudioLLM):
 
         return Qwen2AudioForConditionalGeneration
 
-    def text_model(self, m: nn.Module) -> nn.Module:
-        return m.model.language_model
-
-    def lm_head(self, m: nn.Module) -> nn.Module:
-        return m.lm_head
-
-    def audio_encoder(self, m: nn.Module) -> nn.Module:
-        return m.model.audio_tower
-
     def audio_modules(self, m: nn.Module) -> list[nn.Module]:
         return [m.model.audio_tower, m.model.multi_modal_projector]
 

@@ -93,15 +93,6 @@ class _OmniThinkerLLM(AudioLLM):
     lm_prefix = "model.language_model"
     processor_base = "Qwen2_5OmniProcessor"
 
-    def text_model(self, m: nn.Module) -> nn.Module:
-        return m.model.language_model
-
-    def lm_head(self, m: nn.Module) -> nn.Module:
-        return m.lm_head
-
-    def audio_encoder(self, m: nn.Module) -> nn.Module:
-        return m.model.audio_tower
-
     def audio_modules(self, m: nn.Module) -> list[nn.Module]:
         return [m.model.audio_tower]
 
