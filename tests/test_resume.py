@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echodistill.train import trainer as T
-from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints
+from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 
 from train_helpers import make_dataset, tiny_config
 
@@ -27,7 +27,7 @@ def data_dir(tmp_path_factory):
 
 
 def _final_weights(out):
-    return torch.load(latest_checkpoint(out) / "trainable.pt")
+    return load_weights(latest_checkpoint(out))
 
 
 def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert [s for s, _ in list_checkpoints(resumed)] == [2]
     # a save killed half-way leaves a tmp dir behind: it must be ignored
     (resumed / ".tmp-checkpoint-4").mkdir()
-    (resumed / ".tmp-checkpoint-4" / "trainable.pt").write_bytes(b"partial")
+    (resumed / ".tmp-checkpoint-4" / "trainable.safetensors").write_bytes(b"partial")
     T.run_train(cfg, resume=True)
 
     a, b = _final_weights(straight), _final_weights(resumed)
@@ -58,8 +58,8 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert worst <= 1e-6, worst
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    opt_a = torch.load(latest_checkpoint(straight) / "optimizer.pt", weights_only=False)
-    opt_b = torch.load(latest_checkpoint(resumed) / "optimizer.pt", weights_only=False)
+    opt_a = torch.load(latest_checkpoint(straight) / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(latest_checkpoint(resumed) / "optimizer.pt", weights_only=True)
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]  # optimizer state restored, not restarted
     assert json.loads((latest_checkpoint(resumed) / "trainer_state.json").read_text())["step"] == 4
     assert (resumed / "final" / "config.json").is_file()
@@ -80,3 +80,33 @@ def test_resume_without_checkpoint_starts_fresh(data_dir, tiny_qwen2_audio_dir, 
     T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, "train.max_steps=1", "train.eval_steps=0"),
                 resume=True)
     assert latest_checkpoint(out).name == "checkpoint-1"
+
+
+class _Evil:
+    """Unpickling this runs a command (the attack on a copied checkpoint)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt", "rng_rank0.pt", "trainable.safetensors",
+                                    "trainable.pt"])
+def test_crafted_pickle_in_any_state_file_is_refused_on_resume(victim, data_dir, tiny_qwen2_audio_dir, tmp_path):
+    from echodistill.errors import UserError
+
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, "train.max_steps=1", "train.eval_steps=0")
+    T.run_train(cfg)
+    ckpt = latest_checkpoint(out)
+    marker = tmp_path / "pwned"
+    if victim == "trainable.pt":  # a legacy checkpoint: weights as a torch pickle
+        (ckpt / "trainable.safetensors").unlink()
+    torch.save({"state": _Evil(marker)}, ckpt / victim)
+    with pytest.raises(UserError) as e:
+        T.run_train(cfg, resume=True)
+    assert not marker.exists(), "the crafted pickle ran"
+    assert str(ckpt / victim) in str(e.value)

@@ -48,7 +48,7 @@ def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir
     from echodistill.train.checkpoint import trainable_state
 
     start = trainable_state(load_adapter(cfg.model, train=True).model)
-    end = torch.load(latest_checkpoint(out) / "trainable.pt")
+    end = load_weights(latest_checkpoint(out))
     assert set(start) == set(end)
     changed = [k for k in end if not torch.equal(start[k], end[k])]
     if variant != "grpo":  # plain GRPO with all-equal rewards on a random model can have zero grads

@@ -83,6 +83,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import config_for_checkpoint, run_predict
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
+    run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise, snr=args.snr,
+                out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .eval.report import make_report
     make_report([Path(p) for p in args.runs], Path(args.out), baseline=args.baseline)
@@ -174,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["auto", "echodistill", "release", "mmau"], default="auto")
     e.add_argument("--path-map", action="append", metavar="OLD=NEW")
     e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="answer a question about audio files with a trained model (text + JSONL)",
+                        description="Greedy answers per file. Without --config the run's config.yaml beside the "
+                                    "checkpoint is used (same window and seeds as training), else the defaults.",
+                        epilog="example: echodistill predict --checkpoint runs/ed/final --audio clip.wav "
+                               "--question 'Which word is spoken?' --choices yes no maybe --noise white --snr 0")
+    _add_config_args(pr)
+    pr.add_argument("--checkpoint", required=True, help="trained model folder (e.g. runs/ed/final) or a base model")
+    pr.add_argument("--audio", required=True, metavar="PATH",
+                    help="an audio file, a folder of audio files, or a manifest (items bring their own questions)")
+    pr.add_argument("--question", default=None, help="the question (required for files and folders)")
+    pr.add_argument("--choices", nargs="+", default=None, help="the answer choices; omit for a free answer")
+    pr.add_argument("--noise", default=None, metavar="TYPE", help="mix this noise type first (white, pink, babble, ...)")
+    pr.add_argument("--snr", type=float, default=None, metavar="DB", help="SNR of the mix in dB (with --noise)")
+    pr.add_argument("--out", default=None, metavar="FILE.jsonl", help="also write one JSON row per file here")
+    pr.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: eval.batch_size)")
+    pr.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
+    pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("report", help="compare evaluated runs: Markdown table, paired bootstrap differences, plots")
     r.add_argument("runs", nargs="+", help="eval output folders (each with metrics.json and predictions.jsonl)")

@@ -3,10 +3,10 @@
 Layout of ``<output_dir>/checkpoint-<step>/``::
 
     model/              the adapter's ``save`` (PEFT adapter or full weights, HF format; loadable)
-    trainable.pt        the trainable parameters by name (what resume loads back into the student)
-    optimizer.pt        optimizer state
-    scheduler.pt        LR scheduler state
-    rng_rank<r>.pt      python / numpy / torch RNG states of rank r
+    trainable.safetensors  the trainable parameters by name (what resume loads back into the student)
+    optimizer.pt        optimizer state (tensors and plain values only)
+    scheduler.pt        LR scheduler state (plain values only)
+    rng_rank<r>.pt      python / numpy / torch RNG states of rank r, as tensors and plain values
     trainer_state.json  step, data position (micro-batches consumed), counters
 
 Why atomic: everything is written to ``.tmp-checkpoint-<step>`` and renamed at the end
@@ -14,7 +14,12 @@ Why atomic: everything is written to ``.tmp-checkpoint-<step>`` and renamed at t
 checkpoint complete and usable; a directory named ``checkpoint-<step>`` is complete by construction.
 Only the newest ``keep`` checkpoints are kept.
 
-Why the student is reloaded from ``trainable.pt`` rather than by rebuilding the model from ``model/``:
+Why nothing is unpickled: a checkpoint folder is something users copy around and download, and
+``torch.load(weights_only=False)`` runs whatever a crafted pickle asks for. Weights are safetensors;
+the other state files are loaded with ``weights_only=True`` (tensors, dicts, lists, numbers, strings
+only), and anything else is refused with a ``UserError`` naming the file (``load_state_file``).
+
+Why the student is reloaded from ``trainable.safetensors`` rather than by rebuilding the model from ``model/``:
 the teacher must stay the *initial* model. Resume builds the model exactly as a fresh run does (so the
 teacher is the initial weights, or the LoRA base with the adapter disabled) and then loads the
 student's trainable parameters on top.
@@ -28,22 +33,41 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
+WEIGHTS = "trainable.safetensors"
+LEGACY_WEIGHTS = "trainable.pt"  # checkpoints written before safetensors (loaded weights_only=True)
+
+
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG as tensors and plain values (loadable with ``weights_only=True``, unlike numpy arrays)."""
+    version, mt, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [int(version), list(mt), gauss],
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in mt), gauss))
+    n = state["numpy"]
+    if isinstance(n, tuple):  # legacy files: np.random.get_state() as is
+        np.random.set_state(n)
+    else:
+        np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                             float(n["cached_gaussian"])))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,7 +113,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, accelerator: Any, mode
     torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_model(tmp / "model")
-        torch.save(trainable_state(model), tmp / "trainable.pt")
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=1))
@@ -109,22 +133,72 @@ def load_checkpoint(path: str | Path, *, accelerator: Any, model: torch.nn.Modul
                     scheduler: Any) -> dict:
     """Restore student weights, optimizer, scheduler and this rank's RNG; return trainer_state."""
     path = Path(path)
-    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    weights = load_weights(path)
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        from ..errors import UserError
         raise UserError(f"{path}: checkpoint does not match the model ({len(missing)} unknown parameters, "
                         f"e.g. {missing[0]}); resume with the same model/LoRA config or use a new run.output_dir")
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+    optimizer.load_state_dict(load_state_file(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_state_file(path / "scheduler.pt"))
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.is_file():  # a different world size on resume: keep the fresh seeds
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())
+        state = load_state_file(rng_file, allow=_LEGACY_RNG_GLOBALS)
+        try:
+            set_rng_state(state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{rng_file}: not an RNG state this code wrote ({type(e).__name__}: {e}); "
+                            "delete the file to resume with fresh seeds, or start a new run.output_dir") from None
+    try:
+        return json.loads((path / "trainer_state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path / 'trainer_state.json'}: unreadable ({e}); delete {path} to resume from the "
+                        "previous checkpoint") from None
+
+
+# Older rng_rank files hold numpy's state as an ndarray: allow exactly the numpy globals that rebuild a
+# plain array (torch's documented allow-list for it), nothing else.
+_LEGACY_RNG_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType,
+                       getattr(np, "_core", np.core).multiarray._reconstruct]
+
+
+def load_state_file(path: Path, allow: Sequence[Any] = ()) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only (plus the ``allow``-listed
+    globals); anything else -> UserError. A crafted pickle (``__reduce__`` calling ``os.system``) is
+    refused before any of it runs.
+    """
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from the checkpoint; resume from a complete checkpoint or start a new "
+                        "run.output_dir") from None
+    except Exception as e:  # pickle.UnpicklingError for forbidden globals, RuntimeError for a broken zip
+        why = str(e).strip().splitlines()
+        hint = next((line for line in why if "GLOBAL" in line or "Unsupported" in line), why[0] if why else "")
+        raise UserError(f"{path}: refused to load ({type(e).__name__}: {hint.strip()[:200]}): a checkpoint state "
+                        "file may hold only tensors and plain values; it was not written by echodistill or was "
+                        "tampered with. Delete this checkpoint or start a new run.output_dir") from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The student's trainable tensors of checkpoint folder ``path`` (safetensors; legacy ``.pt`` safely)."""
+    f = path / WEIGHTS
+    if not f.is_file() and (path / LEGACY_WEIGHTS).is_file():
+        weights = load_state_file(path / LEGACY_WEIGHTS)
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise UserError(f"{path / LEGACY_WEIGHTS}: not a dict of tensors; delete this checkpoint")
+        return weights
+    try:
+        return load_file(str(f))
+    except FileNotFoundError:
+        raise UserError(f"{f}: missing from the checkpoint; delete {path} to resume from the previous one") from None
+    except Exception as e:  # SafetensorError: truncated or not safetensors
+        raise UserError(f"{f}: not a readable safetensors file ({e}); the copy is incomplete or corrupt — "
+                        f"delete {path} to resume from the previous checkpoint") from None
 
 
 def _fsync_dir(d: Path) -> None:
