@@ -19,7 +19,9 @@ Design choices (why):
   pass per call (benchmarks compare both). ``encoder_calls`` / ``encoder_clips`` count the encoder runs.
 * **Shared prompt prefix.** The G samples of an item share its prompt: generation and no-grad
   scoring run the prompt once per item (B rows) and repeat its KV cache G times, instead of running
-  the same prompt G times (``share_prefix``; the with-grad update keeps the plain full forward).
+  the same prompt G times (``share_prefix``). The update does the same with gradients
+  (``share_prefix_grad``): the repeated KV cache is a differentiable copy, so the G completions'
+  gradients sum into the one prompt pass; activation memory of the prompt no longer grows with G.
 * **Our own sampling loop** (KV cache, temperature, top-p) rather than ``GenerationMixin.generate``:
   it starts from ``inputs_embeds``, uses exactly the same position ids as scoring (cumsum of the
   attention mask, so left padding changes nothing), suppresses every special token except EOS
@@ -74,6 +76,20 @@ class Completions:
 
     def __len__(self) -> int:
         return self.ids.shape[0]
+
+
+@dataclass
+class PromptState:
+    """The prompts after one decoder pass, expanded to N = B*G rows (``AudioLLM.encode_prompt``).
+
+    last: [N, D] hidden state at the last prompt position (predicts the first completion token);
+    cache: the KV cache of the N rows (HF ``Cache``); attention_mask, position_ids: [N, L].
+    """
+
+    last: torch.Tensor
+    cache: Any
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -176,6 +192,7 @@ class AudioLLM(abc.ABC):
         self.cache_encoder_output = True  # batch-level encoder-output cache + per-clip teacher cache
         self.teacher_cache_mb = 256.0  # bound of the teacher's per-clip feature cache (0 = off)
         self.share_prefix = True  # prompt run once per item, its KV cache repeated for the G samples
+        self.share_prefix_grad = True  # the same with gradients (update, KD); False: prompt repeated G times
         self._clip_cache: OrderedDict = OrderedDict()
         self._clip_cache_bytes = 0
         self._active = hf_model
@@ -466,22 +483,28 @@ class AudioLLM(abc.ABC):
                                  cache=cache, use_cache=use_cache)
         return out.last_hidden_state, getattr(out, "cache", None)
 
-    def _prefill(self, m: nn.Module, emb: torch.Tensor, am: torch.Tensor, num_samples: int):
-        """Run the B prompts and expand to N = B*G rows: (last hidden [N, D], cache, mask [N, L], pos [N, L]).
+    def encode_prompt(self, batch: Any, num_samples: int = 1) -> "PromptState":
+        """Run the B prompts of ``batch`` under the active model, expanded to N = B*G rows.
 
-        With ``share_prefix`` the prompt runs once per item and the KV cache is repeated G times.
+        With ``share_prefix`` (no grad) / ``share_prefix_grad`` (grad enabled) each prompt runs once
+        and its KV cache is repeated G times; the repeat is differentiable, so with gradients the G
+        completions' gradients sum into the one prompt computation (and the trainable projector).
+        Otherwise the prompt embeddings are repeated and run G times (the reference path).
         """
-        if self.share_prefix and num_samples > 1:
+        m = self._active
+        emb, am = self.prompt_embeds(batch)
+        share = self.share_prefix_grad if torch.is_grad_enabled() else self.share_prefix
+        if share and num_samples > 1:
             pos = self.position_ids(am)
             h, cache = self._decoder(m, emb, am, pos, use_cache=True)
             if cache is not None and hasattr(cache, "batch_repeat_interleave"):
                 cache.batch_repeat_interleave(num_samples)
-                return (self._expand(h[:, -1], num_samples), cache, self._expand(am, num_samples),
-                        self._expand(pos, num_samples))
+                return PromptState(self._expand(h[:, -1], num_samples), cache, self._expand(am, num_samples),
+                                   self._expand(pos, num_samples))
         emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
         pos = self.position_ids(am)
         h, cache = self._decoder(m, emb, am, pos, use_cache=True)
-        return h[:, -1], cache, am, pos
+        return PromptState(h[:, -1], cache, am, pos)
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
@@ -490,8 +513,8 @@ class AudioLLM(abc.ABC):
                  generator: Optional[torch.Generator] = None) -> Completions:
         """Sample ``num_samples`` completions per prompt (item-major), encoding each clip once."""
         m = self._active
-        emb, am = self.prompt_embeds(batch)
-        last, cache, am, pos = self._prefill(m, emb, am, num_samples)
+        st = self.encode_prompt(batch, num_samples)
+        last, cache, am, pos = st.last, st.cache, st.attention_mask, st.position_ids
         n = last.shape[0]
         dev = last.device
         next_pos = pos[..., -1:] + 1
@@ -537,6 +560,45 @@ class AudioLLM(abc.ABC):
         return out
 
     # ---------------------------------------------------------------- scoring
+    def completion_hidden(self, batch: Any, ids: torch.Tensor, mask: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Hidden states [N, T, D] whose LM-head output predicts completion token t of ``ids`` [N, T].
+
+        Under the active model, with gradients when the caller's context enables them. The prompt
+        runs once per item when ``share_prefix`` / ``share_prefix_grad`` is on (``encode_prompt``),
+        the completions on top of its repeated KV cache; otherwise one forward over the repeated
+        prompt + completion. ``mask`` [N, T] hides the pads after EOS from later positions.
+        """
+        n_prompts = batch["input_ids"].shape[0]
+        if n_prompts * num_samples != ids.shape[0]:
+            raise ValueError(f"{ids.shape[0]} completions but {n_prompts * num_samples} prompt rows "
+                             f"(B={n_prompts} x num_samples={num_samples})")
+        m = self._active
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        comp = self.text_model(m).get_input_embeddings()(ids)
+        share = self.share_prefix_grad if torch.is_grad_enabled() else self.share_prefix
+        if share and num_samples > 1:
+            st = self.encode_prompt(batch, num_samples)
+            full_am = torch.cat([st.attention_mask, mask.to(st.attention_mask.dtype)], dim=1)
+            big = st.attention_mask.shape[1]
+            hc, _ = self._decoder(m, comp, full_am, self.position_ids(full_am)[:, big:], cache=st.cache,
+                                  use_cache=True)
+            return torch.cat([st.last.unsqueeze(1), hc[:, :-1]], dim=1)  # predicting tokens 0..T-1
+        emb, am = self.prompt_embeds(batch)
+        emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
+        big, t = emb.shape[1], ids.shape[1]
+        full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
+        h, _ = self._decoder(m, torch.cat([emb, comp], dim=1), full_am, self.position_ids(full_am))
+        return h[:, big - 1: big + t - 1]
+
+    def completion_logits(self, batch: Any, ids: torch.Tensor, mask: torch.Tensor, *, num_samples: int = 1,
+                          with_grad: bool = False) -> torch.Tensor:
+        """Full next-token logits [N, T, V] (float32) at the completion positions (KD, teacher argmax).
+
+        [N, T, V] is small (T completion tokens only); the prompt positions never reach the LM head.
+        """
+        with nullcontext() if with_grad else torch.no_grad():
+            return self.lm_head(self._active)(self.completion_hidden(batch, ids, mask, num_samples)).float()
+
     def token_logprobs(self, batch: Any, ids: torch.Tensor, mask: torch.Tensor, *, num_samples: int = 1,
                        with_grad: bool = False, return_entropy: bool = False, temperature: float = 1.0):
         """Log-probs [N, T] of completion tokens ``ids`` [N, T] given the prompts of ``batch`` (B rows).
@@ -545,31 +607,11 @@ class AudioLLM(abc.ABC):
         also returns entropies [N, T] of the full next-token distributions. ``temperature`` divides
         the logits (1 = the raw model). Under ``teacher()`` the frozen initial model scores.
         """
-        ctx = nullcontext() if with_grad else torch.no_grad()
-        with ctx:
-            m = self._active
-            emb, am = self.prompt_embeds(batch)
-            if emb.shape[0] * num_samples != ids.shape[0]:
-                raise ValueError(f"token_logprobs: {ids.shape[0]} completions but {emb.shape[0] * num_samples} prompt "
-                                 f"rows (B={batch['input_ids'].shape[0]} x num_samples={num_samples})")
-            ids = ids.to(emb.device)
-            mask = mask.to(emb.device)
-            big, t = emb.shape[1], ids.shape[1]
-            comp = self.text_model(m).get_input_embeddings()(ids)
-            if not with_grad and self.share_prefix and num_samples > 1:
-                last, cache, am, _ = self._prefill(m, emb, am, num_samples)
-                full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
-                hc, _ = self._decoder(m, comp, full_am, self.position_ids(full_am)[:, big:], cache=cache,
-                                      use_cache=True)
-                h = torch.cat([last.unsqueeze(1), hc[:, :-1]], dim=1)  # hidden states predicting tokens 0..T-1
-            else:
-                emb, am = self._expand(emb, num_samples), self._expand(am, num_samples)
-                full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
-                h, _ = self._decoder(m, torch.cat([emb, comp], dim=1), full_am, self.position_ids(full_am))
-                h = h[:, big - 1: big + t - 1]
-            logits = self.lm_head(m)(h).float()
+        with nullcontext() if with_grad else torch.no_grad():
+            logits = self.completion_logits(batch, ids, mask, num_samples=num_samples, with_grad=with_grad)
             if temperature != 1.0:
                 logits = logits / temperature
+            ids, mask = ids.to(logits.device), mask.to(logits.device)
             lse = logits.logsumexp(-1)
             lp = (logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - lse) * mask
             if not return_entropy:

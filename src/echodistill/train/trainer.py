@@ -81,22 +81,8 @@ def rollout(model, examples: list[Example], cfg, generator: torch.Generator) -> 
 
 def completion_logits(model, batch, ids: torch.Tensor, mask: torch.Tensor, num_samples: int,
                       with_grad: bool) -> torch.Tensor:
-    """Full next-token logits [N, T, V] at the completion positions (for KD and teacher argmax).
-
-    The adapter contract only exposes log-probs of given tokens; this reuses its public pieces
-    (``prompt_embeds``, ``text_model``, ``lm_head``) the same way ``token_logprobs`` does.
-    """
-    ctx = torch.enable_grad() if with_grad else torch.no_grad()
-    with ctx:
-        m = model._active
-        emb, am = model.prompt_embeds(batch)
-        emb, am = model._expand(emb, num_samples), model._expand(am, num_samples)
-        ids, mask = ids.to(emb.device), mask.to(emb.device)
-        L, T = emb.shape[1], ids.shape[1]
-        comp = model.text_model(m).get_input_embeddings()(ids)
-        full_am = torch.cat([am, mask.to(am.dtype)], dim=1)
-        h, _ = model._decoder(m, torch.cat([emb, comp], dim=1), full_am, model.position_ids(full_am))
-        return model.lm_head(m)(h[:, L - 1: L + T - 1]).float()
+    """Full next-token logits [N, T, V] at the completion positions (for KD and teacher argmax)."""
+    return model.completion_logits(batch, ids, mask, num_samples=num_samples, with_grad=with_grad)
 
 
 def teacher_scoring(model, r: Rollout, cfg) -> None:
