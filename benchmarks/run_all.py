@@ -141,7 +141,7 @@ def model_cfg(backbone: str, path: Path, *, G: int, B: int, T: int, variant: str
     from echodistill.config import load_config
 
     ov = [f"model.backbone={backbone}", f"model.path={path}", f"train.variant={variant}",
-          f"train.num_generations={G}", f"train.per_device_batch_size={B}", f"train.max_completion_length={T}",
+          f"train.num_generations={G}", f"train.prompts_per_device={B}", f"train.max_completion_length={T}",
           f"data.max_duration_s={window_s}", "run.log_with=null", f"model.lora.enabled={str(lora).lower()}"]
     return load_config(None, ov + list(extra))
 

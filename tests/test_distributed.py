@@ -60,7 +60,7 @@ def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
         f"run.output_dir={out}", "run.num_threads=1", "run.log_with=null", "run.seed=5",
         f"data.bench_dir={data}", "data.max_duration_s=1.0", "noise.train_types=[white,music]",
         f"model.path={tiny_qwen2_audio_dir}", "train.variant=echodistill-token",
-        "train.num_generations=4", "train.per_device_batch_size=1", "train.max_completion_length=4",
+        "train.num_generations=4", "train.prompts_per_device=1", "train.max_completion_length=4",
         # 6 items, 2 per micro-batch: 4 steps pass the bad item twice (once per epoch)
         "train.max_steps=4", "train.save_steps=100", "train.eval_steps=4", "train.eval_items=2",
         "train.learning_rate=1e-3",

@@ -52,9 +52,9 @@ def _cfg(data: Path, model: Path, out: Path, *extra: str):
     return load_config(None, [
         f"run.output_dir={out}", "run.num_threads=1", "run.log_with=null", "run.seed=3",
         f"data.bench_dir={data}", "data.max_duration_s=1.0", "model.backbone=embedded", f"model.path={model}",
-        "noise.train_types=[white,music]", "warmup.batch_size=4", "warmup.max_steps=3",
-        "warmup.learning_rate=3e-3", "warmup.warmup_ratio=0.0", "warmup.eval_every=2", "warmup.eval_items=2",
-        "warmup.log_every=1", "eval.batch_size=2", "eval.max_new_tokens=3", *extra])
+        "noise.train_types=[white,music]", "warmup.prompts_per_device=4", "warmup.max_steps=3",
+        "warmup.learning_rate=3e-3", "warmup.warmup_ratio=0.0", "warmup.eval_steps=2", "warmup.eval_items=2",
+        "warmup.logging_steps=1", "eval.batch_size=2", "eval.max_new_tokens=3", *extra])
 
 
 def test_loss_decreases_on_a_repeated_batch(tiny_data, tiny_qwen2_audio_dir, tmp_path):
@@ -117,23 +117,22 @@ def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_
     r = evaluate_accuracy(trained, read_manifest(cfg2.data.val_manifest), cfg2)
     assert r["n"] == 2 and 0 <= r["acc"] <= 1
     # resume continues from the saved step with the optimizer state
-    cfg3 = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_steps=5", "warmup.resume=true",
-                "warmup.eval_every=0")
-    s3 = run_warmup(cfg3, progress=False)
+    cfg3 = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_steps=5", "warmup.eval_steps=0")
+    s3 = run_warmup(cfg3, resume=True, progress=False)
     assert s3["steps"] == 5 and s3["samples"] == 4
 
 
 def test_wall_clock_cap_stops_and_saves(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     s = run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_minutes=0.00001",
-                        "warmup.eval_every=0"), progress=False)
+                        "warmup.eval_steps=0"), progress=False)
     assert s["stopped"] == "max_minutes" and (out / "final" / "config.json").is_file()
 
 
 def test_lora_trains_only_adapter_params(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "model.lora.enabled=true", "model.lora.r=4",
-               "warmup.eval_every=0")
+               "warmup.eval_steps=0")
     s = run_warmup(cfg, progress=False)
     assert s["lora"] and not s["projector_trains"] and s["clips_encoded"] == 3
     assert (out / "final" / "adapter_config.json").is_file()
@@ -151,7 +150,7 @@ def test_lora_trains_only_adapter_params(tiny_data, tiny_qwen2_audio_dir, tmp_pa
 def test_sft_noisy_versions_are_seeded_and_cached(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.noisy=true", "warmup.noise_versions=2",
-               "warmup.max_steps=6", "warmup.batch_size=3", "warmup.eval_every=0")
+               "warmup.max_steps=6", "warmup.prompts_per_device=3", "warmup.eval_steps=0")
     items = read_manifest(cfg.data.train_manifest)
     data = WarmupData(cfg, items)
     a, b, c = data.noisy_wav(items[0], 0), data.noisy_wav(items[0], 0), data.noisy_wav(items[0], 1)
@@ -164,15 +163,15 @@ def test_sft_noisy_versions_are_seeded_and_cached(tiny_data, tiny_qwen2_audio_di
     assert s["clips_encoded"] == 12
     # fresh draws each epoch: no cache, every sample encoded
     s0 = run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, tmp_path / "r0", "warmup.noisy=true",
-                         "warmup.noise_versions=0", "warmup.max_steps=2", "warmup.eval_every=0"), progress=False)
+                         "warmup.noise_versions=0", "warmup.max_steps=2", "warmup.eval_steps=0"), progress=False)
     assert not s0["audio_cache"] and s0["clips_encoded"] == 8
 
 
 def test_init_from_starts_from_a_checkpoint(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     first = tmp_path / "clean"
-    run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, first, "warmup.eval_every=0"), progress=False)
+    run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, first, "warmup.eval_steps=0"), progress=False)
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, tmp_path / "noisy", "warmup.noisy=true",
-               f"warmup.init_from={first / 'final'}", "warmup.max_steps=0", "warmup.eval_every=0")
+               f"warmup.init_from={first / 'final'}", "warmup.max_steps=0", "warmup.eval_steps=0")
     run_warmup(cfg, progress=False)
     from echodistill.models import load_adapter
 

@@ -47,7 +47,7 @@ def tiny_config(data_dir: Path, model_dir: Path, out_dir: Path, *overrides: str)
         f"noise.noise_dir={data_dir}/noise", "noise.train_types=[white,pink,music]",
         "noise.train_snr_min=-5", "noise.train_snr_max=5",
         "model.backbone=embedded", f"model.path={model_dir}",
-        "train.num_generations=4", "train.per_device_batch_size=2", "train.max_completion_length=4",
+        "train.num_generations=4", "train.prompts_per_device=2", "train.max_completion_length=4",
         "train.max_steps=2", "train.save_steps=1", "train.eval_steps=2", "train.eval_items=2",
         "train.learning_rate=1e-3", "train.warmup_ratio=0.0", "eval.batch_size=4", "eval.max_new_tokens=4",
     ]

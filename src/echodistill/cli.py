@@ -65,7 +65,7 @@ def cmd_model_build(args) -> int:
 
 def cmd_warmup(args) -> int:
     from .train.sft import run_warmup
-    run_warmup(_cfg(args))
+    run_warmup(_cfg(args), resume=args.resume)
     return 0
 
 
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("warmup", help="supervised warm-up (clean) or the sft-noisy baseline (warmup.noisy=true)")
     _add_config_args(w)
+    w.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
     w.set_defaults(func=cmd_warmup)
 
     t = sub.add_parser("train", help="GRPO with a clean-audio teacher (variants: grpo, echodistill, "

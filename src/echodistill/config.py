@@ -80,21 +80,21 @@ class ModelConfig:
 class WarmupConfig:
     noisy: bool = False  # True = the `sft-noisy` baseline (same training on noisy mixes)
     init_from: str = ""  # checkpoint to start from (e.g. a clean warm-up's final/ for sft-noisy); "" = model.path
-    learning_rate: float = 1e-3
-    batch_size: int = 32
+    prompts_per_device: int = 32  # B items per step and process, one target completion each
     max_steps: int = 300  # ~80-90 % clean val on the embedded model: sharp enough to answer, not saturated
     max_minutes: float = 10.0  # wall-clock cap (evaluation included); stops cleanly and saves
-    weight_decay: float = 0.0
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"  # cosine | linear | constant; warm-up ramp (s+1)/W, W = round(ratio*steps)
     warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"  # cosine | linear | constant (after the linear warm-up)
+    weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
-    cache_audio: bool = True  # cache the frozen encoder's output per clip (needs the adapter hooks)
-    noise_versions: int = 4  # sft-noisy: K pre-drawn noisy versions per item (epoch % K); 0 = fresh each epoch
-    eval_every: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
+    save_steps: int = 100  # mid-run checkpoint (checkpoint-<step>/) every this many steps, for resume
+    eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
     eval_items: int = 100  # seeded subset of the val split (0 = all)
     eval_noisy: bool = True  # also greedy val accuracy on noisy audio (eval.noise_seed, train types/SNRs)
-    log_every: int = 10  # train rows in metrics.jsonl every this many steps
-    resume: bool = False  # continue from run.output_dir/final (weights, optimizer, schedule, data position)
+    logging_steps: int = 10  # train rows in metrics.jsonl every this many steps
+    cache_audio: bool = True  # cache the frozen encoder's output per clip (needs the adapter hooks)
+    noise_versions: int = 4  # sft-noisy: K pre-drawn noisy versions per item (epoch % K); 0 = fresh each epoch
 
 
 @dataclass
@@ -120,7 +120,9 @@ class TrainConfig:
     variant: str = "echodistill"  # grpo | echodistill | echodistill-token | echodistill-kd | distill-only
     init_from: str = ""  # checkpoint the run starts from (a warm-up dir); "" = model.path
     num_generations: int = 8  # G samples per item
-    per_device_batch_size: int = 8  # B items per step and process
+    # B items (prompts) per micro-batch and process, each sampled G times: N = B*G completions.
+    # Not TRL's per_device_train_batch_size, which counts completions (TRL's value = B*G).
+    prompts_per_device: int = 8
     gradient_accumulation_steps: int = 1
     max_steps: int = 200
     max_minutes: float = 0.0  # 0 = no wall-clock cap
@@ -128,7 +130,7 @@ class TrainConfig:
     lr_scheduler_type: str = "constant_with_warmup"  # any transformers scheduler name
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
     beta: float = 0.0  # KL(pi_theta || pi_ref) weight, k3 estimator
     epsilon: float = 0.2  # PPO clip low
     epsilon_high: Optional[float] = None  # PPO clip high (DAPO); null = epsilon
@@ -141,10 +143,10 @@ class TrainConfig:
     reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
     wrong_answer_reward: float = 0.0  # 0 or -1
     answer_format: str = "choice"  # choice: the completion is exactly one offered choice
-    save_steps: int = 50
-    eval_steps: int = 50
-    eval_items: int = 64
-    logging_steps: int = 1
+    save_steps: int = 50  # checkpoint-<step>/ every this many steps (and at the end)
+    eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
+    eval_items: int = 64  # seeded subset of the val split (0 = no evaluation)
+    logging_steps: int = 1  # rows in metrics.jsonl every this many steps
 
 
 @dataclass
@@ -189,12 +191,43 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Keys that were renamed (one vocabulary across sections, TRL's names where TRL has the idea):
+# old key -> what to write instead. Setting an old key is a ConfigError naming the new one.
+# old key -> (new key or None when no config key replaces it, what to write instead).
+RENAMED: dict[str, tuple[Optional[str], str]] = {
+    "train.per_device_batch_size": ("train.prompts_per_device", "train.prompts_per_device (items per micro-batch "
+                                    "and process, each sampled train.num_generations times; TRL's "
+                                    "per_device_train_batch_size counts completions)"),
+    "warmup.batch_size": ("warmup.prompts_per_device", "warmup.prompts_per_device"),
+    "warmup.lr_scheduler": ("warmup.lr_scheduler_type", "warmup.lr_scheduler_type"),
+    "warmup.eval_every": ("warmup.eval_steps", "warmup.eval_steps"),
+    "warmup.log_every": ("warmup.logging_steps", "warmup.logging_steps"),
+    "warmup.resume": (None, "the --resume flag (`echodistill warmup --resume`, run_warmup(cfg, resume=True)): "
+                            "continues from the newest checkpoint-<step>/ in run.output_dir, as `echodistill train` does"),
+}
+
+
+def _check_renamed(layer: Any, where: str, migrate: bool = False) -> None:
+    """Raise ConfigError on a renamed key; with ``migrate`` (a run's saved config.yaml written before
+    the rename) move its value to the new key instead, or drop it when no key replaces it."""
+    for old, (new_key, hint) in RENAMED.items():
+        if _select(layer, old) is None:
+            continue
+        if not migrate:
+            raise ConfigError(f"{old}{where} was renamed: use {hint}")
+        section, name = old.split(".")
+        value = layer[section].pop(name)
+        if new_key is not None and _select(layer, new_key) is None:
+            layer[section][new_key.split(".")[1]] = value
+
+
 _CHOICES = {
     "run.device": {"cpu", "cuda", "auto"},
     "model.backbone": {"embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni"},
     "model.dtype": {"float32", "bfloat16", "float16"},
     "model.teacher_mode": {"auto", "adapter_disabled", "frozen_copy"},
     "teacher.consistency": {"mean_prob", "argmax_agree", "mean_logprob"},
+    "warmup.lr_scheduler_type": {"cosine", "linear", "constant"},
     "train.variant": set(VARIANTS),
     "train.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
     "train.scale_rewards": {"group", "batch", "none"},
@@ -212,8 +245,8 @@ def validate(cfg: Any) -> None:
         value = _select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
-    positive = ["train.num_generations", "train.per_device_batch_size", "train.max_completion_length",
-                "train.num_iterations", "train.gradient_accumulation_steps", "warmup.batch_size",
+    positive = ["train.num_generations", "train.prompts_per_device", "train.max_completion_length",
+                "train.num_iterations", "train.gradient_accumulation_steps", "warmup.prompts_per_device",
                 "eval.batch_size", "data.max_duration_s"]
     for key in positive:
         if _select(cfg, key) <= 0:
@@ -247,10 +280,13 @@ def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:
     return dot, _select(dot, "train.variant")
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Any:
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, *,
+                saved: bool = False) -> Any:
     """Defaults <- variant preset <- YAML file <- CLI overrides; validated; interpolations resolved.
 
-    The variant preset is applied first so that explicit YAML or CLI values always win.
+    The variant preset is applied first so that explicit YAML or CLI values always win. A renamed
+    key (``RENAMED``) is a ConfigError naming the new one, except with ``saved=True`` (``path`` is a
+    run's own saved config.yaml, possibly written before the rename): then it is read as the new key.
     Returns an OmegaConf DictConfig typed by ``Config`` (attribute access, type-checked assignment).
     """
     overrides = list(overrides or [])
@@ -265,6 +301,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     cli, cli_variant = _parse_overrides(overrides)
+    if layers:
+        _check_renamed(layers[0], f" (in {path})", migrate=saved)
+    _check_renamed(cli, " (command-line override)")
     variant = cli_variant or (_select(layers[0], "train.variant") if layers else None) or base.train.variant
     if variant not in VARIANTS:
         raise ConfigError(f"train.variant={variant!r} is not one of {sorted(VARIANTS)}")

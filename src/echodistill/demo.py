@@ -32,8 +32,8 @@ RL_COMMON = ["train.learning_rate=1e-4", "train.max_completion_length=4"]
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {  # a few minutes: the end-to-end test of the CLI
         "bench_size": "small", "seeds": [0], "methods": ["grpo", "echodistill", "sft-noisy"],
-        "warmup": ["warmup.max_steps=10", "warmup.batch_size=8", "warmup.eval_every=0"],
-        "train": ["train.max_steps=2", "train.per_device_batch_size=2", "train.num_generations=4",
+        "warmup": ["warmup.max_steps=10", "warmup.prompts_per_device=8", "warmup.eval_steps=0"],
+        "train": ["train.max_steps=2", "train.prompts_per_device=2", "train.num_generations=4",
                   "train.eval_steps=0", "train.save_steps=2"],
         "eval": ["eval.max_items=4", "eval.snr_levels=[-5,10]", "eval.noise_types=[white,babble]",
                  "eval.bootstrap=200"],
@@ -104,7 +104,7 @@ def _stage_warmup(out: Path, preset: dict) -> Path:
         _say("warmup: already done")
     else:
         _say("warmup: supervised training on clean audio")
-        run_warmup(_cfg(out, f"run.output_dir={run_dir}", "warmup.resume=true", *preset["warmup"]))
+        run_warmup(_cfg(out, f"run.output_dir={run_dir}", *preset["warmup"]), resume=True)
     return run_dir / "final"
 
 
@@ -120,9 +120,9 @@ def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) ->
     if method == "sft-noisy":
         from .train.sft import run_warmup
         # Same budget as the RL runs: as many optimizer steps of as many items, the same learning rate.
-        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}", "warmup.resume=true",
-                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.batch_size={cfg.train.per_device_batch_size}",
-                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_every=0"))
+        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}",
+                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.prompts_per_device={cfg.train.prompts_per_device}",
+                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_steps=0"), resume=True)
     else:
         from .train.checkpoint import latest_checkpoint
         from .train.trainer import run_train

@@ -17,9 +17,9 @@ seeded per (run.seed, item, version) with ``version = epoch % warmup.noise_versi
 noisy versions per item, each encoded once (``noise_versions=0``: a fresh draw every epoch, no cache).
 
 Output in ``run.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (train rows every
-``warmup.log_every`` steps; eval rows every ``warmup.eval_every`` steps: greedy val accuracy clean
+``warmup.logging_steps`` steps; eval rows every ``warmup.eval_steps`` steps: greedy val accuracy clean
 and noisy at the fixed ``eval.noise_seed``), ``final/`` (the adapter's HF-format save + the optimizer
-state in ``training_state.pt`` for ``warmup.resume``), ``summary.json``.
+state in ``training_state.pt`` for ``run_warmup(cfg, resume=True)``), ``summary.json``.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def load_warmup_model(cfg: Any, path: Optional[str] = None) -> Any:
     return adapter
 
 
-def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
+def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict:
     """Supervised warm-up (or sft-noisy with ``warmup.noisy``); returns the summary dict."""
     w = cfg.warmup
     out = Path(cfg.run.output_dir)
@@ -304,20 +304,18 @@ def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
     save_config(cfg, out / "config.yaml")
     torch.set_num_threads(max(1, int(cfg.run.num_threads)))
     _seed_everything(int(cfg.run.seed))
-    if w.lr_scheduler not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"warmup.lr_scheduler={w.lr_scheduler!r} is not one of cosine | linear | constant")
 
     path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
     train_items = read_manifest(cfg.data.train_manifest, path_map=path_map)
     if not train_items:
         raise UserError(f"{cfg.data.train_manifest}: no training items")
     val_items = []
-    if w.eval_every > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).is_file():
+    if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).is_file():
         val_items = _eval_subset(read_manifest(cfg.data.val_manifest, path_map=path_map), w.eval_items,
                                  int(cfg.run.seed))
 
     state_path = out / "final" / STATE_FILE
-    resume = bool(w.resume) and state_path.is_file()
+    resume = bool(resume) and state_path.is_file()
     adapter = load_warmup_model(cfg, str(out / "final") if resume else None)
     params = _trainable_params(adapter)
     if not params:
@@ -328,7 +326,7 @@ def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
 
     opt = torch.optim.AdamW(params, lr=w.learning_rate, weight_decay=w.weight_decay)
     warm_steps = int(round(w.warmup_ratio * w.max_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(w.lr_scheduler, warm_steps, w.max_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(w.lr_scheduler_type, warm_steps, w.max_steps))
     step, epoch, pos = 0, 0, 0
     if resume:
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -397,12 +395,12 @@ def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
             stopped = "max_minutes"
             break
         idx = []
-        while len(idx) < w.batch_size:
+        while len(idx) < w.prompts_per_device:
             if pos >= len(order):
                 epoch += 1
                 pos = 0
                 order = data.order(epoch)
-            take = order[pos:pos + w.batch_size - len(idx)]
+            take = order[pos:pos + w.prompts_per_device - len(idx)]
             idx.extend(take)
             pos += len(take)
         rows = [data.row(train_items[i], epoch) for i in idx]
@@ -431,13 +429,13 @@ def run_warmup(cfg: Any, *, progress: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(recent_loss):.3f}", acc=f"{np.mean(recent_acc):.2f}",
                             val=f"{last_eval['val_clean_acc']:.2f}" if last_eval else "-")
-        if step % max(1, w.log_every) == 0 or step == 1:
+        if step % max(1, w.logging_steps) == 0 or step == 1:
             train_s = time.time() - t0 - eval_time
             log({"type": "train", "step": step, "epoch": epoch, "time_s": round(time.time() - t0, 2),
                  "loss": float(loss.detach()), "loss_avg": float(np.mean(recent_loss)),
                  "train_acc": float(np.mean(recent_acc)), "lr": sched.get_last_lr()[0],
                  "samples_per_s": round(samples / max(1e-9, train_s), 2), "clips_encoded": cache.encoded})
-        if val_items and w.eval_every > 0 and step % w.eval_every == 0:
+        if val_items and w.eval_steps > 0 and step % w.eval_steps == 0:
             last_eval = do_eval()
     if bar is not None:
         bar.close()

@@ -1,7 +1,7 @@
 """GRPO with a clean-audio teacher: the training loop (``echodistill train``).
 
 One step (METHOD.md section 2), per rank, for each of ``gradient_accumulation_steps`` micro-batches
-of ``per_device_batch_size`` items::
+of ``prompts_per_device`` items::
 
     noise     draw type + SNR per item, seeded by (seed, item id, position)      -> noisy clip
     rollout   the student samples G completions on the NOISY clip (audio encoded once per item)
@@ -329,7 +329,7 @@ def run_train(cfg, resume: bool = False) -> Path:
     bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
                      list(cfg.noise.extra_noise_paths))
     bank.check(list(cfg.noise.train_types))
-    stream = ItemStream(train_items, t.per_device_batch_size, world, rank, cfg.run.seed)
+    stream = ItemStream(train_items, t.prompts_per_device, world, rank, cfg.run.seed)
     val_examples: list[Example] = []
     if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).is_file():
         val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map)),
