@@ -12,7 +12,7 @@ import pytest
 from echodistill.audio.io import load_audio, write_audio
 from echodistill.cli import main
 from echodistill.config import load_config
-from echodistill.predict import Query, gather_queries, load_query_audio, predict_queries
+from echodistill.inference import Query, gather_queries, load_query_audio, predict_queries
 
 from train_helpers import tone
 

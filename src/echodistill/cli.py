@@ -84,7 +84,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import config_for_checkpoint, run_predict
+    from .inference import config_for_checkpoint, run_predict
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise, snr=args.snr,
                 out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))

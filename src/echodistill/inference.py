@@ -151,13 +151,14 @@ def config_for_checkpoint(checkpoint: str | Path, config: Optional[str | Path] =
     else the defaults; ``overrides`` last."""
     from .config import load_config
 
+    saved = config is None
     if config is None:
         ck = Path(checkpoint)
         for cand in (ck / "config.yaml", ck.parent / "config.yaml"):
             if cand.is_file():
                 config = cand
                 break
-    return load_config(config, list(overrides))
+    return load_config(config, list(overrides), saved=saved)
 
 
 def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: Optional[str] = None,
