@@ -196,6 +196,11 @@ class NoiseBank:
         raise AudioError(f"{path}: 8 random {num_samples}-sample windows were all silent; "
                          "trim the silence from this noise file or remove it", "silent_noise")
 
+    def fingerprint(self) -> list:
+        """(path, size, mtime_ns) of every noise file: what a cached result drawn from this bank depends on."""
+        from ..provenance import file_stamps
+        return file_stamps(sorted({str(f) for files in self._files.values() for f in files}))
+
     def _unknown(self, noise_type: str) -> NoiseTypeError:
         if noise_type in FOLDER_TYPES:
             where = self.noise_dir / noise_type if self.noise_dir else "no noise_dir was given"

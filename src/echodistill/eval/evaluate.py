@@ -21,10 +21,15 @@ Methods: ``model`` (the checkpoint as is: base directory, warm-up checkpoint or 
 
 Resumable: ``<out>/predictions.jsonl`` is appended batch by batch (flushed and fsynced); a re-run reads
 it, keys rows by (item id, condition, noise type, snr) and computes only what is missing. A truncated
-last line (a killed run) is dropped. ``<out>/eval_state.json`` records what the predictions depend on
-(method, checkpoint, manifest, seeds, decoding settings); a re-run with different settings into the same
-folder is refused rather than mixing two evaluations. ``metrics.json`` is computed from the rows of the
-current job set only (so a smaller ``eval.max_items`` in a re-run reports that subset).
+last line (a killed run) is dropped. ``<out>/eval_state.json`` records, by content, what the predictions
+depend on: the sha256 of the manifest bytes, the resolved audio paths (after the path map) with their size
+and mtime, the sha256 of every weight file the checkpoint loads, the noise files, and every setting that
+changes an answer (dtype, attention, device, batch size, seeds, max_new_tokens, window, limits). A re-run
+whose key differs is refused with the list of what changed, never mixed; the noise grid and the item
+subset are part of each row's key, so a larger grid only adds rows. ``<out>/.eval.lock`` (an ``flock``,
+released by the kernel even on kill -9) keeps a second eval out of a folder in use. ``metrics.json`` is
+written last and atomically, computed from the rows of the current job set only (so a smaller
+``eval.max_items`` in a re-run reports that subset), and records the code version and weights sha256.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..data.manifest import Item, read_manifest, seeded_subset
 from ..data.prompts import format_question, ordered_choices
 from ..errors import UserError
+from ..provenance import code_version, content_key, file_stamps, sha256_file, verify_weights, weights_sha256
 from ..train.rewards import extract_choice
 from .metrics import GSR_DEFINITION, compute_metrics
 
@@ -366,21 +372,99 @@ class PredictionWriter:
         self.f.close()
 
 
+STATE_FORMAT = 2  # eval_state.json with content keys (format 1 recorded paths only)
+
+
 def _check_state(out_dir: Path, state: dict) -> None:
+    """Refuse to resume into ``out_dir`` unless its predictions were made from the same content; then
+    record ``state``. ``state`` maps component -> value or hash (see ``_eval_state``)."""
     p = out_dir / STATE
+    old = None
     if p.is_file():
         try:
             old = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if isinstance(old, dict):
-            diff = [k for k in state if k in old and old[k] != state[k]]
-            if diff:
-                raise UserError(
-                    f"{out_dir}: holds predictions made with different settings ({', '.join(diff)}: "
-                    f"{[old[k] for k in diff]} -> {[state[k] for k in diff]}); evaluate into a new --out folder, "
-                    f"or delete {out_dir / PREDICTIONS} to start over")
-    p.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    has_rows = (out_dir / PREDICTIONS).is_file() and (out_dir / PREDICTIONS).stat().st_size > 0
+    start_over = f"evaluate into a new --out folder, or delete {out_dir / PREDICTIONS} and {p} to start over"
+    if has_rows and not (isinstance(old, dict) and old.get("format") == STATE_FORMAT):
+        raise UserError(f"{out_dir}: holds predictions whose inputs were not recorded by content (no or an older "
+                        f"{STATE}); they cannot be checked against this evaluation: {start_over}")
+    if has_rows:
+        diff = sorted(k for k in set(state) | set(old) if state.get(k) != old.get(k))
+        if diff:
+            detail = "; ".join(_describe_change(k, old.get(k), state.get(k)) for k in diff)
+            raise UserError(f"{out_dir}: holds predictions made from other inputs ({detail}); reusing them would "
+                            f"report stale numbers: {start_over}")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def _describe_change(key: str, old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return ", ".join(f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    if isinstance(old, str) and isinstance(new, str) and len(old) == len(new) == 64:
+        return f"{key} content changed"
+    return f"{key}: {old!r} -> {new!r}"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<out>/.eval.lock`` for the whole evaluation (the kernel drops it when the
+    process dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / ".eval.lock"
+        self.f = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            who = self.f.read().strip() or "another process"
+            self.f.close()
+            raise UserError(f"{self.path.parent}: another `echodistill eval` ({who}) is writing into this folder; "
+                            "wait for it to finish, or evaluate into another --out folder") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()}")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.f is not None:
+            self.f.close()  # closing the file releases the lock
+
+
+def _eval_state(cfg: Any, method: str, ckpt: str, manifest: Path, pmap: dict, items: Sequence[Item],
+                bank: Optional[NoiseBank], device: str) -> dict:
+    """Everything the predictions depend on, by content (hashes) or value (settings). ``items``: the whole
+    manifest (the subset evaluated is part of each row's key, not of the folder's)."""
+    audio = sorted({it.audio for it in items} | {it.noisy_audio for it in items if it.noisy_audio})
+    cascade = method == "cascade"
+    return {
+        "format": STATE_FORMAT,
+        "method": method,
+        "checkpoint": "whisper-tiny.en" if cascade else str(Path(ckpt).resolve()),
+        "weights_sha256": "whisper-tiny.en" if cascade else weights_sha256(ckpt, cfg.model.path),
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": sha256_file(manifest),
+        "path_map": {str(k): str(v) for k, v in sorted(pmap.items())},
+        "audio_files": content_key(file_stamps(audio)),
+        "noise_files": content_key(bank.fingerprint()) if bank is not None else None,
+        "settings": {
+            "model.backbone": str(cfg.model.backbone), "model.dtype": str(cfg.model.dtype),
+            "model.attn_implementation": str(cfg.model.attn_implementation), "device": device,
+            "eval.batch_size": int(cfg.eval.batch_size), "eval.noise_seed": int(cfg.eval.noise_seed),
+            "eval.max_new_tokens": int(cfg.eval.max_new_tokens), "data.choice_seed": int(cfg.data.choice_seed),
+            "data.max_duration_s": float(cfg.data.max_duration_s),
+            "data.min_duration_s": float(cfg.data.min_duration_s),
+        },
+    }
 
 
 # ------------------------------------------------------------------ summary
@@ -429,10 +513,8 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     """Evaluate one model (or baseline) on one manifest; writes predictions.jsonl and metrics.json.
 
     Returns the metrics.json content ``{"name", "split", "method", "checkpoint", "manifest",
-    "metrics", "bad_items", "skipped_tasks", "timing", ...}``.
+    "metrics", "bad_items", "skipped_tasks", "timing", "provenance", ...}``.
     """
-    import torch
-
     if method not in METHODS:
         raise UserError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
     if method == "model" and bool(cfg.eval.enhance):
@@ -445,6 +527,9 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     pmap = dict(cfg.data.path_map or {})
     pmap.update(path_map or {})
     items = read_manifest(manifest, path_map=pmap or None, fmt=fmt)
+    if not items:
+        raise UserError(f"{manifest}: the manifest has no items; fix the path or the file "
+                        f"(`echodistill data check {manifest}`)")
     groups = subset(group_items(items), int(cfg.eval.max_items), int(cfg.eval.noise_seed))
     conditions = grid_conditions(list(cfg.eval.noise_types), [float(s) for s in cfg.eval.snr_levels],
                                  bool(cfg.eval.no_audio))
@@ -468,12 +553,23 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
         bank.check(sorted({j.cond.noise_type for j in jobs if j.cond.kind == "noisy" and not j.cond.path}))
 
     ckpt = str(checkpoint) if checkpoint is not None else str(cfg.model.path)
+    if method != "cascade":
+        verify_weights(ckpt, cfg.model.path)  # a truncated download: one line now, not a traceback later
+    device = _resolve_device(str(cfg.run.device))
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {"method": method, "checkpoint": "whisper-tiny.en" if method == "cascade" else str(Path(ckpt).resolve()),
-             "manifest": str(manifest.resolve()), "noise_seed": int(cfg.eval.noise_seed),
-             "choice_seed": int(cfg.data.choice_seed), "max_new_tokens": int(cfg.eval.max_new_tokens),
-             "max_duration_s": float(cfg.data.max_duration_s)}
-    _check_state(out_dir, state)
+    with FolderLock(out_dir):
+        state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
+        _check_state(out_dir, state)
+        return _predict_and_report(cfg, out_dir, jobs, groups, conditions, bank, state, method=method, ckpt=ckpt,
+                                   device=device, manifest=manifest, name=name, split_name=split_name,
+                                   skipped_tasks=skipped_tasks)
+
+
+def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, conditions: list,
+                        bank: Optional[NoiseBank], state: dict, *, method: str, ckpt: str, device: str,
+                        manifest: Path, name: Optional[str], split_name: Optional[str], skipped_tasks: dict) -> dict:
+    """The rest of ``run_eval``, under the folder lock: predict the missing rows, write metrics.json."""
+    import torch
 
     pred_path = out_dir / PREDICTIONS
     existing = read_existing(pred_path)
@@ -485,7 +581,6 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
             continue
     todo = [j for j in jobs if j.key not in done]
 
-    device = _resolve_device(str(cfg.run.device))
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.run.num_threads)))
     bad: dict = {}
@@ -547,6 +642,9 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
                    "items_per_s": round(n_new_items / seconds, 4) if seconds > 0 and new_rows else None},
         "eval_config": OmegaConf.to_container(cfg.eval, resolve=True) if OmegaConf.is_config(cfg.eval)
         else dict(vars(cfg.eval)),
+        # why a rerun may differ: the code and the exact weights and inputs these rows came from
+        "provenance": {"code_version": code_version(), "weights_sha256": state["weights_sha256"],
+                       "manifest_sha256": state["manifest_sha256"], "state_key": content_key(state)},
     }
     tmp = out_dir / (METRICS + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")

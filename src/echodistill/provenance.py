@@ -1,0 +1,138 @@
+"""What a result came from: content hashes of weights and files, the code version, a settings key.
+
+Cached or resumable results (eval rows, demo stages) are keyed by ``content_key(...)`` over what
+determines them, so a rerun after relabelling a manifest, remapping audio or switching dtype never
+reuses rows made from other inputs. Every committed result records ``code_version()`` and the
+sha256 of the weights it came from, so a reader can tell why a rerun differs.
+
+Also here: ``verify_weights`` opens every safetensors header of a model folder before a long load, so a
+truncated download is one clear line (file and fix) instead of a traceback from deep inside transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .errors import UserError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_CHUNK = 1 << 20
+_file_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 (hash each file once per process)
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB chunks (bounded memory for any size)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _file_hashes:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+        _file_hashes[key] = h.hexdigest()
+    return _file_hashes[key]
+
+
+def content_key(obj: Any) -> str:
+    """sha256 of a JSON-able object in canonical form (sorted keys): equal settings <-> equal key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str, ensure_ascii=True).encode()).hexdigest()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _model_folders(path: Path, base_fallback: Optional[str | Path]) -> list[Path]:
+    """The folder itself, plus for a PEFT adapter its base model and the adapters merged under it."""
+    folders = [path]
+    if (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, json.JSONDecodeError):
+            base = None
+        if not base or not Path(base).is_dir():
+            base = base_fallback
+        if base and Path(base).is_dir():
+            folders.append(Path(base))
+    from .models.base import META_FILE  # late: keeps `echodistill --help` free of torch
+    try:
+        meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    folders += [Path(p) for p in meta.get("merged_adapters", []) if Path(p).is_dir()]
+    return folders
+
+
+def weights_sha256(path: str | Path, base_fallback: Optional[str | Path] = None) -> str:
+    """One sha256 over every weight file a checkpoint loads (an adapter includes its base model)."""
+    path = Path(path)
+    lines = []
+    for folder in _model_folders(path, base_fallback) if path.is_dir() else []:
+        for f in _weight_files(folder):
+            lines.append(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}")
+    if path.is_file():
+        lines.append(f"{path.name} {sha256_file(path)}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None) -> None:
+    """Raise UserError naming the file when a safetensors file of the model cannot be read (truncated,
+    not safetensors) or the folder has no weights at all."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} is not a folder: pass the model/adapter folder (e.g. runs/x/final)")
+    folders = _model_folders(path, base_fallback)
+    if not any(_weight_files(f) for f in folders):
+        raise UserError(f"{path}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint folder; "
+                        "point --checkpoint at a folder written by `save` (e.g. runs/x/final)")
+    for folder in folders:
+        for f in _weight_files(folder):
+            if f.suffix != ".safetensors":
+                continue
+            try:  # safe_open checks that the header's byte ranges cover the file exactly
+                with safe_open(str(f), framework="pt") as st:
+                    st.keys()
+            except Exception as e:
+                raise UserError(f"{f}: not a readable safetensors file ({str(e).strip()[:160]}); the download or "
+                                "copy is incomplete or corrupt: copy it again or re-save the model") from None
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the source tree when it is a git checkout, else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return "git:" + out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+        return "echodistill " + version("echodistill")
+    except Exception:
+        return "unknown"
+
+
+def file_stamps(paths: Iterable[str]) -> list:
+    """(path, size, mtime_ns) per file (None for a missing one): cheap, catches a replaced clip."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p, None, None))
+    return out
+
+
+__all__ = ["sha256_file", "content_key", "weights_sha256", "verify_weights", "code_version", "file_stamps"]
