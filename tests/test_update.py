@@ -162,3 +162,36 @@ def test_prompt_once_prompt_runs_once(tiny_qwen2_audio_dir):
         h.remove()
     big = noisy["input_ids"].shape[1]
     assert rows == [True, (3, big), (3 * G, T), False, (3 * G, big + T)]
+
+
+# ------------------------------------------------------------------ gradient checkpointing
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("backbone", ["qwen2_audio", "qwen3_omni"])
+def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, request, monkeypatch):
+    """Checkpointed layers give the same loss and gradients (shared prompt on) and really run twice."""
+    fixture = {"qwen2_audio": "tiny_qwen2_audio_dir", "qwen3_omni": "tiny_qwen3_omni_dir"}[backbone]
+    a = _adapter(backbone, request.getfixturevalue(fixture), lora)
+    layers = a.text_model(a.hf).layers
+    calls = []
+    cls = type(layers[0])
+    orig = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *args, **kw: calls.append(1) or orig(self, *args, **kw))
+    noisy = a.build_inputs(PROMPTS, _waves())
+    ids, mask = _completions(a, len(PROMPTS) * G)
+    state = {n: p.detach().clone() for n, p in a.model.named_parameters() if p.requires_grad}
+    behaviour = a.token_logprobs(noisy, ids, mask, num_samples=G)
+    adv = torch.randn(ids.shape[0], generator=torch.Generator().manual_seed(2))
+    t = _teacher_passes(a, True, noisy, noisy, ids, mask)
+    counts, grads = [], []
+    for on in (False, True):
+        a.gradient_checkpointing = on
+        calls.clear()
+        grads.append(_grads(a, True, state, noisy, ids, mask, behaviour, adv, t))
+        counts.append(len(calls))
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    # prompt pass + completion pass + KD pass, each through every layer; checkpointing replays each once
+    assert counts[0] == 3 * len(layers) and counts[1] == 2 * counts[0]
+    calls.clear()
+    a.token_logprobs(noisy, ids, mask, num_samples=G)  # no gradients: nothing to recompute
+    assert len(calls) == 2 * len(layers)

@@ -124,6 +124,7 @@ class TrainConfig:
     # Not TRL's per_device_train_batch_size, which counts completions (TRL's value = B*G).
     prompts_per_device: int = 8
     gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~+1/3 update time)
     max_steps: int = 200
     max_minutes: float = 0.0  # 0 = no wall-clock cap
     learning_rate: float = 1e-5

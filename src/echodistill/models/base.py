@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from .checkpointing import wrap_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -193,12 +194,16 @@ class AudioLLM(abc.ABC):
         self.teacher_cache_mb = 256.0  # bound of the teacher's per-clip feature cache (0 = off)
         self.share_prefix = True  # prompt run once per item, its KV cache repeated for the G samples
         self.share_prefix_grad = True  # the same with gradients (update, KD); False: prompt repeated G times
+        # Recompute each decoder layer in the backward pass instead of keeping its activations
+        # (``train.gradient_checkpointing``); our own wrapper, since HF's needs train() and drops the cache.
+        self.gradient_checkpointing = False
         self._clip_cache: OrderedDict = OrderedDict()
         self._clip_cache_bytes = 0
         self._active = hf_model
         self._in_teacher = False
         for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
             self.audio_encoder(m).register_forward_pre_hook(self._count_encoder, with_kwargs=True)
+        wrap_layers(self.text_model(hf_model).layers, lambda: self.gradient_checkpointing)
         self._init_token_sets()
 
     def _count_encoder(self, module, args, kwargs):

@@ -337,6 +337,7 @@ def run_train(cfg, resume: bool = False) -> Path:
         val_examples = eval_examples(val_items, cfg, bank, cfg.eval.noise_seed)
 
     model = load_adapter(cfg.model, path=t.init_from or None, train=True)
+    model.gradient_checkpointing = bool(t.gradient_checkpointing)
     if cfg.model.device_map is None:
         model.to(accelerator.device)
     params = model.trainable_parameters()
