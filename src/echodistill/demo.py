@@ -12,16 +12,28 @@ Stages (each skipped when its output is already complete, so a rerun resumes):
 6. report    table, paired differences, plots                             -> <out>/report
 
 The presets below are the only place the demo's budgets live.
+
+A stage is done only when its completion marker ``<stage dir>/stage_done.json`` exists: written
+atomically (temp file + rename) after everything else of the stage, holding a key over the stage's
+arguments and its inputs' keys. A stage killed half-way has no marker and is resumed (warm-up and train
+from their checkpoints, eval from its content-keyed predictions); a marker whose key differs (another
+preset, changed budgets) stops the demo with a clear line instead of reusing the stage. Every argument
+(seeds, the report baselines) is checked before the first stage starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import load_config
+from .errors import UserError
+from .provenance import code_version, content_key
+
+MARKER = "stage_done.json"
 
 # Budgets per preset. `train` overrides are shared by grpo and echodistill (same budget);
 # sft-noisy gets the same number of optimizer steps as the RL runs.
@@ -74,43 +86,92 @@ def _cfg(out: Path, *overrides: str) -> Any:
     return load_config(None, base + [o for o in overrides if o])
 
 
+def _stage_key(stage_dir: Path, **what: Any) -> tuple[str, bool]:
+    """(key of this stage, whether it is already complete with that key). Raises UserError when the
+    stage was completed with other arguments: reusing it would silently mix two experiments."""
+    key = content_key(what)
+    marker = stage_dir / MARKER
+    if not marker.is_file():
+        return key, False
+    try:
+        old = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return key, False  # unreadable marker: the stage is redone
+    if old.get("key") == key:
+        return key, True
+    raise UserError(f"{stage_dir}: was completed with other arguments ({_changed(old.get('args', {}), what)}); "
+                    f"use another --out folder, or delete {stage_dir} to redo this stage")
+
+
+def _changed(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if json.dumps(old.get(k), default=str) != json.dumps(new.get(k), default=str))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)[:400] or "code or inputs"
+
+
+def _mark_done(stage_dir: Path, key: str, what: dict, **extra: Any) -> None:
+    """Write the completion marker atomically, last."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "args": json.loads(json.dumps(what, default=str)),
+                               "code_version": code_version(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               **extra}, indent=1))
+    os.replace(tmp, stage_dir / MARKER)
+
+
+def _marker_key(stage_dir: Path) -> str:
+    return json.loads((stage_dir / MARKER).read_text())["key"]
+
+
 def _stage_bench(out: Path, size: str) -> None:
     from .data.bench import build_benchmark
-    if (out / "bench" / "datasheet.json").is_file():
+    what = {"stage": "bench", "size": size, "seed": 0}
+    key, done = _stage_key(out / "bench", **what)
+    if done:
         _say("bench: already built")
         return
     _say(f"bench: building the offline benchmark ({size})")
     build_benchmark(out / "bench", seed=0, size=size)
+    _mark_done(out / "bench", key, what)
 
 
 def _stage_model(out: Path) -> None:
     from .models.embedded import build_embedded_model, read_bench_texts
     target = out / "models" / "embedded"
-    if (target / "config.json").is_file():
+    what = {"stage": "model", "seed": 0, "bench": _marker_key(out / "bench")}
+    key, done = _stage_key(target, **what)
+    if done:
         _say("model: already built")
         return
     _say("model: assembling the embedded audio LLM (Whisper tiny.en encoder + small Qwen2 LM)")
     build_embedded_model(target, seed=0, corpus_texts=read_bench_texts(out / "bench"))
+    _mark_done(target, key, what, weights_sha256=_weights(target))
 
 
-def _done(run_dir: Path) -> bool:
-    return (run_dir / "final").is_dir() and any((run_dir / "final").iterdir())
+def _weights(model_dir: Path) -> str:
+    from .provenance import weights_sha256
+    return weights_sha256(model_dir)
 
 
 def _stage_warmup(out: Path, preset: dict) -> Path:
     from .train.sft import run_warmup
     run_dir = out / "warmup"
-    if _done(run_dir):
+    what = {"stage": "warmup", "overrides": list(preset["warmup"]), "model": _marker_key(out / "models" / "embedded")}
+    key, done = _stage_key(run_dir, **what)
+    if done:
         _say("warmup: already done")
     else:
         _say("warmup: supervised training on clean audio")
-        run_warmup(_cfg(out, f"run.output_dir={run_dir}", *preset["warmup"]), resume=True)
+        run_warmup(_cfg(out, f"run.output_dir={run_dir}", "warmup.resume=true", *preset["warmup"]))
+        _mark_done(run_dir, key, what, weights_sha256=_weights(run_dir / "final"))
     return run_dir / "final"
 
 
 def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) -> Path:
     run_dir = out / "train" / f"{method}-s{seed}"
-    if _done(run_dir):
+    what = {"stage": "train", "method": method, "seed": seed, "overrides": list(RL_COMMON) + list(preset["train"]),
+            "warmup": _marker_key(warm.parent)}
+    key, done = _stage_key(run_dir, **what)
+    if done:
         _say(f"train {method} seed {seed}: already done")
         return run_dir / "final"
     _say(f"train {method} seed {seed}")
@@ -120,27 +181,71 @@ def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) ->
     if method == "sft-noisy":
         from .train.sft import run_warmup
         # Same budget as the RL runs: as many optimizer steps of as many items, the same learning rate.
-        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}",
-                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.prompts_per_device={cfg.train.prompts_per_device}",
-                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_steps=0"), resume=True)
+        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}", "warmup.resume=true",
+                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.batch_size={cfg.train.per_device_batch_size}",
+                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_every=0"))
     else:
         from .train.checkpoint import latest_checkpoint
         from .train.trainer import run_train
         run_train(cfg, resume=latest_checkpoint(run_dir) is not None)
+    _mark_done(run_dir, key, what, weights_sha256=_weights(run_dir / "final"))
     return run_dir / "final"
 
 
 def _stage_eval(out: Path, overrides: list[str], name: str, checkpoint: Path, method: str = "model",
                 split: str = "test") -> Path:
-    from .eval.evaluate import run_eval
+    from .eval.evaluate import PREDICTIONS, STATE, STATE_FORMAT, run_eval
     eval_dir = out / "eval" / name
-    if (eval_dir / "metrics.json").is_file():
+    what = {"stage": "eval", "overrides": list(overrides), "method": method, "split": split,
+            "checkpoint": _marker_key(checkpoint.parent if checkpoint.name == "final" else checkpoint)}
+    key, done = _stage_key(eval_dir, **what)
+    if done:
         _say(f"eval {name}: already done")
         return eval_dir
+    state = eval_dir / STATE
+    if (eval_dir / PREDICTIONS).is_file() and not (
+            state.is_file() and json.loads(state.read_text() or "{}").get("format") == STATE_FORMAT):
+        # an unfinished eval of this demo from before content keys: its rows cannot be checked; redo them
+        (eval_dir / PREDICTIONS).unlink()
     _say(f"eval {name} ({method}) on the {split} split")
-    run_eval(_cfg(out, *overrides), checkpoint=str(checkpoint), manifest=str(out / "bench" / f"{split}.jsonl"),
-             out_dir=eval_dir, method=method, name=name, split_name=split)
+    meta = run_eval(_cfg(out, *overrides), checkpoint=str(checkpoint),
+                    manifest=str(out / "bench" / f"{split}.jsonl"), out_dir=eval_dir, method=method, name=name,
+                    split_name=split)
+    _mark_done(eval_dir, key, what, **meta.get("provenance", {}))
     return eval_dir
+
+
+def plan_reports(preset: dict, seeds: list[int]) -> list[tuple[str, list[str], str]]:
+    """(report folder, eval run names, baseline) of every report the demo writes, from its arguments only.
+
+    A method trained with one seed is not pooled (its run keeps the name ``<method>-s<seed>``), so
+    the GRPO baseline is named by its first seed: that name matches the pooled group as well.
+    """
+    trained = [f"{m}-s{s}" for s in seeds for m in preset["methods"]]
+    names = ["base", "warmup"] + (["enhance+warmup"] if preset["enhance"] else []) + trained
+    plans = [("report", names, "warmup")]
+    rl = [n for n in trained if n.rsplit("-s", 1)[0] in ("grpo", "echodistill", "echodistill-kd")]
+    if len(rl) >= 2:
+        plans.append(("report_vs_grpo", rl, f"grpo-s{seeds[0]}"))
+    if preset["heldout"]:
+        plans.append(("report_heldout", [f"heldout-{n}" for n in ["warmup", *trained]], "heldout-warmup"))
+    return plans
+
+
+def check_arguments(preset: str, seeds: Optional[list[int]]) -> list[int]:
+    """Every argument of a demo run, checked before the first (long) stage; returns the seeds."""
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    seeds = list(p["seeds"] if not seeds else seeds)
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {seeds}: give distinct non-negative integers (e.g. --seeds 0 1 2)")
+    for folder, names, baseline in plan_reports(p, seeds):
+        groups = {n.rsplit("-s", 1)[0] for n in names if "-s" in n}
+        if baseline not in names and baseline not in groups:
+            raise UserError(f"demo: the {folder} baseline {baseline!r} would not be one of its runs "
+                            f"({', '.join(names)}); this is a bug in the preset {preset!r}")
+    return seeds
 
 
 def _headline(report: dict) -> str:
@@ -160,6 +265,7 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
     """Run every stage of the demo; print and return the report (report.json's content)."""
     from .eval.report import make_report
 
+    seeds = check_arguments(preset, seeds)
     p = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +273,7 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
     _stage_bench(out, p["bench_size"])
     _stage_model(out)
     warm = _stage_warmup(out, p)
-    trained = {f"{m}-s{s}": _stage_train(out, p, m, s, warm) for s in (seeds or p["seeds"]) for m in p["methods"]}
+    trained = {f"{m}-s{s}": _stage_train(out, p, m, s, warm) for s in seeds for m in p["methods"]}
 
     ev = p["eval"]
     eval_dirs = [_stage_eval(out, ev, "base", out / "models" / "embedded"), _stage_eval(out, ev, "warmup", warm)]
@@ -180,16 +286,20 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
                         for name, ckpt in [("warmup", warm), *trained.items()]]
 
     _say("report: comparing every evaluated model")
-    report = make_report(eval_dirs, out / "report", baseline="warmup")
-    rl_dirs = [d for d in eval_dirs if d.name.split("-s")[0] in ("grpo", "echodistill", "echodistill-kd")]
-    if len(rl_dirs) >= 2:
-        # The paper's comparison: EchoDistill against GRPO-only, paired over items (seeds pooled).
-        make_report(rl_dirs, out / "report_vs_grpo", baseline="grpo" if len(rl_dirs) > 2 else "grpo-s0")
-    if heldout_dirs:
-        make_report(heldout_dirs, out / "report_heldout", baseline="heldout-warmup")
+    dirs = {d.name: d for d in eval_dirs + heldout_dirs}
+    report = None
+    for folder, names, baseline in plan_reports(p, seeds):
+        r = make_report([dirs[n] for n in names], out / folder, baseline=baseline)
+        report = r if report is None else report
     minutes = (time.time() - t0) / 60
-    (out / "demo.json").write_text(json.dumps({"preset": preset, "minutes": round(minutes, 2),
-                                               "runs": [str(d) for d in eval_dirs]}, indent=1))
+    runs = {}
+    for d in eval_dirs + heldout_dirs:
+        prov = json.loads((d / "metrics.json").read_text()).get("provenance", {})
+        runs[d.name] = {"dir": str(d), "weights_sha256": prov.get("weights_sha256")}
+    tmp = out / "demo.json.tmp"
+    tmp.write_text(json.dumps({"preset": preset, "seeds": seeds, "minutes": round(minutes, 2),
+                               "code_version": code_version(), "runs": runs}, indent=1))
+    os.replace(tmp, out / "demo.json")
     print("\nTest split, % with bootstrap 95 % intervals (GSR: correct on noisy AND on clean audio; "
           "strong noise: SNR <= 0 dB):\n")
     print(_headline(report))
