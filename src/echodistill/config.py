@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import II, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserError
@@ -41,6 +41,10 @@ class DataConfig:
     max_duration_s: float = 2.0  # clips are cropped/padded to at most this (the model's window)
     min_duration_s: float = 0.05  # shorter clips are rejected as invalid
     choice_seed: int = 1234  # seeds the per-item shuffle of choices at prompt time
+    # Semi-supervised / label-free regime: the warm-up sees the labels of this fraction of the
+    # training items only (per task, seeded by label_seed); RL picks its items with train.rl_items.
+    labeled_fraction: float = 1.0
+    label_seed: int = 0
 
 
 @dataclass
@@ -102,11 +106,20 @@ class TeacherConfig:
     enabled: bool = True  # False = plain GRPO
     consistency: str = "mean_prob"  # mean_prob | argmax_agree | mean_logprob
     logprob_clip: float = 5.0  # mean_logprob mode: clip log-probs at -this, then map to [0, 1]
-    w0: float = 0.5  # bonus weight at the worst SNR
-    snr_lo: float = -10.0  # at or below: full weight
-    snr_hi: float = 30.0  # at or above: w_min * w0
+    w0: float = 0.5  # bonus weight at the worst SNR (decoupled: the teacher term's weight vs accuracy's 1)
+    snr_lo: float = II("noise.train_snr_min")  # shaping band = the band drawn in training
+    snr_hi: float = II("noise.train_snr_max")
     w_min: float = 0.2
     shaping: bool = True  # False = constant weight w0
+    shaping_direction: str = "noisier"  # noisier: most weight at low SNR (paper) | cleaner: the mirror
+    include_eos: bool = False  # consistency over the answer tokens only (True: EOS too, ~ (p(answer)+1)/2)
+    # How the teacher term enters the advantages: joint = added to the reward before one group
+    # z-score (paper); decoupled = normalised apart (scale below) and added with weight w(snr).
+    advantage: str = "joint"  # joint | decoupled
+    scale: str = "batch"  # decoupled teacher term: group | batch | none (batch: tiny gaps stay tiny)
+    gate: str = "none"  # none | equal_groups (only where accuracy is all-equal) | confidence (x p_T(answer))
+    kd_scope: str = "all"  # lambda_kd on: all items | all_wrong groups | equal_groups (all right or all wrong)
+    min_confidence: float = 0.0  # teacher answers below this probability give no target (KD, pseudo-label)
     lambda_g: float = 0.0  # grounding term weight (needs a no-audio teacher pass)
     grounding_clip: float = 2.0  # k in clip(lT - l0, -k, k) / k
     token_credit: bool = False  # add eta * clip(lT - lS_old) to per-token advantages
@@ -136,12 +149,17 @@ class TrainConfig:
     epsilon: float = 0.2  # PPO clip low
     epsilon_high: Optional[float] = None  # PPO clip high (DAPO); null = epsilon
     loss_type: str = "dr_grpo"  # grpo | dr_grpo | dapo | bnpo
+    rl_items: str = "all"  # training items RL uses: all | labeled | unlabeled (data.labeled_fraction)
+    reward_source: str = "label"  # accuracy against: label | teacher (clean greedy answer) | majority (TTRL)
+    lambda_clean: float = 0.0  # clean retention: KL(teacher || student) on CLEAN audio, teacher's answer
+    log_component_grad_norms: bool = False  # extra backward per loss term on the first iteration (costly)
     scale_rewards: str = "group"  # group | batch | none
     num_iterations: int = 1  # policy updates per rollout batch
     max_completion_length: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
+    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})  # + plug-ins by name
+    reward_funcs: list = field(default_factory=list)  # plug-in rewards "module:function" (TRL signature; train/plugins.py)
     wrong_answer_reward: float = 0.0  # 0 or -1
     answer_format: str = "choice"  # choice: the completion is exactly one offered choice
     save_steps: int = 50  # checkpoint-<step>/ every this many steps (and at the end)
@@ -190,6 +208,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "teacher.lambda_kd": 1.0,
         "train.reward_weights": {"accuracy": 0.0, "format": 0.0},
     },
+    # --- issue 13: the teacher where it knows more than the label
+    # accuracy and teacher terms normalised apart; the weight w(snr) sets the teacher's share
+    "echodistill-decoupled": {"teacher.enabled": True, "teacher.advantage": "decoupled"},
+    # GRPO + KD toward the clean teacher's answer only in all-wrong groups (GRPO has no signal there)
+    "echodistill-rescue": {"teacher.enabled": False, "teacher.lambda_kd": 1.0, "teacher.kd_scope": "all_wrong"},
+    # teacher only where GRPO has no signal: consistency in all-equal groups + rescue KD in all-wrong ones
+    "echodistill-gated": {"teacher.enabled": True, "teacher.advantage": "decoupled", "teacher.gate": "equal_groups",
+                          "teacher.lambda_kd": 1.0, "teacher.kd_scope": "all_wrong"},
+    # --- label-free: no label is read; the reward comes from the clean teacher or from the samples
+    "echodistill-labelfree": {"teacher.enabled": True, "teacher.advantage": "decoupled",
+                              "train.reward_source": "teacher", "teacher.min_confidence": 0.5},
+    "ttrl": {"teacher.enabled": False, "train.reward_source": "majority"},  # majority vote of the noisy samples
 }
 
 # Keys that were renamed (one vocabulary across sections, TRL's names where TRL has the idea):
@@ -233,6 +263,13 @@ _CHOICES = {
     "train.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
     "train.scale_rewards": {"group", "batch", "none"},
     "train.answer_format": {"choice"},
+    "train.rl_items": {"all", "labeled", "unlabeled"},
+    "train.reward_source": {"label", "teacher", "majority"},
+    "teacher.shaping_direction": {"noisier", "cleaner"},
+    "teacher.advantage": {"joint", "decoupled"},
+    "teacher.scale": {"group", "batch", "none"},
+    "teacher.gate": {"none", "equal_groups", "confidence"},
+    "teacher.kd_scope": {"all", "all_wrong", "equal_groups"},
 }
 
 
@@ -264,9 +301,15 @@ def validate(cfg: Any) -> None:
         raise ConfigError("teacher.snr_hi must be > teacher.snr_lo")
     if not 0 <= cfg.teacher.w_min <= 1:
         raise ConfigError("teacher.w_min must be in [0, 1]")
-    for name in cfg.train.reward_weights:
-        if name not in ("accuracy", "format"):
-            raise ConfigError(f"train.reward_weights has unknown reward {name!r}; known: accuracy, format")
+    if cfg.teacher.gate != "none" and cfg.teacher.advantage != "decoupled":
+        raise ConfigError(f"teacher.gate={cfg.teacher.gate} needs teacher.advantage=decoupled (a joint z-score "
+                          "cannot gate the teacher term)")
+    if not 0 < cfg.data.labeled_fraction <= 1:
+        raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {cfg.data.labeled_fraction}")
+    if cfg.train.rl_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
+        raise ConfigError("train.rl_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
+    from .train.plugins import check_reward_config  # imports each plug-in: a bad one fails before the run
+    check_reward_config(list(cfg.train.reward_funcs), dict(cfg.train.reward_weights))
 
 
 def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:

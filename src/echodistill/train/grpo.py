@@ -19,6 +19,8 @@ __all__ = [
     "LOSS_TYPES",
     "SCALE_REWARDS",
     "group_advantages",
+    "normalise_within_groups",
+    "decoupled_advantages",
     "token_advantages",
     "aggregate_loss",
     "policy_loss",
@@ -53,6 +55,46 @@ def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1
     elif scale != "none":
         raise ValueError(f"unknown scale_rewards {scale!r}; known: {', '.join(SCALE_REWARDS)}")
     return adv
+
+
+def normalise_within_groups(scores: torch.Tensor, scale: str = "batch", eps: float = 1e-4) -> torch.Tensor:
+    """Centre ``scores [B, G]`` within each group, then scale (``group`` | ``batch`` | ``none``).
+
+    Unlike ``group_advantages``, ``batch`` divides by the std of the *centred* scores over the batch:
+    a group whose scores barely differ keeps barely-different advantages instead of being blown up
+    to +-1 by its own tiny std (the failure of z-scoring a near-constant teacher bonus).
+    """
+    s = scores.float()
+    centred = s - s.mean(dim=1, keepdim=True)
+    if scale == "group":
+        return centred / (s.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / (centred.pow(2).mean().sqrt() + eps)
+    if scale == "none":
+        return centred
+    raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALE_REWARDS)}")
+
+
+def decoupled_advantages(task_rewards: torch.Tensor, teacher_scores: torch.Tensor, weight: torch.Tensor,
+                         scale_task: str = "group", scale_teacher: str = "batch",
+                         eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """GDPO-style advantages: task and teacher terms normalised apart, summed with an explicit weight.
+
+    ``task_rewards [B, G]`` (accuracy + format), ``teacher_scores [B, G]`` (consistency with the clean
+    teacher, + grounding), ``weight [B]`` (per item: SNR shaping x gate x lambda; 0 = no teacher term).
+    Returns ``(A_task [B, G], A_teacher [B, G])``; the update uses ``A_task + A_teacher``::
+
+        A_task    = group_advantages(task_rewards, scale_task)
+        A_teacher = weight[:, None] * normalise_within_groups(teacher_scores, scale_teacher)
+
+    The weight, not the group's std, sets the teacher's share; a group with all-equal task rewards
+    gets only the teacher term.
+    """
+    if task_rewards.shape != teacher_scores.shape:
+        raise ValueError(f"task {tuple(task_rewards.shape)} and teacher {tuple(teacher_scores.shape)} differ")
+    a_task = group_advantages(task_rewards, scale_task, eps)
+    a_teacher = weight.float().reshape(-1, 1) * normalise_within_groups(teacher_scores, scale_teacher, eps)
+    return a_task, a_teacher
 
 
 def token_advantages(advantages: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor,
@@ -166,18 +208,27 @@ def policy_loss(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages
     return loss, stats
 
 
-def kd_loss(teacher: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Distillation ``KL(pi_T || pi_theta)`` per token, masked mean over tokens (a scalar).
+def kd_loss(teacher: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
+            num_items: Optional[int] = None, max_completion_length: Optional[int] = None) -> torch.Tensor:
+    """Distillation ``KL(pi_T || pi_theta)`` per token, summed and normalised (a scalar).
 
     ``teacher [M, T, V]``: teacher logits or log-probs over the vocabulary (log-softmax is applied,
     which leaves log-probs unchanged) on the clean audio; ``student_logits [M, T, V]``: the student on
     the noisy audio, both teacher-forced on the teacher's greedy clean answer; ``mask [M, T]``.
     ``KL = sum_v pT(v) * (log pT(v) - log pS(v))``; vocabulary entries with ``pT = 0`` contribute 0.
     Gradients flow into the student only.
+
+    Normaliser: with ``num_items`` (B, the items of the micro-batch, of which the M rows may be a
+    subset) the token sum is divided by ``B * max_completion_length`` -- per item the same constant
+    dr_grpo divides the policy term by, so ``lambda_kd`` sets KD's share against the policy loss
+    whatever the answer length or the number of selected rows. Without it: masked mean over tokens.
     """
     lt = F.log_softmax(teacher.detach().float(), dim=-1)
     ls = F.log_softmax(student_logits.float(), dim=-1)
     pt = lt.exp()
     kl = torch.where(pt > 0, pt * (lt - ls), torch.zeros_like(pt)).sum(-1)
     m = mask.to(kl.dtype)
+    if num_items is not None:
+        L = kl.size(1) if max_completion_length is None else int(max_completion_length)
+        return (kl * m).sum() / max(int(num_items) * L, 1)
     return (kl * m).sum() / m.sum().clamp(min=1.0)

@@ -25,6 +25,7 @@ __all__ = [
     "grounding",
     "total_rewards",
     "expand_per_item",
+    "majority_vote",
     "CONSISTENCY_MODES",
 ]
 
@@ -264,18 +265,22 @@ def _target_index(target: Union[str, int], choices: Sequence[str]) -> int:
 
 
 def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
-                     targets: Sequence[Union[str, int]], num_generations: int,
+                     targets: Sequence[Union[str, int, None]], num_generations: int,
                      wrong: float = 0.0) -> torch.Tensor:
     """``r_acc [N]``: 1.0 where ``extract_choice`` gives the target, else ``wrong`` (0 or -1).
 
     ``texts``: N completions, item-major. ``choices_per_item``: B lists in displayed order.
-    ``targets``: B target strings (one of the choices) or indices. No answer (None) counts as wrong.
+    ``targets``: B target strings (one of the choices) or indices; ``None`` = no target for that item
+    (a pseudo-label that was not confident enough): all its G rewards are ``wrong``, so its group
+    has no accuracy signal. No answer (None) counts as wrong.
     """
     _check_n(texts, len(choices_per_item), num_generations)
     if len(targets) != len(choices_per_item):
         raise ValueError(f"{len(targets)} targets for {len(choices_per_item)} items")
     out = torch.full((len(texts),), float(wrong), dtype=torch.float32)
     for i, (choices, target) in enumerate(zip(choices_per_item, targets)):
+        if target is None:
+            continue
         t = _target_index(target, choices)
         for g in range(num_generations):
             n = i * num_generations + g
@@ -356,20 +361,44 @@ def consistency(teacher_logp: torch.Tensor, mask: torch.Tensor, mode: str = "mea
 
 
 def snr_weight(snr: Union[float, Sequence[float], torch.Tensor], w0: float, snr_lo: float,
-               snr_hi: float, w_min: float, shaping: bool = True) -> torch.Tensor:
+               snr_hi: float, w_min: float, shaping: bool = True, direction: str = "noisier") -> torch.Tensor:
     """Audio-aware bonus weight ``w(snr) = w0 * clip((snr_hi - snr) / (snr_hi - snr_lo), w_min, 1)``.
 
     ``snr``: per-item SNR in dB, ``[B]`` (tensor or list) or a float (then a 0-d tensor is returned).
-    Full weight ``w0`` at or below ``snr_lo``; ``w_min * w0`` at or above ``snr_hi``. With
+    ``direction="noisier"`` (the paper): full weight ``w0`` at or below ``snr_lo``, ``w_min * w0`` at
+    or above ``snr_hi``. ``"cleaner"``: the mirror image, ``clip((snr - snr_lo) / (snr_hi - snr_lo),
+    w_min, 1)`` -- most weight where the clean answer is still learnable from the noisy input. With
     ``shaping=False`` the weight is the constant ``w0``. Use ``expand_per_item`` to get ``[N]``.
+    Set ``snr_lo``/``snr_hi`` to the band drawn in training, or the weight barely moves.
     """
     s = torch.as_tensor(snr, dtype=torch.float32)
     if not shaping:
         return torch.full_like(s, float(w0))
     if snr_hi <= snr_lo:
         raise ValueError(f"snr_hi ({snr_hi}) must be > snr_lo ({snr_lo})")
-    frac = ((snr_hi - s) / (snr_hi - snr_lo)).clamp(min=w_min, max=1.0)
-    return float(w0) * frac
+    if direction == "noisier":
+        frac = (snr_hi - s) / (snr_hi - snr_lo)
+    elif direction == "cleaner":
+        frac = (s - snr_lo) / (snr_hi - snr_lo)
+    else:
+        raise ValueError(f"unknown shaping direction {direction!r}; known: noisier, cleaner")
+    return float(w0) * frac.clamp(min=w_min, max=1.0)
+
+
+def majority_vote(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
+                  num_generations: int) -> list[Optional[int]]:
+    """TTRL's label-free target: per item, the choice most of its G samples name (``[B]`` indices).
+
+    ``None`` where no sample names an offered choice. Ties go to the choice named first among the
+    samples (sampling order is random, so no choice position is favoured).
+    """
+    _check_n(texts, len(choices_per_item), num_generations)
+    out: list[Optional[int]] = []
+    for i, choices in enumerate(choices_per_item):
+        votes = [extract_choice(texts[i * num_generations + g], choices) for g in range(num_generations)]
+        valid = [v for v in votes if v is not None]
+        out.append(max(valid, key=lambda v: (valid.count(v), -valid.index(v))) if valid else None)
+    return out
 
 
 def grounding(teacher_logp: torch.Tensor, noaudio_logp: torch.Tensor, mask: torch.Tensor,

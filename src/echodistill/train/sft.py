@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..audio.io import load_audio
 from ..audio.noise import NoiseBank, draw_noisy, seeded_rng
 from ..config import ConfigError, save_config, to_dict
+from ..data.labels import select_items, write_label_sheet
 from ..data.manifest import Item, read_manifest
 from ..data.prompts import format_question, ordered_choices
 from ..errors import UserError
@@ -306,7 +307,10 @@ def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict
     _seed_everything(int(cfg.run.seed))
 
     path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
-    train_items = read_manifest(cfg.data.train_manifest, path_map=path_map)
+    all_items = read_manifest(cfg.data.train_manifest, path_map=path_map)
+    train_items = select_items(all_items, cfg, "labeled")  # the teacher-to-be sees only these labels
+    if cfg.data.labeled_fraction < 1:
+        write_label_sheet(out, all_items, cfg, "labeled")
     if not train_items:
         raise UserError(f"{cfg.data.train_manifest}: no training items")
     val_items = []

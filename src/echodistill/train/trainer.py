@@ -36,29 +36,79 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, save_config, to_dict
+from ..data.labels import select_items, write_label_sheet
 from ..errors import UserError
 from . import grpo, rewards as R
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Example, ItemStream, eval_examples, load_examples
+from .plugins import add_plugin_rewards
 
 
 # ================================================================== one micro-batch, phase by phase
 @dataclass
+class TeacherAnswer:
+    """The frozen teacher's greedy answer on each CLEAN clip (B rows, one per item)."""
+
+    ids: torch.Tensor  # [B, T'] greedy tokens
+    mask: torch.Tensor  # [B, T'] 1 up to and including EOS
+    choice: list[Optional[int]]  # [B] the offered choice it names (None: names none)
+    confidence: torch.Tensor  # [B] p_T(answer tokens | clean clip), EOS excluded
+    logits: Optional[torch.Tensor] = None  # [B, T', V] its logits on that answer (KD, clean retention)
+
+
+@dataclass
 class Rollout:
-    """Everything one micro-batch of B examples produces before the update (N = B*G rows)."""
+    """Everything one micro-batch of B examples produces before the update (N = B*G rows).
+
+    Filled phase by phase: ``rollout`` (student), ``teacher_scoring`` (teacher fields),
+    ``compute_rewards`` (targets, rewards), ``compute_advantages`` (advantages, KD rows).
+    """
 
     examples: list[Example]
     noisy_batch: Any  # model inputs built from the noisy clips (student)
     ids: torch.Tensor  # [N, T] sampled completion tokens
-    mask: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T] 1 up to and including EOS
+    answer_mask: torch.Tensor  # [N, T] the answer tokens: mask without EOS
     texts: list[str]
     behaviour_logp: torch.Tensor  # [N, T] student log-probs at sampling time (lS_old)
+    clean_batch: Any = None  # model inputs built from the clean clips (teacher, clean retention)
     teacher_logp: Optional[torch.Tensor] = None  # [N, T] teacher on the clean clip (lT)
+    teacher_argmax_match: Optional[torch.Tensor] = None  # [N, T] bool: o[i,t] is the teacher's argmax
     noaudio_logp: Optional[torch.Tensor] = None  # [N, T] teacher on silent audio (l0)
     ref_logp: Optional[torch.Tensor] = None  # [N, T] initial model on the noisy clip (beta KL)
-    kd: Optional[dict] = None  # teacher's greedy clean answer yT and its logits (lambda_kd)
-    rewards: dict = field(default_factory=dict)  # name -> [N]
-    advantages: Optional[torch.Tensor] = None  # [N] or [N, T]
+    teacher_answer: Optional[TeacherAnswer] = None
+    targets: list[Optional[int]] = field(default_factory=list)  # [B] what the accuracy reward checks against
+    rewards: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
+    adv_task: Optional[torch.Tensor] = None  # [N] the accuracy/format part of the advantages
+    adv_teacher: Optional[torch.Tensor] = None  # [N] the teacher part (0 where it is off)
+    advantages: Optional[torch.Tensor] = None  # [N], or [N, T] with per-token credit
+    kd_items: Optional[torch.Tensor] = None  # [B] bool: items whose distillation term is on
+
+
+@dataclass(frozen=True)
+class TeacherPasses:
+    """Which frozen-teacher passes a config needs -- decided here and nowhere else."""
+
+    scores: bool  # lT: the teacher's log-prob of every sampled token on the clean clip
+    argmax: bool  # + its full logits, for argmax agreement
+    silent: bool  # l0: the same on silent audio (grounding)
+    reference: bool  # the initial model on the noisy clip (beta KL)
+    answer: bool  # its greedy answer on the clean clip (pseudo-label, gate, KD, instrumentation)
+    answer_logits: bool  # + its logits on that answer (KD, clean retention)
+
+    @classmethod
+    def of(cls, cfg) -> "TeacherPasses":
+        tc, t = cfg.teacher, cfg.train
+        scores = bool(tc.enabled or tc.token_credit or tc.lambda_g > 0)
+        answer_logits = tc.lambda_kd > 0 or t.lambda_clean > 0
+        answer = scores or answer_logits or t.reward_source == "teacher"
+        return cls(scores=scores, argmax=scores and tc.consistency == "argmax_agree",
+                   silent=bool(tc.enabled and tc.lambda_g > 0), reference=t.beta > 0, answer=answer,
+                   answer_logits=answer_logits)
+
+    @property
+    def clean(self) -> bool:
+        return self.scores or self.answer
 
 
 def _generator(device: torch.device, *keys: Any) -> torch.Generator:
@@ -70,13 +120,20 @@ def _generator(device: torch.device, *keys: Any) -> torch.Generator:
     return g
 
 
+def _answer_mask(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] mask of the answer tokens: ``mask`` without the EOS tokens."""
+    eos = torch.tensor(model.eos_token_ids, device=ids.device)
+    return mask * (~torch.isin(ids, eos)).to(mask.dtype)
+
+
 def rollout(model, examples: list[Example], cfg, generator: torch.Generator) -> Rollout:
     """The student samples G completions per item on the noisy clip."""
     t = cfg.train
     batch = model.build_inputs([e.prompt for e in examples], [e.noisy for e in examples])
     comp = model.generate(batch, t.num_generations, max_new_tokens=t.max_completion_length, do_sample=True,
                           temperature=t.temperature, top_p=t.top_p, generator=generator)
-    return Rollout(examples, batch, comp.ids, comp.mask, comp.texts, comp.logprobs)
+    return Rollout(examples, batch, comp.ids, comp.mask, _answer_mask(model, comp.ids, comp.mask), comp.texts,
+                   comp.logprobs)
 
 
 def completion_logits(model, batch, ids: torch.Tensor, mask: torch.Tensor, num_samples: int,
@@ -85,83 +142,184 @@ def completion_logits(model, batch, ids: torch.Tensor, mask: torch.Tensor, num_s
     return model.completion_logits(batch, ids, mask, num_samples=num_samples, with_grad=with_grad)
 
 
+def teacher_answer(model, r: Rollout, cfg, with_logits: bool) -> TeacherAnswer:
+    """The teacher's greedy answer on the clean clips (call inside ``model.teacher()``)."""
+    y = model.generate(r.clean_batch, 1, max_new_tokens=cfg.train.max_completion_length, do_sample=False)
+    confidence = (y.logprobs * _answer_mask(model, y.ids, y.mask)).sum(1).exp()
+    choice = [R.extract_choice(text, e.choices) for text, e in zip(y.texts, r.examples)]
+    logits = completion_logits(model, r.clean_batch, y.ids, y.mask, 1, with_grad=False) if with_logits else None
+    return TeacherAnswer(y.ids, y.mask, choice, confidence, logits)
+
+
 def teacher_scoring(model, r: Rollout, cfg) -> None:
-    """The frozen teacher scores every candidate under the CLEAN clip (+ optional extra passes)."""
-    tc, t, G = cfg.teacher, cfg.train, cfg.train.num_generations
+    """The frozen teacher scores every candidate under the CLEAN clip (+ the passes the config needs)."""
+    need, G = TeacherPasses.of(cfg), cfg.train.num_generations
     prompts = [e.prompt for e in r.examples]
-    need_teacher = tc.enabled or tc.token_credit or tc.lambda_g > 0
     with model.teacher():
-        clean = model.build_inputs(prompts, [e.clean for e in r.examples]) \
-            if need_teacher or tc.lambda_kd > 0 else None
-        if need_teacher:
-            if tc.consistency == "argmax_agree":
-                logits = completion_logits(model, clean, r.ids, r.mask, G, with_grad=False)
-                r.teacher_logp = (logits.gather(-1, r.ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)) * r.mask
-                r.rewards["_argmax_match"] = (logits.argmax(-1) == r.ids) & r.mask.bool()
-            else:
-                r.teacher_logp = model.token_logprobs(clean, r.ids, r.mask, num_samples=G)
-        if tc.lambda_g > 0:  # text prior: the same teacher with the audio silenced
+        if need.clean:
+            r.clean_batch = model.build_inputs(prompts, [e.clean for e in r.examples])
+        if need.argmax:
+            logits = completion_logits(model, r.clean_batch, r.ids, r.mask, G, with_grad=False)
+            r.teacher_logp = (logits.gather(-1, r.ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)) * r.mask
+            r.teacher_argmax_match = (logits.argmax(-1) == r.ids) & r.mask.bool()
+        elif need.scores:
+            r.teacher_logp = model.token_logprobs(r.clean_batch, r.ids, r.mask, num_samples=G)
+        if need.silent:  # text prior: the same teacher with the audio silenced
             silent = model.build_inputs(prompts, [np.zeros_like(e.clean) for e in r.examples])
             r.noaudio_logp = model.token_logprobs(silent, r.ids, r.mask, num_samples=G)
-        if t.beta > 0:  # reference = the initial model on the NOISY clip (the student's input)
+        if need.reference:  # reference = the initial model on the NOISY clip (the student's input)
             r.ref_logp = model.token_logprobs(r.noisy_batch, r.ids, r.mask, num_samples=G)
-        if tc.lambda_kd > 0:  # the teacher's greedy answer on clean audio, and its distributions
-            yT = model.generate(clean, 1, max_new_tokens=t.max_completion_length, do_sample=False)
-            r.kd = {"ids": yT.ids, "mask": yT.mask,
-                    "teacher_logits": completion_logits(model, clean, yT.ids, yT.mask, 1, with_grad=False)}
+        if need.answer:
+            r.teacher_answer = teacher_answer(model, r, cfg, with_logits=need.answer_logits)
+
+
+def reward_targets(r: Rollout, cfg) -> list[Optional[int]]:
+    """Per item, the choice index the accuracy reward checks against (``train.reward_source``).
+
+    ``label``: the manifest's target. ``teacher``: the clean teacher's greedy answer, None below
+    ``teacher.min_confidence`` (label-free EchoDistill). ``majority``: the most frequent answer among
+    the G noisy samples (TTRL, label-free, no teacher). None = no accuracy signal for that item.
+    """
+    source, G = cfg.train.reward_source, cfg.train.num_generations
+    if source == "label":
+        return [e.target for e in r.examples]
+    if source == "majority":
+        return R.majority_vote(r.texts, [e.choices for e in r.examples], G)
+    ta = r.teacher_answer
+    return [c if c is not None and p >= cfg.teacher.min_confidence else None
+            for c, p in zip(ta.choice, ta.confidence.tolist())]
 
 
 def compute_rewards(r: Rollout, cfg) -> None:
-    """Per-candidate rewards [N]: accuracy, format, consistency, grounding, SNR weight, total."""
+    """Per-candidate rewards [N]: accuracy, format, consistency, grounding, SNR weight, task, total.
+
+    ``task`` = weighted accuracy + format; ``teacher`` = consistency (+ lambda_g * grounding);
+    ``total`` = task + w(snr) * teacher (what the joint advantage z-scores, and what is logged).
+    """
     tc, t, G = cfg.teacher, cfg.train, cfg.train.num_generations
     choices = [e.choices for e in r.examples]
-    acc = R.accuracy_rewards(r.texts, choices, [e.target for e in r.examples], G, wrong=t.wrong_answer_reward)
+    r.targets = reward_targets(r, cfg)
+    acc = R.accuracy_rewards(r.texts, choices, r.targets, G, wrong=t.wrong_answer_reward)
     fmt = R.format_rewards(r.texts, choices, G, fmt=t.answer_format)
-    cons = ground = None
-    if tc.enabled and r.teacher_logp is not None:
-        cons = R.consistency(r.teacher_logp, r.mask, tc.consistency,
-                             teacher_argmax_match=r.rewards.pop("_argmax_match", None),
-                             logprob_clip=tc.logprob_clip)
-    if tc.enabled and r.noaudio_logp is not None:
-        ground = R.grounding(r.teacher_logp, r.noaudio_logp, r.mask, tc.grounding_clip)
+    weights = dict(t.reward_weights)
+    task = R.total_rewards(acc, fmt, None, None, 0.0, weights)
     w = R.expand_per_item(R.snr_weight([e.snr for e in r.examples], tc.w0, tc.snr_lo, tc.snr_hi, tc.w_min,
-                                       tc.shaping), G)
-    total = R.total_rewards(acc, fmt, cons, ground, w, dict(t.reward_weights), tc.lambda_g)
-    r.rewards.update(accuracy=acc, format=fmt, snr_weight=w, total=total)
-    if cons is not None:
+                                       tc.shaping, tc.shaping_direction), G)
+    r.rewards.update(accuracy=acc, format=fmt, snr_weight=w, task=task, total=task)
+    if tc.enabled and r.teacher_logp is not None:
+        cons = R.consistency(r.teacher_logp, r.mask if tc.include_eos else r.answer_mask, tc.consistency,
+                             teacher_argmax_match=r.teacher_argmax_match, logprob_clip=tc.logprob_clip)
+        ground = (R.grounding(r.teacher_logp, r.noaudio_logp, r.mask, tc.grounding_clip)
+                  if r.noaudio_logp is not None else None)
         r.rewards["consistency"] = cons
-    if ground is not None:
-        r.rewards["grounding"] = ground
+        if ground is not None:
+            r.rewards["grounding"] = ground
+        r.rewards["teacher"] = cons + (tc.lambda_g * ground if ground is not None else 0.0)
+        r.rewards["total"] = R.total_rewards(acc, fmt, cons, ground, w, weights, tc.lambda_g)
+    add_plugin_rewards(r, cfg)  # train.reward_funcs: user rewards, weighted into task and total
+
+
+def _group_kinds(acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all_equal [B], all_wrong [B]) from accuracy rewards [B, G] (1 = right)."""
+    top, bottom = acc.max(1).values, acc.min(1).values
+    return top == bottom, top < 1
+
+
+def teacher_gate(r: Rollout, cfg) -> torch.Tensor:
+    """[B] multiplier of the decoupled teacher term (``teacher.gate``)."""
+    G, gate = cfg.train.num_generations, cfg.teacher.gate
+    if gate == "equal_groups":  # only where GRPO has no signal
+        return _group_kinds(r.rewards["accuracy"].view(-1, G))[0].float()
+    if gate == "confidence":
+        return r.teacher_answer.confidence.float().cpu()
+    return torch.ones(len(r.examples))
+
+
+def kd_rows(r: Rollout, cfg) -> Optional[torch.Tensor]:
+    """[B] bool: items distilled toward the teacher's clean answer (``teacher.kd_scope``); None = no KD.
+
+    Only answers that name an offered choice with at least ``teacher.min_confidence`` are targets.
+    """
+    tc, G = cfg.teacher, cfg.train.num_generations
+    if tc.lambda_kd <= 0 or r.teacher_answer is None:
+        return None
+    ta = r.teacher_answer
+    rows = torch.tensor([c is not None and p >= tc.min_confidence for c, p in zip(ta.choice, ta.confidence.tolist())])
+    equal, wrong = _group_kinds(r.rewards["accuracy"].view(-1, G))
+    if tc.kd_scope == "all_wrong":
+        rows &= equal & wrong
+    elif tc.kd_scope == "equal_groups":
+        rows &= equal
+    return rows
 
 
 def compute_advantages(r: Rollout, cfg) -> None:
-    """Group-relative advantages [N]; [N, T] with per-token teacher credit."""
-    tc, G = cfg.teacher, cfg.train.num_generations
-    adv = grpo.group_advantages(r.rewards["total"].view(-1, G), cfg.train.scale_rewards).reshape(-1)
+    """Advantages [N] ([N, T] with per-token credit) from the task and teacher terms; KD rows.
+
+    ``teacher.advantage=joint`` (paper): one group z-score of ``total``; the teacher part logged is
+    its difference to the task-only advantages. ``decoupled``: ``grpo.decoupled_advantages`` with the
+    per-item weight ``w(snr) * gate``.
+    """
+    tc, t, G = cfg.teacher, cfg.train, cfg.train.num_generations
+    task = r.rewards["task"].view(-1, G)
+    a_task = grpo.group_advantages(task, t.scale_rewards)
+    a_teacher = torch.zeros_like(a_task)
+    if "teacher" in r.rewards:
+        if tc.advantage == "joint":
+            a_teacher = grpo.group_advantages(r.rewards["total"].view(-1, G), t.scale_rewards) - a_task
+        else:
+            weight = r.rewards["snr_weight"].view(-1, G)[:, 0] * teacher_gate(r, cfg)
+            a_task, a_teacher = grpo.decoupled_advantages(task, r.rewards["teacher"].view(-1, G), weight,
+                                                          t.scale_rewards, tc.scale)
+    r.adv_task, r.adv_teacher = a_task.reshape(-1), a_teacher.reshape(-1)
+    adv = r.adv_task + r.adv_teacher
     if tc.token_credit and r.teacher_logp is not None:
         adv = grpo.token_advantages(adv, r.teacher_logp, r.behaviour_logp, r.mask, tc.eta, tc.token_clip)
     r.advantages = adv
+    r.kd_items = kd_rows(r, cfg)
+
+
+def _answer_kd(model, batch, ta: TeacherAnswer, rows: Optional[torch.Tensor], cfg) -> torch.Tensor:
+    """KL(teacher on clean || student on ``batch``) on the teacher's answer, over ``rows`` [B] (None: all)."""
+    mask = ta.mask if rows is None else ta.mask * rows.to(ta.mask.device, ta.mask.dtype).unsqueeze(1)
+    student = completion_logits(model, batch, ta.ids, ta.mask, 1, with_grad=True)
+    return grpo.kd_loss(ta.logits, student, mask, num_items=ta.ids.shape[0],
+                        max_completion_length=cfg.train.max_completion_length)
+
+
+def _grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0))
 
 
 def micro_loss(model, r: Rollout, cfg, *, first_iteration: bool, num_tokens: Optional[float]) -> tuple[torch.Tensor, dict]:
-    """Loss of one micro-batch for one update (with grad): PPO-clip (+ beta k3 KL) (+ lambda_kd KD)."""
+    """Loss of one micro-batch for one update (with grad): PPO-clip (+ beta k3 KL) (+ KD) (+ clean retention).
+
+    KD terms are normalised per item like dr_grpo's policy term (``grpo.kd_loss``), so ``lambda_kd``
+    and ``lambda_clean`` set their share against the policy loss.
+    """
     t, tc, G = cfg.train, cfg.teacher, cfg.train.num_generations
     logp, ent = model.token_logprobs(r.noisy_batch, r.ids, r.mask, num_samples=G, with_grad=True, return_entropy=True)
     # One update per rollout: the behaviour policy is the current one (ratio 1, as TRL does).
     old = None if t.num_iterations == 1 else r.behaviour_logp
     # distill-only has all-zero rewards, hence zero advantages: the PPO term is 0, beta KL still applies.
-    loss, stats = grpo.policy_loss(logp, old, r.advantages, r.mask, t.epsilon, t.epsilon_high, t.loss_type,
-                                   t.max_completion_length, t.beta, r.ref_logp, num_tokens)
-    if r.kd is not None:
-        student = completion_logits(model, r.noisy_batch, r.kd["ids"], r.kd["mask"], 1, with_grad=True)
-        kd = grpo.kd_loss(r.kd["teacher_logits"], student, r.kd["mask"])
-        loss = loss + tc.lambda_kd * kd
-        stats["kd"] = float(kd.detach())
+    policy, stats = grpo.policy_loss(logp, old, r.advantages, r.mask, t.epsilon, t.epsilon_high, t.loss_type,
+                                     t.max_completion_length, t.beta, r.ref_logp, num_tokens)
+    terms = {"policy": policy}
+    if r.kd_items is not None:
+        terms["kd"] = tc.lambda_kd * _answer_kd(model, r.noisy_batch, r.teacher_answer, r.kd_items, cfg)
+        stats["kd"] = float(terms["kd"].detach())
+        stats["kd_items_frac"] = float(r.kd_items.float().mean())
+    if t.lambda_clean > 0:  # clean retention: the student on CLEAN audio stays with the teacher
+        terms["clean"] = t.lambda_clean * _answer_kd(model, r.clean_batch, r.teacher_answer, None, cfg)
+        stats["clean_kl"] = float(terms["clean"].detach())
     if first_iteration:
         m = r.mask.float()
         stats["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
-    return loss, stats
-
+        if t.log_component_grad_norms:
+            params = model.trainable_parameters()
+            stats.update({f"grad_norm_{k}": _grad_norm(v, params) for k, v in terms.items()})
+    return sum(terms.values()), stats
 
 # ================================================================== helpers: distributed, metrics, eval
 def _all_reduce_grads(accelerator, params: list[torch.nn.Parameter]) -> None:
@@ -203,32 +361,46 @@ def _mean_std(prefix: str, x: torch.Tensor) -> dict[str, float]:
 
 
 def rollout_metrics(rolls: list[Rollout], cfg) -> dict[str, float]:
-    """Reward components, where GRPO alone has no signal, and what the teacher does there."""
+    """Reward components, group kinds, the teacher's share of the update, and how good its answers are."""
     G = cfg.train.num_generations
     out: dict[str, float] = {}
-    names = sorted({k for r in rolls for k in r.rewards if not k.startswith("_")})
-    for k in names:
+    for k in sorted({k for r in rolls for k in r.rewards}):
         out.update(_mean_std(f"reward_{k}", torch.cat([r.rewards[k] for r in rolls])))
+    # Where GRPO alone has signal: mixed groups. All-right and all-wrong groups give it none.
     acc = torch.cat([r.rewards["accuracy"] for r in rolls]).view(-1, G)
-    equal = (acc.max(1).values - acc.min(1).values) == 0
+    equal, wrong = _group_kinds(acc)
     out["frac_groups_acc_equal"] = float(equal.float().mean())
-    # The teacher's share of the update: its reward bonus (total minus the answer rewards), plus the
-    # per-token credit. In all-equal groups GRPO has no signal; does the teacher term still vary?
-    w = cfg.train.reward_weights
-    total = torch.cat([r.rewards["total"] for r in rolls]).view(-1, G)
-    fmt = torch.cat([r.rewards["format"] for r in rolls]).view(-1, G)
-    bonus = total - float(w.get("accuracy", 0)) * acc - float(w.get("format", 0)) * fmt
-    varies = bonus.std(1) > 1e-6
+    out["frac_groups_all_right"] = float((equal & ~wrong).float().mean())
+    out["frac_groups_all_wrong"] = float((equal & wrong).float().mean())
+    out["frac_groups_mixed"] = float((~equal).float().mean())
+    # The teacher's share of the (sequence-level) advantage mass, and whether it still varies where
+    # accuracy is all-equal (per-token credit counted as variation too).
+    a_task = torch.cat([r.adv_task for r in rolls]).abs().sum()
+    a_teacher = torch.cat([r.adv_teacher for r in rolls]).view(-1, G)
+    out["teacher_adv_share"] = float(a_teacher.abs().sum() / (a_task + a_teacher.abs().sum()).clamp(min=1e-12))
+    varies = a_teacher.std(1) > 1e-6
     if cfg.teacher.token_credit and rolls[0].teacher_logp is not None:
         credit = torch.cat([((r.teacher_logp - r.behaviour_logp) * r.mask).sum(1) / r.mask.sum(1).clamp(min=1)
                             for r in rolls]).view(-1, G)
         varies = varies | (credit.std(1) > 1e-6)
-    teacher_used = cfg.teacher.enabled or cfg.teacher.token_credit
+    teacher_used = TeacherPasses.of(cfg).scores
     out["frac_equal_groups_teacher_varies"] = (float(varies[equal].float().mean()) if teacher_used and equal.any()
                                                else float("nan"))
     if "consistency" in rolls[0].rewards:
         c = torch.cat([r.rewards["consistency"] for r in rolls]).view(-1, G)
         out["consistency_within_group_std"] = float(c.std(1).mean())
+    # How much the teacher (and any pseudo-label) knows: checked against the true labels, which only
+    # this logging reads in the label-free regime.
+    labels = [e.target for r in rolls for e in r.examples]
+    if rolls[0].teacher_answer is not None:
+        ta_choice = [c for r in rolls for c in r.teacher_answer.choice]
+        out["teacher_clean_acc"] = float(np.mean([c == y for c, y in zip(ta_choice, labels)]))
+        out["teacher_confidence"] = float(torch.cat([r.teacher_answer.confidence for r in rolls]).mean())
+    targets = [tg for r in rolls for tg in r.targets]
+    have = [tg is not None for tg in targets]
+    out["target_coverage"] = float(np.mean(have))
+    out["target_label_agreement"] = (float(np.mean([tg == y for tg, y in zip(targets, labels) if tg is not None]))
+                                     if any(have) else float("nan"))
     lengths = torch.cat([r.mask.sum(1).float() for r in rolls])
     out["completion_length"] = float(lengths.mean())
     out["snr_mean"] = float(np.mean([e.snr for r in rolls for e in r.examples]))
@@ -325,7 +497,12 @@ def run_train(cfg, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     set_seed(cfg.run.seed)  # LoRA init and anything else drawn at load time: the same on every rank
-    train_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map))
+    all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map))
+    train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
+    if not train_items:
+        raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
+    if cfg.data.labeled_fraction < 1 and accelerator.is_main_process:
+        write_label_sheet(out, all_items, cfg, t.rl_items)
     bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
                      list(cfg.noise.extra_noise_paths))
     bank.check(list(cfg.noise.train_types))
@@ -490,5 +667,6 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
     return out
 
 
-__all__ = ["run_train", "Rollout", "rollout", "teacher_scoring", "compute_rewards", "compute_advantages",
-           "micro_loss", "greedy_eval", "rollout_metrics", "completion_logits"]
+__all__ = ["run_train", "Rollout", "TeacherAnswer", "TeacherPasses", "rollout", "teacher_scoring",
+           "reward_targets", "compute_rewards", "compute_advantages", "teacher_gate", "kd_rows", "micro_loss",
+           "greedy_eval", "rollout_metrics", "completion_logits"]

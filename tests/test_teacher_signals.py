@@ -1,0 +1,192 @@
+"""Where the clean teacher enters the update (issue 13), on hand-computed groups.
+
+Three groups of G = 4 samples: a mixed group (2 right, 2 wrong), an all-wrong group whose teacher
+scores barely differ, and an all-right group. Each test states what the advantages become.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from echodistill.config import load_config
+from echodistill.data.labels import split_labeled, write_label_sheet
+from echodistill.data.manifest import Item
+from echodistill.train import grpo, rewards as R
+from echodistill.train.trainer import (Rollout, TeacherAnswer, TeacherPasses, compute_advantages, kd_rows,
+                                       reward_targets)
+
+G = 4
+ACC = torch.tensor([[1., 1., 0., 0.],  # mixed
+                    [0., 0., 0., 0.],  # all wrong
+                    [1., 1., 1., 1.]])  # all right
+TEACHER = torch.tensor([[0.90, 0.80, 0.30, 0.20],
+                        [0.30, 0.31, 0.29, 0.30],
+                        [0.95, 0.96, 0.95, 0.94]])
+# batch RMS of the group-centred teacher scores: sqrt((.35^2+.25^2+.25^2+.35^2 + 4 * .01^2) / 12)
+RMS = ((0.35 ** 2 * 2 + 0.25 ** 2 * 2 + 4 * 0.01 ** 2) / 12) ** 0.5
+
+
+def _cfg(*overrides):
+    return load_config(None, ["noise.train_snr_min=-5", "noise.train_snr_max=5", f"train.num_generations={G}",
+                              *overrides])
+
+
+def _rollout(cfg, acc=ACC, teacher=TEACHER, snr=(-5.0, -5.0, -5.0), answer=None):
+    B = acc.shape[0]
+    examples = [SimpleNamespace(snr=s, target=0, choices=["a", "b", "c", "d"]) for s in snr]
+    mask = torch.ones(B * G, 2, dtype=torch.long)
+    r = Rollout(examples, None, torch.zeros(B * G, 2, dtype=torch.long), mask, mask, [""] * (B * G),
+                torch.zeros(B * G, 2), teacher_answer=answer)
+    w = R.expand_per_item(R.snr_weight(list(snr), cfg.teacher.w0, cfg.teacher.snr_lo, cfg.teacher.snr_hi,
+                                       cfg.teacher.w_min), G)
+    r.rewards.update(accuracy=acc.reshape(-1), task=acc.reshape(-1), snr_weight=w)
+    if cfg.teacher.enabled:
+        r.rewards["teacher"] = teacher.reshape(-1)
+        r.rewards["total"] = acc.reshape(-1) + w * teacher.reshape(-1)
+    return r
+
+
+def test_joint_z_score_amplifies_a_near_constant_bonus_in_the_all_wrong_group():
+    """The paper's mix (one z-score of accuracy + bonus): in the mixed group the bonus barely moves the
+    advantages; in the all-wrong group a 0.01 spread becomes a full-strength +-1.20 push."""
+    r = _rollout(_cfg("train.variant=echodistill"))
+    compute_advantages(r, _cfg("train.variant=echodistill"))
+    a = r.advantages.view(3, G)
+    plain = grpo.group_advantages(ACC)
+    cos = torch.nn.functional.cosine_similarity(a[0], plain[0], dim=0)
+    assert cos > 0.99
+    # bonus w0 * 0.01 = 0.005 over the group std 0.5 * 0.00816 (+ eps 1e-4)
+    spread = 0.5 * torch.tensor([0.30, 0.31, 0.29, 0.30]).std().item()
+    assert a[1].abs().max() == pytest.approx(0.005 / (spread + 1e-4), rel=1e-3)
+    assert a[1].abs().max() > 1.19
+
+
+def test_decoupled_keeps_tiny_teacher_gaps_tiny_and_the_weight_sets_the_share():
+    cfg = _cfg("train.variant=echodistill-decoupled")
+    r = _rollout(cfg)
+    compute_advantages(r, cfg)
+    a_task, a_teacher = r.adv_task.view(3, G), r.adv_teacher.view(3, G)
+    # accuracy part: the usual group z-score in the mixed group, 0 in the equal groups
+    assert a_task[0].tolist() == pytest.approx([0.8659, 0.8659, -0.8659, -0.8659], abs=1e-3)
+    assert a_task[1:].abs().max() == 0
+    # teacher part: w0 = 0.5 at SNR -5 (the bottom of the training band) times the centred score / batch RMS
+    assert a_teacher[0].tolist() == pytest.approx([0.5 * d / RMS for d in (0.35, 0.25, -0.25, -0.35)], abs=1e-3)
+    assert a_teacher[1].tolist() == pytest.approx([0.0, 0.5 * 0.01 / RMS, -0.5 * 0.01 / RMS, 0.0], abs=1e-4)
+    assert a_teacher[1].abs().max() < 0.03  # was 1.20 under the joint z-score
+    # doubling the weight doubles the teacher part and leaves the accuracy part alone
+    cfg2 = _cfg("train.variant=echodistill-decoupled", "teacher.w0=1.0")
+    r2 = _rollout(cfg2)
+    compute_advantages(r2, cfg2)
+    assert torch.allclose(r2.adv_teacher, 2 * r.adv_teacher, atol=1e-6)
+    assert torch.equal(r2.adv_task, r.adv_task)
+
+
+def test_gate_equal_groups_puts_the_teacher_only_where_grpo_has_no_signal():
+    cfg = _cfg("train.variant=echodistill-gated")
+    r = _rollout(cfg, answer=_answer([0, 0, 0], [0.9, 0.9, 0.9]))
+    compute_advantages(r, cfg)
+    a_teacher = r.adv_teacher.view(3, G)
+    assert a_teacher[0].abs().max() == 0  # mixed: accuracy decides alone
+    assert a_teacher[1].abs().max() > 0 and a_teacher[2].abs().max() > 0
+    assert torch.equal(r.adv_task.view(3, G)[0], grpo.group_advantages(ACC)[0])
+
+
+def test_gate_confidence_scales_the_teacher_term_by_its_answer_probability():
+    cfg = _cfg("train.variant=echodistill-decoupled", "teacher.gate=confidence")
+    r = _rollout(cfg, answer=_answer([0, 0, 0], [1.0, 0.5, 0.0]))
+    compute_advantages(r, cfg)
+    base = _rollout(_cfg("train.variant=echodistill-decoupled"))
+    compute_advantages(base, _cfg("train.variant=echodistill-decoupled"))
+    scale = torch.tensor([1.0, 0.5, 0.0]).repeat_interleave(G)
+    assert torch.allclose(r.adv_teacher, base.adv_teacher * scale, atol=1e-6)
+
+
+def _answer(choices, conf):
+    B = len(choices)
+    return TeacherAnswer(torch.zeros(B, 2, dtype=torch.long), torch.ones(B, 2, dtype=torch.long), list(choices),
+                         torch.tensor(conf))
+
+
+def test_rescue_kd_only_on_confident_teacher_answers_in_all_wrong_groups():
+    cfg = _cfg("train.variant=echodistill-rescue", "teacher.min_confidence=0.5")
+    r = _rollout(cfg, answer=_answer([0, 1, 2], [0.9, 0.9, 0.9]))
+    compute_advantages(r, cfg)
+    assert r.kd_items.tolist() == [False, True, False]
+    assert r.adv_teacher.abs().max() == 0  # no consistency term in this variant
+    r = _rollout(cfg, answer=_answer([0, None, 2], [0.9, 0.9, 0.9]))  # the teacher names no choice
+    compute_advantages(r, cfg)
+    assert r.kd_items.tolist() == [False, False, False]
+    r = _rollout(cfg, answer=_answer([0, 1, 2], [0.9, 0.4, 0.9]))  # not confident enough
+    compute_advantages(r, cfg)
+    assert not r.kd_items.any()
+    assert kd_rows(r, _cfg("train.variant=grpo")) is None
+
+
+def test_pseudo_labels_teacher_and_majority():
+    cfg = _cfg("train.variant=echodistill-labelfree")  # min_confidence 0.5
+    texts = ["a", "a", "b", "c",  # majority a
+             "b", "c", "b", "c",  # tie: b named first
+             "zzz", "", "none", "?"]  # no choice named
+    r = _rollout(cfg, answer=_answer([2, 1, None], [0.8, 0.3, 0.9]))
+    r.texts = texts
+    assert reward_targets(r, cfg) == [2, None, None]  # 0.3 < 0.5; the teacher named no choice
+    assert reward_targets(r, _cfg("train.variant=ttrl")) == [0, 1, None]
+    assert reward_targets(r, _cfg("train.variant=grpo")) == [0, 0, 0]
+    # no target = no accuracy signal for that item
+    acc = R.accuracy_rewards(texts, [e.choices for e in r.examples], [0, None, None], G)
+    assert acc.view(3, G)[1:].abs().max() == 0
+
+
+def test_snr_shaping_spans_the_training_band_in_either_direction():
+    cfg = _cfg()
+    assert (cfg.teacher.snr_lo, cfg.teacher.snr_hi) == (-5.0, 5.0)
+    w = R.snr_weight([-5.0, 0.0, 5.0], 1.0, -5.0, 5.0, 0.2)
+    assert w.tolist() == pytest.approx([1.0, 0.5, 0.2])
+    w = R.snr_weight([-5.0, 0.0, 5.0], 1.0, -5.0, 5.0, 0.2, direction="cleaner")
+    assert w.tolist() == pytest.approx([0.2, 0.5, 1.0])
+
+
+def test_kd_normaliser_is_per_item_like_dr_grpo():
+    """Selecting fewer rows does not raise the weight of the ones kept."""
+    torch.manual_seed(0)
+    t, s = torch.randn(4, 3, 7), torch.randn(4, 3, 7)
+    mask = torch.tensor([[1, 1, 0]] * 4)
+    per_row = [grpo.kd_loss(t[i:i + 1], s[i:i + 1], mask[i:i + 1]) * 2 for i in range(4)]  # 2 tokens each
+    only_first = mask * torch.tensor([1, 0, 0, 0]).unsqueeze(1)
+    assert grpo.kd_loss(t, s, only_first, num_items=4, max_completion_length=3).item() == \
+        pytest.approx(per_row[0].item() / (4 * 3), rel=1e-5)
+    assert grpo.kd_loss(t, s, mask, num_items=4, max_completion_length=3).item() == \
+        pytest.approx(sum(p.item() for p in per_row) / 12, rel=1e-5)
+
+
+def test_teacher_passes_follow_the_config():
+    assert TeacherPasses.of(_cfg("train.variant=grpo")) == TeacherPasses(False, False, False, False, False, False)
+    p = TeacherPasses.of(_cfg("train.variant=echodistill"))
+    assert p.scores and p.answer and not p.answer_logits and p.clean
+    p = TeacherPasses.of(_cfg("train.variant=ttrl"))
+    assert not p.clean
+    p = TeacherPasses.of(_cfg("train.variant=echodistill-rescue"))
+    assert p.answer_logits and not p.scores
+    assert TeacherPasses.of(_cfg("train.variant=grpo", "train.lambda_clean=0.5")).answer_logits
+
+
+def test_labeled_split_per_task_seeded_disjoint(tmp_path):
+    items = [Item(id=f"{task}-{i}", audio="x.wav", question="q", choices=["a", "b"], target="a", task=task,
+                  split="train") for task in ("num", "nato", "melody") for i in range(20)]
+    cfg = _cfg("data.labeled_fraction=0.3", "data.label_seed=3")
+    lab, unl = split_labeled(items, 0.3, 3)
+    assert len(lab) == 18 and len(unl) == 42 and not {i.id for i in lab} & {i.id for i in unl}
+    assert all(sum(i.task == t for i in lab) == 6 for t in ("num", "nato", "melody"))
+    assert split_labeled(list(reversed(items)), 0.3, 3)[0] == [i for i in reversed(items) if i in lab]
+    assert {i.id for i in split_labeled(items, 0.3, 4)[0]} != {i.id for i in lab}
+    import json
+    sheet = json.loads(write_label_sheet(tmp_path, items, cfg, "unlabeled").read_text())
+    assert sheet["labeled_ids"] == sorted(i.id for i in lab) and sheet["stage_uses"] == "unlabeled"
+    assert sheet["counts_per_task"]["num"] == {"labeled": 6, "unlabeled": 14}
+
+
+def test_gate_needs_decoupled_advantages():
+    from echodistill.config import ConfigError
+    with pytest.raises(ConfigError, match="teacher.advantage=decoupled"):
+        _cfg("train.variant=echodistill", "teacher.gate=equal_groups")
