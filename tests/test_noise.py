@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from echodistill.audio.io import SAMPLE_RATE, AudioError, write_audio
-from echodistill.audio.noise import (NoiseBank, NoiseDraw, NoiseTypeError, draw_noisy, mix_at_snr,
+from echodistill.audio.noise import (NoiseBank, NoiseDraw, NoiseError, NoiseTypeError, draw_noisy, mix_at_snr,
                                      seeded_rng)
 from echodistill.errors import UserError
 
@@ -140,14 +140,14 @@ def test_errors(bank, tmp_path):
     assert isinstance(e.value, UserError)
     with pytest.raises(NoiseTypeError, match="babble.*no audio files"):
         NoiseBank().sample("babble", 100, seeded_rng(0))
-    with pytest.raises(AudioError, match="silent"):
+    with pytest.raises(NoiseError, match="silent"):
         mix_at_snr(tone(0.1), np.zeros(1600, np.float32), 0)
     with pytest.raises(ValueError, match="equal length"):
         mix_at_snr(tone(0.1), np.ones(1000, np.float32), 0)
-    with pytest.raises(AudioError, match="not found"):
+    with pytest.raises(NoiseError, match="not found"):
         NoiseBank(extra_paths=[tmp_path / "nope.wav"])
     write_audio(tmp_path / "silent.wav", np.zeros(1600, np.float32))
-    with pytest.raises(AudioError, match="silent"):
+    with pytest.raises(NoiseError, match="silent"):
         NoiseBank(extra_paths=[tmp_path / "silent.wav"]).sample("file", 100, seeded_rng(0))
 
 
@@ -156,3 +156,25 @@ def test_cache_is_bounded(noise_dir):
     for t in ("music", "midi", "babble", "music"):
         bank.sample(t, 1000, seeded_rng(t))
     assert bank._cache_bytes <= 0.1 * 2 ** 20 or len(bank._cache) == 1
+
+
+def test_check_decodes_every_noise_file_up_front(tmp_path):
+    """A partly bad bank fails before anything is drawn, naming each bad file as a noise problem."""
+    good = tmp_path / "good.wav"
+    write_audio(good, (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32))
+    nan = tmp_path / "nan.wav"
+    x = np.ones(8000, np.float32) * 0.1
+    x[10] = np.nan
+    import soundfile as sf
+    sf.write(nan, x, SAMPLE_RATE, subtype="FLOAT")
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, np.zeros(8000, np.float32))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF0000WAVEnot audio")
+    bank = NoiseBank(extra_paths=[good, nan, silent, corrupt])
+    with pytest.raises(NoiseError) as e:
+        bank.check(["white"])
+    msg = str(e.value)
+    assert "3 of 4 noise file(s)" in msg and "NaN" in msg and "silent" in msg and "cannot be decoded" in msg
+    assert not isinstance(e.value, AudioError)  # never taken for an item's bad audio
+    NoiseBank(extra_paths=[good]).check(["file", "white"])

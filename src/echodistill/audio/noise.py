@@ -34,6 +34,19 @@ class NoiseTypeError(UserError, ValueError):
     """A noise type that is unknown or has no files in this bank."""
 
 
+class NoiseError(UserError, ValueError):
+    """A noise file that cannot be used (missing, undecodable, NaN/inf, silent). Deliberately not an
+    ``AudioError``: runs skip items with bad audio, but a bad noise bank is the run's problem, not the
+    items', and must stop it before any number is computed."""
+
+    def __init__(self, message: str, kind: str = "bad_noise"):
+        super().__init__(message)
+        self.kind = kind
+
+
+_VERIFIED: set = set()  # (path, size, mtime_ns) of noise files already decoded and found usable
+
+
 # ---------------------------------------------------------------- seeding
 def _canonical(key):
     # numpy scalars repr as "np.float64(5.0)" and 5 vs 5.0 repr differently; normalise both so
@@ -74,7 +87,7 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float 
     if p_clean < SILENCE_RMS ** 2:
         raise AudioError("clean clip is silent (RMS < 1e-5): its SNR is undefined", "silent_audio")
     if p_noise < SILENCE_RMS ** 2:
-        raise AudioError("noise segment is silent (RMS < 1e-5): no gain reaches a finite SNR; "
+        raise NoiseError("noise segment is silent (RMS < 1e-5): no gain reaches a finite SNR; "
                          "use another noise file or type", "silent_noise")
     gain = np.sqrt(p_clean / (p_noise * 10.0 ** (snr_db / 10.0)))
     noisy = clean.astype(np.float64) + gain * noise.astype(np.float64)
@@ -149,13 +162,13 @@ class NoiseBank:
             if p.is_dir():
                 found = _audio_files(p)
                 if not found:
-                    raise AudioError(f"{p}: noise folder has no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})",
-                                     "missing_audio")
+                    raise NoiseError(f"{p}: noise folder has no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}); "
+                                     "fix noise.extra_noise_paths", "missing_noise")
                 user += found
             elif p.is_file():
                 user.append(p)
             else:
-                raise AudioError(f"{p}: noise file or folder not found; fix noise.extra_noise_paths", "missing_audio")
+                raise NoiseError(f"{p}: noise file or folder not found; fix noise.extra_noise_paths", "missing_noise")
         if user:
             self._files["file"] = user
             for f in user:  # same stem in two folders: file:<stem> draws from both
@@ -175,11 +188,13 @@ class NoiseBank:
             return self._cache[path]
         try:
             wav = load_audio(path, require_signal=True)
-        except AudioError as e:  # load_audio words silence for clean clips; say it is a noise file
-            if e.kind != "silent_audio":
-                raise
-            raise AudioError(f"{path}: noise file is silent (RMS < {SILENCE_RMS}); remove it from the noise bank",
-                             "silent_noise") from None
+        except AudioError as e:  # worded for clean clips by load_audio: say it is a noise file, and why
+            what = {"silent_audio": f"is silent (RMS < {SILENCE_RMS})", "nonfinite_audio": "has NaN/inf samples",
+                    "empty_audio": "is empty (0 samples)", "missing_audio": "is missing"}.get(
+                        e.kind, "cannot be decoded (" + str(e).split(": ", 1)[-1].split("; ")[0] + ")")
+            raise NoiseError(f"noise file {path} {what}; remove it from the noise bank "
+                             f"({'noise.extra_noise_paths' if path in self._files.get('file', []) else 'noise.noise_dir'})"
+                             " or replace it", "bad_noise") from None
         self._cache[path] = wav
         self._cache_bytes += wav.nbytes
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
@@ -193,7 +208,7 @@ class NoiseBank:
             seg = _crop_or_loop(wav, num_samples, rng)
             if _power(seg) >= SILENCE_RMS ** 2:
                 return seg
-        raise AudioError(f"{path}: 8 random {num_samples}-sample windows were all silent; "
+        raise NoiseError(f"noise file {path}: 8 random {num_samples}-sample windows were all silent; "
                          "trim the silence from this noise file or remove it", "silent_noise")
 
     def fingerprint(self) -> list:
@@ -212,10 +227,36 @@ class NoiseBank:
         return NoiseTypeError(f"noise type {noise_type!r}: {why}; available: {', '.join(self.types)}")
 
     def check(self, noise_types: Sequence[str]) -> None:
-        """Raise NoiseTypeError for the first type this bank cannot draw (fail before a long run)."""
+        """Fail before a long run, not half-way through it, and never on a biased subset of the items.
+
+        Raises NoiseTypeError for the first type this bank cannot draw, and NoiseError listing every file
+        of those types (and every user file in ``extra_paths``) that does not decode to finite, non-silent
+        16 kHz audio. Each file is decoded once per process (then kept in the LRU cache as usual).
+        """
         for t in noise_types:
             if t not in GENERATED_TYPES and t not in self._files:
                 raise self._unknown(t)
+        files = {f for t in noise_types if t not in GENERATED_TYPES for f in self._files[t]}
+        files |= set(self._files.get("file", []))
+        problems, total = [], len(files)
+        for f in sorted(files):
+            try:
+                st = f.stat()
+                stamp = (str(f), st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = None
+            if stamp is not None and stamp in _VERIFIED:
+                continue
+            try:
+                self._load(f)
+                if stamp is not None:
+                    _VERIFIED.add(stamp)
+            except NoiseError as e:
+                problems.append(str(e))
+        if problems:
+            raise NoiseError(f"noise bank: {len(problems)} of {total} noise file(s) unusable, fix them before "
+                             f"anything is computed: " + " | ".join(problems[:5])
+                             + (f" | ... ({len(problems) - 5} more)" if len(problems) > 5 else ""))
 
     def sample(self, noise_type: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         """float32 [num_samples] of ``noise_type``; all randomness comes from ``rng``."""
