@@ -138,6 +138,7 @@ class TrainConfig:
     prompts_per_device: int = 8
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory, ~+1/3 update time)
+    group_by_length: bool = False  # micro-batches of prompts of similar length (less padding; other batches)
     max_steps: int = 200
     max_minutes: float = 0.0  # 0 = no wall-clock cap
     learning_rate: float = 1e-5

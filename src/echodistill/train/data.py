@@ -38,17 +38,37 @@ class ItemStream:
 
     Micro-batch ``k`` covers positions ``k*B*W .. (k+1)*B*W - 1`` of the infinite sequence made of
     one seeded permutation per epoch; rank ``r`` takes its ``B`` positions from that window.
+
+    ``lengths`` (one per item, any unit; ``train.group_by_length``): within each run of
+    ``GROUP_WINDOWS`` windows of the epoch's permutation the items are sorted by length and the
+    windows then shuffled (seeded), so each micro-batch holds prompts of similar length (less left
+    padding) while the epoch still visits the windows in random order. Still a pure function of
+    (seed, epoch): resuming sees the same batches.
     """
 
-    def __init__(self, items: Sequence[Item], batch_size: int, world_size: int, rank: int, seed: int):
+    GROUP_WINDOWS = 50  # windows per sorting group (HF's LengthGroupedSampler: mega-batch of 50 batches)
+
+    def __init__(self, items: Sequence[Item], batch_size: int, world_size: int, rank: int, seed: int,
+                 lengths: Optional[Sequence[float]] = None):
         if not items:
             raise ValueError("no training items")
+        if lengths is not None and len(lengths) != len(items):
+            raise ValueError(f"{len(lengths)} lengths for {len(items)} items")
         self.items, self.batch_size, self.world, self.rank, self.seed = list(items), batch_size, world_size, rank, seed
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.float64)
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            self._orders = {epoch: seeded_rng(self.seed, "train-order", epoch).permutation(len(self.items))}
+            order = seeded_rng(self.seed, "train-order", epoch).permutation(len(self.items))
+            if self.lengths is not None:
+                # windows are aligned to the run's positions: the epoch's first ``off`` items finish
+                # the window the previous epoch started
+                window = self.batch_size * self.world
+                off = (-epoch * len(self.items)) % window
+                order = np.concatenate([order[:off], group_by_length(
+                    order[off:], self.lengths, window, self.GROUP_WINDOWS, seeded_rng(self.seed, "length-groups", epoch))])
+            self._orders = {epoch: order}
         return self._orders[epoch]
 
     def batch(self, k: int) -> list[Item]:
@@ -62,6 +82,47 @@ class ItemStream:
 
     def epoch_of(self, k: int) -> float:
         return (k + 1) * self.world * self.batch_size / len(self.items)
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, window: int, group_windows: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Reorder a permutation so that each ``window`` of it holds items of similar length.
+
+    ``order`` [n]: item indices; ``lengths`` [n_items]. Groups of ``window * group_windows``
+    consecutive positions are sorted by length (longest first, ties in permutation order), cut into
+    windows, and the windows of a group shuffled by ``rng``. Same items per epoch, same group.
+    """
+    out = []
+    size = window * max(1, group_windows)
+    for g in range(0, len(order), size):
+        chunk = order[g:g + size]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        wins = [chunk[i:i + window] for i in range(0, len(chunk), window)]
+        out += [wins[j] for j in rng.permutation(len(wins))]
+    return np.concatenate(out) if out else order
+
+
+def prompt_length_proxy(items: Sequence[Item], max_duration_s: float, tokens_per_s: float = 25.0) -> list[float]:
+    """Approximate prompt tokens per item: audio tokens (clip seconds, cropped to the window) + text / 4.
+
+    Only the order matters (``group_by_length``). 25 tokens/s is Qwen2-Audio's and the embedded
+    model's rate. Seconds come from ``meta["duration_s"]`` when the manifest has it, else from the
+    file header; an unreadable file counts as a full window (it is skipped later anyway).
+    """
+    import soundfile as sf
+
+    out = []
+    for it in items:
+        sec = it.meta.get("duration_s") if it.meta else None
+        if sec is None:
+            try:
+                info = sf.info(it.audio)
+                sec = info.frames / info.samplerate
+            except Exception:  # noqa: BLE001 -- any unreadable header: the loader reports it
+                sec = max_duration_s
+        text = len(it.question) + sum(len(c) + 5 for c in it.choices)
+        out.append(tokens_per_s * min(float(sec), max_duration_s) + text / 4.0)
+    return out
 
 
 def load_clip(path: str, min_duration_s: float, max_duration_s: float) -> np.ndarray:
@@ -117,4 +178,4 @@ def eval_examples(items: Sequence[Item], cfg, bank: NoiseBank, noise_seed: int,
     return out
 
 
-__all__ = ["Example", "ItemStream", "load_clip", "make_example", "load_examples", "eval_examples"]
+__all__ = ["Example", "ItemStream", "group_by_length", "prompt_length_proxy", "load_clip", "make_example", "load_examples", "eval_examples"]

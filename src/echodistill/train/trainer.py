@@ -40,7 +40,7 @@ from ..data.labels import select_items, write_label_sheet
 from ..errors import UserError
 from . import grpo, rewards as R
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import Example, ItemStream, eval_examples, load_examples
+from .data import Example, ItemStream, eval_examples, load_examples, prompt_length_proxy
 from .plugins import add_plugin_rewards
 
 
@@ -506,7 +506,8 @@ def run_train(cfg, resume: bool = False) -> Path:
     bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
                      list(cfg.noise.extra_noise_paths))
     bank.check(list(cfg.noise.train_types))
-    stream = ItemStream(train_items, t.prompts_per_device, world, rank, cfg.run.seed)
+    lengths = prompt_length_proxy(train_items, cfg.data.max_duration_s) if t.group_by_length else None
+    stream = ItemStream(train_items, t.prompts_per_device, world, rank, cfg.run.seed, lengths=lengths)
     val_examples: list[Example] = []
     if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).is_file():
         val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map)),
