@@ -77,6 +77,11 @@ class ModelConfig:
     trust_remote_code: bool = False
     teacher_mode: str = "auto"  # auto | adapter_disabled | frozen_copy  (auto: adapter if LoRA)
     freeze_audio_encoder: bool = True  # the encoder is a pretrained listener: keep it
+    # The frozen teacher's clean-clip features, keyed by (weights, clip content): memory bound, and an
+    # optional folder that keeps them for later runs from the same model (no first-epoch miss).
+    feature_cache_mb: float = 256.0
+    feature_cache_dir: str = ""  # "" = memory only
+    feature_cache_disk_mb: float = 4096.0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

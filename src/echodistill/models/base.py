@@ -14,8 +14,9 @@ Design choices (why):
   after sampling does not encode again. When only the encoder is frozen (the projector trains), the
   encoder's output (``encode_audio_hidden``) is cached on the batch instead and only the projector
   reruns, so rollout and update share one encoder pass. The teacher (frozen initial model) keeps its
-  projected features per clip (content hash) across steps in a bounded LRU (``teacher_cache_mb``):
-  the same clean clip is never encoded twice. ``cache_encoder_output = False`` restores one encoder
+  projected features per clip across steps in a bounded cache keyed by (weights fingerprint, clip
+  content) (``feature_cache.ClipFeatureCache``, optionally on disk so later runs reuse them too): the
+  same clean clip is never encoded twice. ``cache_encoder_output = False`` restores one encoder
   pass per call (benchmarks compare both). ``encoder_calls`` / ``encoder_clips`` count the encoder runs.
 * **Shared prompt prefix.** The G samples of an item share its prompt: generation and no-grad
   scoring run the prompt once per item (B rows) and repeat its KV cache G times, instead of running
@@ -37,10 +38,8 @@ from __future__ import annotations
 
 import abc
 import copy
-import hashlib
 import json
 import re
-from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from torch import nn
 
 from ..config import ConfigError
 from .checkpointing import wrap_layers
+from .feature_cache import BatchFeatures, ClipFeatureCache, clip_key, weights_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -157,6 +157,20 @@ class AudioLLM(abc.ABC):
     def audio_token_id(self) -> int:
         """Id of the audio placeholder token the features replace."""
 
+    # ---------------------------------------------------------------- optional capabilities
+    # Declared here (not found by hasattr): a backbone that has one sets the flag and overrides the methods.
+    #: The audio path is a frozen-able encoder then a per-frame projector: the encoder's output can be
+    #: cached (per batch, per clip in the warm-up) while the projector trains.
+    has_separate_projector: bool = False
+
+    def encode_audio_hidden(self, m: nn.Module, batch: Any) -> torch.Tensor:
+        """Encoder output before the projector, valid frames of every clip in order: [n, H]."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate projector (has_separate_projector)")
+
+    def project_audio(self, m: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The projector on encoder frames [n, H] -> [n, D] (per frame)."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate projector (has_separate_projector)")
+
     def chat_messages(self, prompt: str) -> list[dict]:
         """The conversation for one user text with one clip (system prompt first)."""
         return [
@@ -191,14 +205,13 @@ class AudioLLM(abc.ABC):
         self.encoder_calls = 0
         self.encoder_clips = 0
         self.cache_encoder_output = True  # batch-level encoder-output cache + per-clip teacher cache
-        self.teacher_cache_mb = 256.0  # bound of the teacher's per-clip feature cache (0 = off)
+        self.clip_cache = ClipFeatureCache()  # the teacher's per-clip features (``load`` sets its bounds)
         self.share_prefix = True  # prompt run once per item, its KV cache repeated for the G samples
         self.share_prefix_grad = True  # the same with gradients (update, KD); False: prompt repeated G times
         # Recompute each decoder layer in the backward pass instead of keeping its activations
         # (``train.gradient_checkpointing``); our own wrapper, since HF's needs train() and drops the cache.
         self.gradient_checkpointing = False
-        self._clip_cache: OrderedDict = OrderedDict()
-        self._clip_cache_bytes = 0
+        self._fingerprints: dict[int, str] = {}  # id(model) -> fingerprint of its (frozen) audio path
         self._active = hf_model
         self._in_teacher = False
         for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
@@ -302,6 +315,9 @@ class AudioLLM(abc.ABC):
         obj = cls(hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
                   base_path=str(base.resolve()) if base.is_dir() else str(base))
         obj.merged_adapters = merged
+        obj.clip_cache = ClipFeatureCache(max_mb=getattr(cfg_model, "feature_cache_mb", 256.0),
+                                          disk_dir=getattr(cfg_model, "feature_cache_dir", "") or None,
+                                          disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0))
         if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
             obj.audio_encoder(hf).requires_grad_(False)
         if not train and peft_model is not None:
@@ -396,7 +412,7 @@ class AudioLLM(abc.ABC):
         if (n_ph == 0).any():
             raise ValueError("build_inputs: a prompt has no audio placeholder after processing (empty clip?)")
         # Content keys of the clips: the teacher's per-clip feature cache is keyed by them.
-        batch.__dict__["_echodistill_clip_keys"] = [hashlib.sha1(w.tobytes()).hexdigest() + f":{w.size}" for w in wavs]
+        BatchFeatures.attach(batch, [clip_key(w) for w in wavs])
         return batch
 
     def call_processor(self, texts: list[str], wavs: list[np.ndarray]) -> Any:
@@ -410,36 +426,38 @@ class AudioLLM(abc.ABC):
 
     def _audio_features(self, m: nn.Module, batch: Any) -> torch.Tensor:
         frozen = self._audio_path_frozen(m)
-        key = (id(self.audio_modules(m)[-1]), str(self.device))
-        cache = batch.__dict__.setdefault("_echodistill_audio", {})
-        if frozen and key in cache:
-            return cache[key]
-        clip_keys = batch.__dict__.get("_echodistill_clip_keys")
+        cache = BatchFeatures.of(batch) or BatchFeatures.attach(batch, None)
+        key = ("projected", id(self.audio_modules(m)[-1]), str(self.device))
+        if frozen and key in cache.store:
+            return cache.store[key]
         if (frozen and self.cache_encoder_output and self._in_teacher and self.teacher_mode != "self"
-                and self.teacher_cache_mb > 0 and clip_keys is not None):
-            feats = self._teacher_clip_features(m, batch, clip_keys, key[0])
-        elif (not frozen and self.cache_encoder_output and hasattr(self, "encode_audio_hidden")
+                and self.clip_cache.enabled and cache.clip_keys is not None):
+            feats = self._teacher_clip_features(m, batch, cache.clip_keys)
+        elif (not frozen and self.cache_encoder_output and self.has_separate_projector
               and not any(p.requires_grad for p in self.audio_encoder(m).parameters())):
             # Frozen encoder, trainable projector: cache the encoder's output, rerun the projector only.
             hkey = ("hidden", id(self.audio_encoder(m)), str(self.device))
-            if hkey not in cache:
+            if hkey not in cache.store:
                 with torch.no_grad():
-                    cache[hkey] = self.encode_audio_hidden(m, batch)
+                    cache.store[hkey] = self.encode_audio_hidden(m, batch)
                 self.encoder_clips += int(batch["input_features"].shape[0])
-            return self.project_audio(m, cache[hkey])
+            return self.project_audio(m, cache.store[hkey])
         else:
             with torch.no_grad() if frozen else nullcontext():
                 feats = self.encode_audio(m, batch)
             self.encoder_clips += int(batch["input_features"].shape[0])
         if frozen:
-            cache[key] = feats
+            cache.store[key] = feats
         return feats
 
-    def _teacher_clip_features(self, m: nn.Module, batch: Any, clip_keys: list[str], model_key: int) -> torch.Tensor:
-        """The frozen teacher's projected features, per clip from an LRU keyed by clip content."""
+    def _teacher_clip_features(self, m: nn.Module, batch: Any, clip_keys: list[str]) -> torch.Tensor:
+        """The frozen teacher's projected features, per clip, from ``clip_cache`` where it has them."""
+        if id(m) not in self._fingerprints:
+            self._fingerprints[id(m)] = weights_fingerprint(self.audio_modules(m))
+        fp = self._fingerprints[id(m)]
         counts = (batch["input_ids"] == self.audio_token_id).sum(-1).tolist()
-        store = self._clip_cache
-        missing = [i for i, k in enumerate(clip_keys) if (model_key, k) not in store]
+        parts: list[Optional[torch.Tensor]] = [self.clip_cache.get((fp, k)) for k in clip_keys]
+        missing = [i for i, p in enumerate(parts) if p is None]
         if missing:
             idx = torch.tensor(missing)
             sub = {"input_features": batch["input_features"][idx],
@@ -448,23 +466,13 @@ class AudioLLM(abc.ABC):
                 feats = self.encode_audio(m, sub)
             self.encoder_clips += len(missing)
             for i, part in zip(missing, feats.split([counts[i] for i in missing])):
-                store[(model_key, clip_keys[i])] = part
-                self._clip_cache_bytes += part.numel() * part.element_size()
-        parts = []
-        for k in clip_keys:
-            store.move_to_end((model_key, k))
-            parts.append(store[(model_key, k)])
-        out = torch.cat(parts)
-        limit = self.teacher_cache_mb * 2 ** 20
-        while self._clip_cache_bytes > limit and store:
-            _, old = store.popitem(last=False)
-            self._clip_cache_bytes -= old.numel() * old.element_size()
-        return out
+                parts[i] = part
+                self.clip_cache.put((fp, clip_keys[i]), part)
+        return torch.cat([p.to(self.device) for p in parts])
 
     def clear_feature_cache(self) -> None:
-        """Drop the teacher's per-clip feature cache (batch-level caches die with their batch)."""
-        self._clip_cache.clear()
-        self._clip_cache_bytes = 0
+        """Drop the teacher's per-clip features held in memory (batch-level caches die with their batch)."""
+        self.clip_cache.clear()
 
     def prompt_embeds(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged prompt embeddings [B, L, D] and attention mask [B, L] under the active model."""

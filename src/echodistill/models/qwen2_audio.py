@@ -19,6 +19,7 @@ from .base import AudioLLM
 class Qwen2AudioLLM(AudioLLM):
     backbone = "qwen2_audio"
     lm_prefix = "model.language_model"
+    has_separate_projector = True  # audio_tower -> multi_modal_projector
 
     @classmethod
     def hf_class(cls) -> type:

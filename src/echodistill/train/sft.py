@@ -142,7 +142,7 @@ class WarmupData:
 
 # ---------------------------------------------------------------- the forward pass
 def _has_hooks(adapter: Any) -> bool:
-    return hasattr(adapter, "encode_audio_hidden") and hasattr(adapter, "project_audio")
+    return adapter.has_separate_projector
 
 
 def _encoder_frozen(adapter: Any) -> bool:

@@ -1,0 +1,77 @@
+"""The teacher's clean-clip features: keyed by content and weights, bounded, reused across runs (disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from echodistill.config import ModelConfig
+from echodistill.models import load_adapter
+from echodistill.models.feature_cache import ClipFeatureCache
+
+PROMPTS = ["What is the spoken word?", "Which number is said?"]
+
+
+def _waves(seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 16000)]
+
+
+def _load(path, lora, **kw):
+    cfg = ModelConfig(backbone="qwen2_audio", path=str(path), **kw)
+    cfg.lora.enabled, cfg.lora.r, cfg.lora.alpha = lora, 4, 8
+    torch.manual_seed(0)
+    return load_adapter(cfg, train=True)
+
+
+def _teacher_scores(a, waves):
+    b = a.build_inputs(PROMPTS, waves)
+    ids = torch.full((4, 3), a.eos_token_ids[0])
+    with a.teacher():
+        return a.token_logprobs(b, ids, torch.ones_like(ids), num_samples=2)
+
+
+def test_a_later_run_has_no_first_epoch_miss(tiny_qwen2_audio_dir, tmp_path):
+    for lora in (True, False):  # adapter-disabled teacher, frozen-copy teacher
+        disk = tmp_path / f"feats{lora}"
+        first = _load(tiny_qwen2_audio_dir, lora, feature_cache_dir=str(disk))
+        c0 = first.encoder_clips
+        ref = _teacher_scores(first, _waves())
+        assert first.encoder_clips - c0 == 2 and first.clip_cache.misses == 2
+        again = _teacher_scores(first, _waves())  # the next epoch, same process: memory hit
+        assert first.encoder_clips - c0 == 2 and torch.equal(again, ref)
+        later = _load(tiny_qwen2_audio_dir, lora, feature_cache_dir=str(disk))  # another run, same model
+        c1 = later.encoder_clips
+        out = _teacher_scores(later, _waves())
+        assert later.encoder_clips == c1 and later.clip_cache.disk_hits == 2  # no encoder pass in epoch 1
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        new_clip = [_waves()[0], _waves(seed=5)[1]]  # keyed by content: one clip changed, one miss
+        _teacher_scores(later, new_clip)
+        assert later.encoder_clips - c1 == 1
+
+
+def test_other_weights_do_not_hit(tiny_qwen2_audio_dir, tmp_path):
+    a = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
+    _teacher_scores(a, _waves())
+    b = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
+    with torch.no_grad():
+        b.hf.model.multi_modal_projector.linear.weight.mul_(1.5)  # a different (e.g. warmed-up) projector
+    c0 = b.encoder_clips
+    _teacher_scores(b, _waves())
+    assert b.encoder_clips - c0 == 2 and b.clip_cache.disk_hits == 0
+
+
+def test_bounds_memory_and_disk(tmp_path):
+    cache = ClipFeatureCache(max_mb=3 * 4096 / 2 ** 20, disk_dir=tmp_path, disk_mb=5 * 4096 / 2 ** 20)
+    for i in range(8):
+        cache.put(("fp", f"clip{i}"), torch.full((1024,), float(i)))  # 4 KiB each
+    assert len(cache) == 3  # memory: the 3 most recent
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert 4 <= len(files) <= 5 and sum(f.stat().st_size for f in files) <= 5 * 4096 + 5 * 200
+    cache.clear()
+    assert cache.get(("fp", "clip7")) is not None and cache.get(("fp", "clip0")) is None  # oldest evicted
+    # a torn file is a miss, not a crash
+    next(tmp_path.rglob("*clip7*.safetensors")).write_bytes(b"torn")
+    cache.clear()
+    assert cache.get(("fp", "clip7")) is None and cache.misses == 2
+    assert not ClipFeatureCache(max_mb=0).enabled
