@@ -152,7 +152,8 @@ class TrainedModel:
         """Answer per file of ``audio`` (a file, a folder or a manifest): rows as ``echodistill predict``."""
         from .inference import gather_queries, predict_queries
 
-        queries = gather_queries(audio, question, choices, path_map=dict(self.config.data.path_map) or None)
+        queries = gather_queries(audio, question, choices, path_map=dict(self.config.data.path_map) or None,
+                                 columns=dict(self.config.data.columns) or None)
         return predict_queries(self.adapter, queries, self.config, noise_type=noise, snr=snr, batch_size=batch_size)
 
 

@@ -25,11 +25,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides applied last, e.g. train.learning_rate=1e-5 run.seed=1")
 
 
-def _path_map(items: list[str] | None) -> dict:
+def _path_map(items: list[str] | None, flag: str = "--path-map", form: str = "OLD_PREFIX=NEW_PREFIX") -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise UserError(f"--path-map {item!r} must look like OLD_PREFIX=NEW_PREFIX")
+            raise UserError(f"{flag} {item!r} must look like {form}")
         old, new = item.split("=", 1)
         out[old] = new
     return out
@@ -45,7 +45,7 @@ def cmd_data_build(args) -> int:
 def cmd_data_check(args) -> int:
     from .data.check import run_check
     return run_check(Path(args.manifest), path_map=_path_map(args.path_map), fmt=args.format,
-                     max_duration_s=args.max_duration)
+                     max_duration_s=args.max_duration, columns=_path_map(args.column, "--column", "FIELD=COLUMN"))
 
 
 def cmd_data_mix(args) -> int:
@@ -111,6 +111,7 @@ def cmd_config_show(args) -> int:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .data.manifest import FORMATS  # light module: the one list of manifest formats
     p = argparse.ArgumentParser(
         prog="echodistill",
         description="Make audio LLMs robust to noise: GRPO post-training with a clean-audio teacher "
@@ -130,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = data.add_parser("check", help="validate a manifest and report every problem with its location and a fix",
                         description="Exit code 0 only when the manifest is clean.")
-    c.add_argument("manifest", help="JSONL manifest (ours or the paper release's rows) or MMAU-style JSON")
-    c.add_argument("--format", choices=["auto", "echodistill", "release", "mmau"], default="auto")
+    c.add_argument("manifest", help="JSONL manifest (ours or the paper release's rows), MMAU-style JSON, or a "
+                                    "Hugging Face dataset (save_to_disk folder, .parquet; JSON with --format hf)")
+    c.add_argument("--format", choices=FORMATS, default="auto", help="manifest format (auto: detected)")
+    c.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="HF datasets: the column holding FIELD (id, audio, question, choices, answer, task, split); "
+                        "repeatable, like data.columns in a config")
     c.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     c.add_argument("--max-duration", type=float, default=None, help="flag clips longer than this many seconds")
     c.set_defaults(func=cmd_data_check)
@@ -180,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model: as is; enhance: DeepFilterNet3 before the model; cascade: Whisper tiny.en + closest choice")
     e.add_argument("--name", default=None, help="label shown in reports (default: folder name)")
     e.add_argument("--split-name", default=None, help="label of the split in reports")
-    e.add_argument("--format", choices=["auto", "echodistill", "release", "mmau"], default="auto")
+    e.add_argument("--format", choices=FORMATS, default="auto", help="manifest format (auto: detected)")
     e.add_argument("--path-map", action="append", metavar="OLD=NEW")
     e.set_defaults(func=cmd_eval)
 

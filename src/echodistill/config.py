@@ -38,6 +38,9 @@ class DataConfig:
     val_manifest: str = "${data.bench_dir}/val.jsonl"  # items for periodic/tuning evaluation
     test_manifest: str = "${data.bench_dir}/test.jsonl"  # final evaluation only
     path_map: dict = field(default_factory=dict)  # prefix -> replacement for relative/foreign paths
+    # Hugging Face datasets (save_to_disk folder, .parquet) as manifests: our field -> the dataset's
+    # column, e.g. {question: prompt, answer: label}; unmapped fields are found by usual names (data/hf.py)
+    columns: dict = field(default_factory=dict)
     max_duration_s: float = 2.0  # clips are cropped/padded to at most this (the model's window)
     min_duration_s: float = 0.05  # shorter clips are rejected as invalid
     choice_seed: int = 1234  # seeds the per-item shuffle of choices at prompt time

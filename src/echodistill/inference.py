@@ -1,7 +1,7 @@
 """`echodistill predict`: ask a trained model a question about audio files; the answer per file.
 
 Inputs (``gather_queries``): one audio file, a folder of audio files (searched recursively), or a
-manifest (our JSONL, the release's rows, MMAU JSON: each item brings its own question
+manifest (our JSONL, the release's rows, MMAU JSON, a Hugging Face dataset: each item brings its own question
 and choices). With ``choices`` the model picks one (shown in the same seeded order as in training and
 evaluation, mapped back by the shared extractor); without, the answer is the model's free text.
 
@@ -28,7 +28,7 @@ from .data.prompts import format_question, ordered_choices
 from .errors import UserError
 from .train.rewards import extract_choice
 
-MANIFEST_SUFFIXES = (".jsonl", ".json")
+MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
 @dataclass
@@ -42,23 +42,25 @@ class Query:
 
 
 def gather_queries(source: str | Path, question: Optional[str] = None, choices: Optional[Sequence[str]] = None,
-                   path_map: Optional[dict] = None) -> list[Query]:
+                   path_map: Optional[dict] = None, columns: Optional[dict] = None) -> list[Query]:
     """Queries for a file, a folder of audio files, or a manifest / dataset.
 
     For a file or folder ``question`` is required (``choices`` optional). For a manifest each item's own
     question and choices are used unless ``question`` / ``choices`` are given, which then apply to all.
     """
+    from .data.hf import is_hf_source
+
     source = Path(source)
     choices = [str(c) for c in choices] if choices else []
-    if source.is_dir():
+    if source.is_dir() and not is_hf_source(source):
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             raise UserError(f"{source}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder")
         paths = files
     elif source.is_file() and source.suffix.lower() in AUDIO_SUFFIXES:
         paths = [source]
-    elif source.suffix.lower() in MANIFEST_SUFFIXES and source.is_file():
-        items = read_manifest(source, path_map=path_map)
+    elif (source.suffix.lower() in MANIFEST_SUFFIXES and source.is_file()) or is_hf_source(source):
+        items = read_manifest(source, path_map=path_map, columns=columns)
         return [Query(it.id, it.audio, question or it.question, choices or list(it.choices)) for it in items]
     elif not source.exists():
         raise UserError(f"{source}: not found; pass an audio file, a folder of audio files or a manifest")
@@ -172,7 +174,7 @@ def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: 
     from .models import load_adapter
 
     _check_noise_args(noise_type, snr)  # before the model loads: mistakes fail fast
-    queries = gather_queries(source, question, choices, path_map=path_map)
+    queries = gather_queries(source, question, choices, path_map=path_map, columns=dict(cfg.data.columns) or None)
     if str(cfg.run.device) == "cpu":
         torch.set_num_threads(max(1, int(cfg.run.num_threads)))
     model = load_adapter(cfg.model, path=checkpoint, train=False)

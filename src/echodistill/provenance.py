@@ -26,8 +26,14 @@ _file_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 (hash ea
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 hex of a file's bytes, read in 1 MiB chunks (bounded memory for any size)."""
+    """sha256 hex of a file's bytes, read in 1 MiB chunks (bounded memory for any size).
+
+    A folder (a Hugging Face ``save_to_disk`` dataset used as a manifest) hashes its files' relative
+    names and hashes, in sorted order."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return content_key([[p.relative_to(path).as_posix(), sha256_file(p)] for p in files])
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _file_hashes:

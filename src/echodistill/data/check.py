@@ -162,14 +162,14 @@ def _progress(total: int):
 
 
 def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
-                   max_duration_s: Optional[float] = None) -> list[Problem]:
+                   max_duration_s: Optional[float] = None, columns: Optional[dict] = None) -> list[Problem]:
     """Every problem in the manifest at ``path``, in file order, then the cross-item ones.
 
     Raises ``ManifestError`` only when the file cannot be opened at all.
     """
     path = Path(path)
     problems: list[Problem] = []
-    rows = list(iter_rows(path, fmt, path_map))
+    rows = list(iter_rows(path, fmt, path_map, columns))
     first_line: dict[str, int] = {}
     cache: dict = {}
     seen_paths: dict = {}  # (question, real path) -> (split, line, id) of the first item seen
@@ -218,9 +218,9 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
 
 
 def run_check(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
-              max_duration_s: Optional[float] = None) -> int:
+              max_duration_s: Optional[float] = None, columns: Optional[dict] = None) -> int:
     """Print every problem and a summary per kind; return 0 when clean, 2 otherwise (the CLI's exit code)."""
-    problems = check_manifest(path, path_map=path_map, fmt=fmt, max_duration_s=max_duration_s)
+    problems = check_manifest(path, path_map=path_map, fmt=fmt, max_duration_s=max_duration_s, columns=columns)
     try:
         for p in problems:
             print(p)

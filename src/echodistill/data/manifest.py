@@ -44,7 +44,7 @@ def seeded_subset(entries: Sequence[T], n: int, seed: int, key: Callable[[T], st
     keep = set(rank[:n])
     return [e for i, e in enumerate(entries) if i in keep]
 
-FORMATS = ("auto", "echodistill", "release", "mmau")
+FORMATS = ("auto", "echodistill", "release", "mmau", "hf")  # hf: a Hugging Face dataset (data/hf.py)
 
 
 class ManifestError(UserError, ValueError):
@@ -382,14 +382,22 @@ def item_issues(item: Item, line: int) -> list[Issue]:
     return out
 
 
-def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = None) -> Iterator[Row]:
+def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = None,
+              columns: Optional[dict] = None) -> Iterator[Row]:
     """Lenient reader: one ``Row`` per line/element, never raising for bad content.
 
     Raises ``ManifestError`` only when the file itself cannot be opened or ``fmt`` is unknown.
+    A Hugging Face dataset (``fmt="hf"``, a save_to_disk folder, .parquet/.arrow) goes to ``data/hf.py``
+    with ``columns`` (``data.columns``: our field -> its column).
     """
+    from . import hf
+
     path = Path(path)
     if fmt not in FORMATS:
         raise ManifestError(f"unknown manifest format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "hf" or (fmt == "auto" and hf.is_hf_source(path)):
+        yield from hf.iter_hf_rows(path, columns, path_map)
+        return
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found" + (" (it is a folder)" if path.is_dir() else "")
                             + "; check the path")
@@ -440,14 +448,15 @@ def _row_from_value(n: int, d: Any, fmt: str, path: Path, path_map: Optional[dic
 
 
 # ---------------------------------------------------------------- strict API
-def read_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto") -> list[Item]:
+def read_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
+                  columns: Optional[dict] = None) -> list[Item]:
     """Read every item; raise ``ManifestError`` at the first unusable row (file:line, item id, fix).
 
     Duplicate ids are an error too (ids key predictions, splits and noise draws). Audio is not opened
     here; ``echodistill data check`` does that.
     """
     items, seen = [], {}
-    for row in iter_rows(path, fmt, path_map):
+    for row in iter_rows(path, fmt, path_map, columns):
         if row.issues:
             i = row.issues[0]
             where = f"{path}:{i.line}" + (f" (item {i.item_id})" if i.item_id else "")

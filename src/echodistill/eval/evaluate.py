@@ -521,12 +521,12 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
         method = "enhance"
     out_dir = Path(out_dir)
     manifest = Path(manifest if manifest is not None else cfg.data.test_manifest)
-    if not manifest.is_file():
+    if not manifest.exists():  # a file, or a dataset folder (save_to_disk)
         raise UserError(f"manifest {manifest} not found: build the benchmark (`echodistill data build`) or pass "
                         "--manifest")
     pmap = dict(cfg.data.path_map or {})
     pmap.update(path_map or {})
-    items = read_manifest(manifest, path_map=pmap or None, fmt=fmt)
+    items = read_manifest(manifest, path_map=pmap or None, fmt=fmt, columns=dict(cfg.data.columns))
     if not items:
         raise UserError(f"{manifest}: the manifest has no items; fix the path or the file "
                         f"(`echodistill data check {manifest}`)")

@@ -307,15 +307,15 @@ def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict
     _seed_everything(int(cfg.run.seed))
 
     path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
-    all_items = read_manifest(cfg.data.train_manifest, path_map=path_map)
+    all_items = read_manifest(cfg.data.train_manifest, path_map=path_map, columns=dict(cfg.data.columns))
     train_items = select_items(all_items, cfg, "labeled")  # the teacher-to-be sees only these labels
     if cfg.data.labeled_fraction < 1:
         write_label_sheet(out, all_items, cfg, "labeled")
     if not train_items:
         raise UserError(f"{cfg.data.train_manifest}: no training items")
     val_items = []
-    if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).is_file():
-        val_items = _eval_subset(read_manifest(cfg.data.val_manifest, path_map=path_map), w.eval_items,
+    if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).exists():
+        val_items = _eval_subset(read_manifest(cfg.data.val_manifest, path_map=path_map, columns=dict(cfg.data.columns)), w.eval_items,
                                  int(cfg.run.seed))
 
     state_path = out / "final" / STATE_FILE

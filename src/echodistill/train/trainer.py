@@ -497,7 +497,8 @@ def run_train(cfg, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     set_seed(cfg.run.seed)  # LoRA init and anything else drawn at load time: the same on every rank
-    all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map))
+    all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map),
+                              columns=dict(cfg.data.columns))
     train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
     if not train_items:
         raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
@@ -509,8 +510,9 @@ def run_train(cfg, resume: bool = False) -> Path:
     lengths = prompt_length_proxy(train_items, cfg.data.max_duration_s) if t.group_by_length else None
     stream = ItemStream(train_items, t.prompts_per_device, world, rank, cfg.run.seed, lengths=lengths)
     val_examples: list[Example] = []
-    if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).is_file():
-        val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map)),
+    if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).exists():
+        val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map),
+                                                columns=dict(cfg.data.columns)),
                                   t.eval_items, cfg.eval.noise_seed)  # every task, not the file's first ones
         val_examples = eval_examples(val_items, cfg, bank, cfg.eval.noise_seed)
 
