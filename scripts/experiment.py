@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Run an experiment spec (configs/experiments/*.yaml) into its results store, resumably.
+
+    python scripts/experiment.py run configs/experiments/val_sweep.yaml [--jobs 2] [--only NAME ...]
+    python scripts/experiment.py report configs/experiments/val_sweep.yaml [--baseline grpo]
+
+``run``: builds the benchmark and the embedded model if missing, trains each warm-up once, then for
+every (method, seed) trains, evaluates on the spec's split and writes the compact result to the store
+(``echodistill.eval.store``). Every unit is skipped when its store entry exists and resumes from its
+checkpoints otherwise, so a stopped run continues and a later session adds seeds by editing ``seeds``.
+With ``--jobs 2`` two units run at once, one torch thread each (two 2-thread runs on 2 cores slow each
+other 5-20x). ``report``: the seed-aware comparison (``echodistill.eval.seeds``) as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+ED = [sys.executable, "-m", "echodistill.cli"]
+
+
+def say(msg: str) -> None:
+    print(f"[experiment {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_spec(path: str):
+    spec = OmegaConf.load(path)
+    for key in ("store", "split", "work", "bench", "model", "seeds", "warmups", "methods"):
+        if key not in spec:
+            raise SystemExit(f"{path}: missing key {key!r}")
+    return spec
+
+
+def base_overrides(spec) -> list[str]:
+    return [f"data.bench_dir={spec.bench}", f"model.path={spec.model}"]
+
+
+def sh(cmd: list[str], log: Path, threads: int) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        raise RuntimeError(f"failed ({rc}): {' '.join(cmd)} -- see {log}")
+
+
+def prepare(spec) -> None:
+    """The benchmark and the embedded model, built deterministically if missing."""
+    from echodistill.data.bench import build_benchmark
+    from echodistill.models.embedded import build_embedded_model, read_bench_texts
+
+    if not (Path(spec.bench) / "datasheet.json").is_file():
+        say(f"building the benchmark in {spec.bench}")
+        build_benchmark(Path(spec.bench), seed=0, size="default")
+    if not (Path(spec.model) / "config.json").is_file():
+        say(f"building the embedded model in {spec.model}")
+        build_embedded_model(Path(spec.model), seed=0, corpus_texts=read_bench_texts(Path(spec.bench)))
+
+
+def warmup_dir(spec, name: str) -> Path:
+    w = spec.warmups[name]
+    return Path(spec.work) / (w.get("dir") or f"warmup-{name}")
+
+
+def run_warmup(spec, name: str, threads: int) -> Path:
+    out = warmup_dir(spec, name)
+    final = out / "final"
+    if not any(final.glob("*.safetensors")):
+        say(f"warm-up {name} -> {out}")
+        sh(ED + ["warmup", "--resume", *base_overrides(spec), f"run.output_dir={out}", f"run.num_threads={threads}",
+                 *spec.warmups[name].get("overrides", [])], out.parent / f"warmup-{name}.log", threads)
+    return final
+
+
+def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, threads: int,
+               run_dir: Path | None = None) -> None:
+    from echodistill.eval.report import read_predictions
+    from echodistill.eval.store import sha256_weights, write_run
+
+    store = Path(spec.store)
+    if (store / name / "run.json").is_file():
+        return
+    ev = Path(spec.work) / "eval" / spec.split / name
+    sh(ED + ["eval", "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
+             "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
+             f"run.num_threads={threads}", *spec.get("eval", [])], ev.parent / f"{name}.log", threads)
+    extra = {}
+    if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
+        import json
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        extra["train_seconds"] = round(sum(r.get("time_step", 0.0) for r in rows), 1)
+        extra["train_steps"] = rows[-1].get("step") if rows else 0
+    write_run(store, name, method=method, seed=seed, split=spec.split, rows=read_predictions(ev / "predictions.jsonl"),
+              start_sha256=sha256_weights(start), final_sha256=sha256_weights(ckpt),
+              eval_settings={"overrides": list(spec.get("eval", [])), "manifest": f"{spec.split}.jsonl"},
+              config_path=(run_dir / "config.yaml") if run_dir else None,
+              train_metrics_path=(run_dir / "metrics.jsonl") if run_dir else None, extra=extra)
+    say(f"stored {name}")
+
+
+def run_unit(spec, method: str, seed: int, threads: int) -> None:
+    m = spec.methods[method]
+    name = f"{method}-s{seed}"
+    if (Path(spec.store) / name / "run.json").is_file():
+        return
+    start = warmup_dir(spec, m.warmup) / "final"
+    run_dir = Path(spec.work) / "train" / name
+    say(f"train {name}")
+    sh(ED + ["train", "--resume", *base_overrides(spec), f"run.output_dir={run_dir}", f"run.seed={seed}",
+             f"run.num_threads={threads}", f"train.init_from={start}", *spec.get("train", []),
+             *m.get("train", [])], run_dir.parent / f"{name}.log", threads)
+    store_eval(spec, name, method, seed, run_dir / "final", start, threads, run_dir)
+
+
+def cmd_run(args) -> None:
+    spec = load_spec(args.spec)
+    threads = 1 if args.jobs > 1 else 2
+    prepare(spec)
+    for w in spec.warmups:  # sequential: every method starts from one of them
+        final = run_warmup(spec, w, 2)
+        store_eval(spec, f"warmup-{w}", f"warmup-{w}", None, final, final, 2)
+    units = [(m, s) for s in spec.seeds for m in spec.methods if not args.only or m in args.only]
+    failed = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_unit, spec, m, s, threads): f"{m}-s{s}" for m, s in units}
+        for f, name in futures.items():
+            try:
+                f.result()
+            except RuntimeError as e:  # one failed unit does not stop the others; a rerun retries it
+                failed.append(name)
+                say(str(e))
+    say(f"done; failed: {', '.join(failed)}" if failed else "all units done")
+    if failed:
+        sys.exit(1)
+
+
+def cmd_report(args) -> None:
+    from echodistill.eval.seeds import store_report
+
+    spec = load_spec(args.spec)
+    text = store_report(spec.store, spec.split, baseline=args.baseline, strong_snr_max=0.0,
+                        title=spec.get("title", Path(args.spec).stem))
+    out = Path(spec.store) / "report.md"
+    out.write_text(text)
+    print(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train/evaluate what the store lacks")
+    r.add_argument("spec")
+    r.add_argument("--jobs", type=int, default=1, help="units at once (1 torch thread each when > 1)")
+    r.add_argument("--only", nargs="*", help="only these methods")
+    r.set_defaults(fn=cmd_run)
+    q = sub.add_parser("report", help="seed-aware comparison from the store")
+    q.add_argument("spec")
+    q.add_argument("--baseline", default="grpo")
+    q.set_defaults(fn=cmd_report)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""A results store that grows run by run: small, committed, enough to rebuild every comparison.
+
+One folder per experiment, one sub-folder per evaluated run::
+
+    <store>/<run>/run.json               method, seed, split, starting weights' sha256, final weights'
+                                         sha256, code version, eval settings, training wall time
+    <store>/<run>/config.yaml            the run's resolved training config (absent for no-training rows)
+    <store>/<run>/train_metrics.jsonl.gz the training log, a few keys per step
+    <store>/<run>/predictions.json.gz    per (item, condition): the answer named (compact; no raw text)
+
+A later session adds seeds or methods by adding folders; ``read_store`` returns whatever is there and
+``paired_runs`` refuses to pair runs that started from different weights.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import UserError
+
+RUN_FILE = "run.json"
+PRED_FILE = "predictions.json.gz"
+TRAIN_FILE = "train_metrics.jsonl.gz"
+# Training-log keys kept in the store (the full metrics.jsonl stays in the run folder).
+TRAIN_KEYS = ("step", "epoch", "loss", "reward_accuracy_mean", "reward_total_mean", "frac_groups_all_right",
+              "frac_groups_all_wrong", "frac_groups_mixed", "teacher_adv_share", "teacher_clean_acc",
+              "target_coverage", "target_label_agreement", "kd", "kd_items_frac", "clean_kl", "entropy",
+              "grad_norm", "grad_norm_policy", "grad_norm_kd", "grad_norm_clean", "time_step")
+
+
+def sha256_weights(model_dir: str | Path) -> str:
+    """sha256 over the weight files of a saved model/adapter folder (names sorted; content only)."""
+    d = Path(model_dir)
+    files = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise UserError(f"{d}: no weight file (*.safetensors) to hash: is this a finished model folder?")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout (with -dirty), or the package version outside git."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import version
+    return "echodistill " + version("echodistill")
+
+
+def _compact(rows: Sequence[dict]) -> dict:
+    items: dict[str, list] = {}
+    cells = []
+    for r in rows:
+        items.setdefault(r["id"], [r.get("task"), r.get("target")])
+        cells.append([r["id"], r["condition"], r.get("noise_type"), r.get("snr"), r.get("answer")])
+    return {"items": items, "cells": cells}
+
+
+def _expand(data: dict) -> list[dict]:
+    rows = []
+    for item_id, cond, noise, snr, answer in data["cells"]:
+        task, target = data["items"][item_id]
+        rows.append({"id": item_id, "task": task, "condition": cond, "noise_type": noise, "snr": snr,
+                     "answer": answer, "target": target, "correct": answer is not None and answer == target,
+                     "invalid": answer is None})
+    return rows
+
+
+def write_run(store: str | Path, name: str, *, method: str, seed: Optional[int], split: str, rows: Sequence[dict],
+              start_sha256: str, final_sha256: str, eval_settings: dict, config_path: Optional[Path] = None,
+              train_metrics_path: Optional[Path] = None, extra: Optional[dict] = None) -> Path:
+    """Write one run's folder (``run.json`` last, so a folder without it is unfinished)."""
+    d = Path(store) / name
+    d.mkdir(parents=True, exist_ok=True)
+    with gzip.open(d / PRED_FILE, "wt") as f:
+        json.dump(_compact(rows), f, separators=(",", ":"))
+    if config_path is not None and Path(config_path).is_file():
+        (d / "config.yaml").write_text(Path(config_path).read_text())
+    if train_metrics_path is not None and Path(train_metrics_path).is_file():
+        with gzip.open(d / TRAIN_FILE, "wt") as f:
+            for line in Path(train_metrics_path).read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    f.write(json.dumps({k: row[k] for k in TRAIN_KEYS if k in row}) + "\n")
+    meta = {"name": name, "method": method, "seed": seed, "split": split, "start_sha256": start_sha256,
+            "final_sha256": final_sha256, "code_version": code_version(), "eval": eval_settings, **(extra or {})}
+    tmp = d / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(d / RUN_FILE)
+    return d
+
+
+@dataclass
+class StoredRun:
+    name: str
+    meta: dict
+    rows: list[dict]
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self.meta.get("seed")
+
+
+def read_store(store: str | Path, split: Optional[str] = None) -> list[StoredRun]:
+    """Every finished run in ``store`` (optionally of one split), sorted by name."""
+    out = []
+    for d in sorted(Path(store).iterdir()) if Path(store).is_dir() else []:
+        if not (d / RUN_FILE).is_file():
+            continue
+        meta = json.loads((d / RUN_FILE).read_text())
+        if split is not None and meta.get("split") != split:
+            continue
+        with gzip.open(d / PRED_FILE, "rt") as f:
+            out.append(StoredRun(d.name, meta, _expand(json.load(f))))
+    return out
+
+
+def train_log(store: str | Path, name: str) -> list[dict]:
+    p = Path(store) / name / TRAIN_FILE
+    if not p.is_file():
+        return []
+    with gzip.open(p, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[StoredRun, StoredRun]]:
+    """Pairs (a_s, b_s) of two methods' runs with the same seed; refuses runs from different weights."""
+    by_seed = {r.seed: r for r in b}
+    pairs = []
+    for r in a:
+        other = by_seed.get(r.seed)
+        if other is None:
+            continue
+        if r.meta["start_sha256"] != other.meta["start_sha256"]:
+            raise UserError(f"{r.name} and {other.name} started from different weights "
+                            f"({r.meta['start_sha256'][:12]} vs {other.meta['start_sha256'][:12]}): a paired "
+                            "comparison needs the same warm-up; rebuild it or compare within one store")
+        if r.meta.get("eval") != other.meta.get("eval"):
+            raise UserError(f"{r.name} and {other.name} were evaluated with different settings: re-evaluate one")
+        pairs.append((r, other))
+    return pairs
+
+
+__all__ = ["sha256_weights", "code_version", "write_run", "read_store", "train_log", "paired_runs", "StoredRun"]
