@@ -37,9 +37,6 @@ Design choices (why):
 from __future__ import annotations
 
 import abc
-import copy
-import json
-import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +44,15 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from . import loading
 from .checkpointing import wrap_layers
+from .loading import DTYPES, META_FILE, backbone_of
 from .feature_cache import BatchFeatures, ClipFeatureCache, clip_key, weights_fingerprint
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-META_FILE = "echodistill_model.json"  # written by ``save``: backbone name, base path, lora flag
 
 
 @dataclass
@@ -249,133 +245,29 @@ class AudioLLM(abc.ABC):
     @classmethod
     def load(cls, path: str | Path, cfg_model: Any, *, lora: Any = None, train: bool = True,
              base_path: Optional[str | Path] = None, fold_adapter: bool = True) -> "AudioLLM":
-        """Load from a local HF directory: full weights, or a saved PEFT adapter (adapter_config.json).
-
-        ``cfg_model``: ``ModelConfig`` (dtype, device_map, attn_implementation, trust_remote_code,
-        teacher_mode, freeze_audio_encoder). ``lora``: ``LoraConfig`` (default ``cfg_model.lora``);
-        applied only when ``train`` and the directory is not already an adapter.
-
-        Training from a saved adapter (e.g. GRPO after a LoRA warm-up) with ``fold_adapter``: the
-        adapter is merged into the weights and a fresh one trains on top, so the teacher (adapter
-        disabled) is this run's initial model, not the base model before the warm-up. The merged
-        stages are recorded in the saved metadata (``merged_adapters``) and re-applied on load.
-        ``fold_adapter=False`` keeps training the same adapter (resuming that adapter's own run).
-        """
-        path = Path(path)
-        if not path.is_dir():
-            raise ConfigError(f"model directory {path} does not exist: build it (`echodistill model build`) "
-                              "or set model.path")
-        lora = lora if lora is not None else getattr(cfg_model, "lora", None)
-        is_adapter = (path / "adapter_config.json").is_file()
-        if is_adapter:
-            base = base_path or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if not base or not Path(base).is_dir():
-                base = cfg_model.path
-            base = Path(base)
-        else:
-            base = path
-        hf = cls._load_hf(base, cfg_model)
-        merged = list(_read_meta(path).get("merged_adapters", [])) if is_adapter else []
-        for stage in merged:  # earlier LoRA stages this adapter was trained on top of
-            hf = _merge_adapter(hf, stage)
-        if is_adapter and train and fold_adapter:
-            hf = _merge_adapter(hf, path)
-            merged.append(str(path.resolve()))
-            is_adapter = False
-        processor = cls.load_processor(path if cls._has_processor(path) else base, cfg_model)
-        teacher_mode = getattr(cfg_model, "teacher_mode", "auto")
-        use_lora = is_adapter or bool(lora is not None and getattr(lora, "enabled", False) and train)
-        if teacher_mode == "auto":
-            teacher_mode = "adapter_disabled" if use_lora else ("frozen_copy" if train else "self")
-        if teacher_mode == "adapter_disabled" and not use_lora:
-            raise ConfigError("model.teacher_mode=adapter_disabled needs model.lora.enabled=true "
-                              "(or use teacher_mode=frozen_copy / auto)")
-        teacher = None
-        if teacher_mode == "frozen_copy":
-            teacher = copy.deepcopy(hf)
-            teacher.requires_grad_(False)
-            teacher.eval()
-        peft_model = None
-        if is_adapter:
-            from peft import PeftModel
-
-            peft_model = PeftModel.from_pretrained(hf, str(path), is_trainable=train)
-        elif use_lora:
-            from peft import LoraConfig as PeftLoraConfig, get_peft_model
-
-            target = cls._lora_targets(hf, lora.target_modules)
-            pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                                  target_modules=target)
-            peft_model = get_peft_model(hf, pcfg)
-        if peft_model is not None:
-            hf = peft_model.get_base_model()
-            cls._check_lora_scope(hf)
-        elif not train:
-            hf.requires_grad_(False)
-        obj = cls(hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
-                  base_path=str(base.resolve()) if base.is_dir() else str(base))
-        obj.merged_adapters = merged
-        obj.clip_cache = ClipFeatureCache(max_mb=getattr(cfg_model, "feature_cache_mb", 256.0),
-                                          disk_dir=getattr(cfg_model, "feature_cache_dir", "") or None,
-                                          disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0))
-        if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
-            obj.audio_encoder(hf).requires_grad_(False)
-        if not train and peft_model is not None:
-            for p in peft_model.parameters():
-                p.requires_grad_(False)
-        obj.model.eval()  # no dropout: sampling and scoring must see the same function
-        return obj
-
-    @classmethod
-    def _lora_targets(cls, hf: nn.Module, regex: str) -> list[str]:
-        """Full names of the nn.Linear modules the regex matches (``re.fullmatch``, as PEFT does).
-
-        Passed to PEFT as an explicit list: given the regex *string*, PEFT 0.21 rewrites it for MoE
-        models (Qwen3-Omni) into bare suffixes {q_proj, k_proj, ...} that also hit the audio tower.
-        """
-        regex = cls.lora_target_modules(regex)
-        try:
-            pat = re.compile(regex)
-        except re.error as e:
-            raise ConfigError(f"model.lora.target_modules={regex!r} is not a valid regex: {e}") from None
-        names = [n for n, mod in hf.named_modules() if isinstance(mod, nn.Linear) and pat.fullmatch(n)]
-        if not names:
-            raise ConfigError(f"model.lora.target_modules={regex!r} matched no linear layer of the {cls.backbone} "
-                              f"model: module names look like {cls.lm_prefix}.layers.0.self_attn.q_proj")
-        return names
-
-    @classmethod
-    def _check_lora_scope(cls, hf: nn.Module) -> None:
-        names = [n for n, m in hf.named_modules() if hasattr(m, "lora_A")]
-        if not names:
-            raise ConfigError("model.lora.target_modules matched no module of the language model: check the regex "
-                              f"against module names under {cls.lm_prefix!r}")
-        outside = [n for n in names if not n.startswith(cls.lm_prefix + ".")]
-        if outside:
-            raise ConfigError(f"model.lora.target_modules adapts modules outside the language model "
-                              f"({outside[:3]}...): limit the regex to {cls.lm_prefix!r}")
-
-    @classmethod
-    def _load_hf(cls, path: Path, cfg_model: Any) -> nn.Module:
-        dtype = DTYPES[getattr(cfg_model, "dtype", "float32")]
-        kwargs = dict(dtype=dtype, attn_implementation=getattr(cfg_model, "attn_implementation", "sdpa"),
-                      trust_remote_code=bool(getattr(cfg_model, "trust_remote_code", False)))
-        if getattr(cfg_model, "device_map", None):
-            kwargs["device_map"] = cfg_model.device_map
-        try:
-            return cls.hf_class().from_pretrained(str(path), **kwargs)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot load a {cls.backbone} model from {path}: {e}") from None
-
-    @staticmethod
-    def _has_processor(path: Path) -> bool:
-        return (path / "preprocessor_config.json").is_file() or (path / "processor_config.json").is_file()
+        """Load from a local HF directory: full weights or a saved PEFT adapter (``loading.load``)."""
+        return loading.load(cls, path, cfg_model, lora=lora, train=train, base_path=base_path,
+                            fold_adapter=fold_adapter)
 
     @classmethod
     def load_processor(cls, path: Path, cfg_model: Any) -> Any:
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(str(path), trust_remote_code=bool(getattr(cfg_model, "trust_remote_code", False)))
+
+    # ---------------------------------------------------------------- public pieces (other losses: warm-up SFT)
+    @property
+    def active_model(self) -> nn.Module:
+        """The HF model computing now: the student, or the frozen copy inside ``teacher()``."""
+        return self._active
+
+    def audio_features(self, batch: Any) -> torch.Tensor:
+        """Projected audio features [n_placeholders, D] of ``batch`` under the active model (cached if frozen)."""
+        return self._audio_features(self._active, batch)
+
+    def hidden_states(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder output [B, S, D] (active model) on merged embeddings [B, S, D], left-padded mask [B, S]."""
+        return self._decoder(self._active, embeds, attention_mask, self.position_ids(attention_mask))[0]
 
     # ---------------------------------------------------------------- basic properties
     @property
@@ -660,52 +552,8 @@ class AudioLLM(abc.ABC):
     # ---------------------------------------------------------------- save
     def save(self, out_dir: str | Path) -> Path:
         """HF format: the PEFT adapter (``PeftModel.from_pretrained`` loads it) or full weights; + processor."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.peft is not None:
-            self.peft.save_pretrained(str(out))
-            cfg_path = out / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            if self.base_path:
-                cfg["base_model_name_or_path"] = self.base_path
-                cfg_path.write_text(json.dumps(cfg, indent=2))
-        else:
-            self.hf.save_pretrained(str(out))
-        self.processor.save_pretrained(str(out))
-        (out / META_FILE).write_text(json.dumps({"backbone": self.backbone, "base_path": self.base_path,
-                                                 "lora": self.peft is not None,
-                                                 "merged_adapters": getattr(self, "merged_adapters", [])},
-                                                indent=2))
-        return out
+        return loading.save(self, out_dir)
 
 
-def _read_meta(path: str | Path) -> dict:
-    meta = Path(path) / META_FILE
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def backbone_of(path: str | Path) -> Optional[str]:
-    """The backbone recorded by ``save`` in ``path`` (None if absent)."""
-    return _read_meta(path).get("backbone")
-
-
-def _merge_adapter(hf: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """Fold the PEFT adapter saved in ``adapter_dir`` into ``hf``'s weights; returns the plain model."""
-    from peft import PeftModel
-
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise ConfigError(f"{adapter_dir}: the LoRA stage this checkpoint was trained on is missing "
-                          "(no adapter_config.json); restore that folder or retrain from the base model")
-    return PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
-
-
-def lm_only_regex(regex: str, prefix: str) -> str:
-    """Rewrite the default ``.*language_model.*\\.(...)`` regex for a backbone whose LM prefix differs."""
-    m = re.fullmatch(r"\.\*language_model\.\*\\\.\((.*)\)", regex)
-    if m is None:
-        return regex
-    return rf"{re.escape(prefix)}\.layers\.\d+\..*\.({m.group(1)})"
-
-
-__all__ = ["AudioLLM", "Completions", "position_ids_from_mask", "top_p_filter", "DTYPES", "META_FILE",
-           "backbone_of", "lm_only_regex", "DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["AudioLLM", "Completions", "PromptState", "position_ids_from_mask", "top_p_filter", "DTYPES",
+           "META_FILE", "backbone_of", "DEFAULT_SYSTEM_PROMPT"]

@@ -194,7 +194,7 @@ def sft_forward(adapter: Any, prompt_ids: list[list[int]], targets: list[list[in
     ``audio_feats``: projected features [n_placeholders_total, D] in prompt order.
     Returns (mean token cross-entropy, per-row exact-match [B] bool of the argmax on every token).
     """
-    m = adapter._active
+    m = adapter.active_model
     dev = adapter.device
     seqs = [p + t for p, t in zip(prompt_ids, targets)]
     length = max(len(s) for s in seqs)
@@ -212,7 +212,7 @@ def sft_forward(adapter: Any, prompt_ids: list[list[int]], targets: list[list[in
     if int(ph.sum()) != audio_feats.shape[0]:
         raise ValueError(f"audio placeholders ({int(ph.sum())}) and features ({audio_feats.shape[0]}) differ")
     emb = emb.masked_scatter(ph.unsqueeze(-1), audio_feats.to(emb.dtype))
-    h, _ = adapter._decoder(m, emb, am, adapter.position_ids(am))
+    h = adapter.hidden_states(emb, am)
     sel = lab[:, 1:]  # hidden at t-1 predicts token t
     logits = adapter.lm_head(m)(h[:, :-1][sel]).float()
     gold = ids[:, 1:][sel]
@@ -410,13 +410,13 @@ def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict
         rows = [data.row(train_items[i], epoch) for i in idx]
         if use_cache:
             prompt_ids, hidden = prepare_rows(adapter, rows, cache, cfg.data.choice_seed)
-            feats = adapter.project_audio(adapter._active, torch.cat(hidden, 0).to(adapter.device))
+            feats = adapter.project_audio(adapter.active_model, torch.cat(hidden, 0).to(adapter.device))
         else:  # encode this step's batch (with gradients where the audio path trains)
             prompts = [item_prompt(r.item, cfg.data.choice_seed)[0] for r in rows]
             batch = adapter.build_inputs(prompts, [r.wav_fn() for r in rows])
             am = batch["attention_mask"]
             prompt_ids = [batch["input_ids"][j][am[j].bool()].tolist() for j in range(len(rows))]
-            feats = adapter._audio_features(adapter._active, batch)
+            feats = adapter.audio_features(batch)
             cache.encoded += len(rows)
         loss, ok = sft_forward(adapter, prompt_ids, [targets[r.item.id] for r in rows], feats)
         opt.zero_grad(set_to_none=True)
