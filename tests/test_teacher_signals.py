@@ -190,3 +190,39 @@ def test_gate_needs_decoupled_advantages():
     from echodistill.config import ConfigError
     with pytest.raises(ConfigError, match="teacher.advantage=decoupled"):
         _cfg("train.variant=echodistill", "teacher.gate=equal_groups")
+
+
+def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatch):
+    """Warm-up on half the labels, then label-free EchoDistill on the other half: the label sheet
+    names the split, RL draws only unlabeled items, and the log says how good the teacher's targets are."""
+    import json
+
+    from echodistill.train import trainer as T
+    from echodistill.train.sft import run_warmup
+    from train_helpers import make_dataset, tiny_config
+
+    data = make_dataset(tmp_path / "data", n_train=8)
+    split = ["data.labeled_fraction=0.5", "data.label_seed=1"]
+    warm = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "warm", *split, "warmup.max_steps=2",
+                       "warmup.prompts_per_device=2", "warmup.eval_steps=0")
+    run_warmup(warm)
+    sheet = json.loads((tmp_path / "warm" / "labels.json").read_text())
+    assert len(sheet["labeled_ids"]) == 4 and sheet["stage_uses"] == "labeled"
+
+    seen = []
+    real_stream = T.ItemStream
+
+    def stream(items, *a, **k):
+        seen.extend(it.id for it in items)
+        return real_stream(items, *a, **k)
+
+    monkeypatch.setattr(T, "ItemStream", stream)
+    cfg = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "rl", *split, "train.variant=echodistill-labelfree",
+                      "train.rl_items=unlabeled", "teacher.min_confidence=0.0", f"train.init_from={tmp_path}/warm/final")
+    T.run_train(cfg)
+    assert sorted(seen) == sheet["unlabeled_ids"]
+    assert json.loads((tmp_path / "rl" / "labels.json").read_text())["stage_uses"] == "unlabeled"
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("teacher_clean_acc", "target_coverage", "target_label_agreement", "frac_groups_all_wrong",
+                "teacher_adv_share"):
+        assert key in rows[0], key
