@@ -10,7 +10,7 @@ import torch
 
 from echodistill.config import VARIANTS
 from echodistill.train import trainer as T
-from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints
+from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 from echodistill.train.data import ItemStream, load_clip
 
 from train_helpers import make_dataset, tiny_config

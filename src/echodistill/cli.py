@@ -44,8 +44,22 @@ def cmd_data_build(args) -> int:
 
 def cmd_data_check(args) -> int:
     from .data.check import run_check
-    return run_check(Path(args.manifest), path_map=_path_map(args.path_map), fmt=args.format,
-                     max_duration_s=args.max_duration, columns=_path_map(args.column, "--column", "FIELD=COLUMN"))
+    from .data.validate import limits_from_config, load_tokenizer
+    # The runs' own limits (window, minimum, long-audio policy, prompt tokens with the model's tokenizer),
+    # so the check passes exactly what `train` and `eval` accept.
+    extra = [f"data.max_duration_s={args.max_duration}"] if args.max_duration is not None else []
+    extra += [f"data.long_audio={args.long_audio}"] if args.long_audio else []
+    cfg = load_config_for(args, extra)
+    pmap = dict(cfg.data.path_map or {})
+    pmap.update(_path_map(args.path_map))
+    return run_check(Path(args.manifest), path_map=pmap, fmt=args.format,
+                     columns=_path_map(args.column, "--column", "FIELD=COLUMN"),
+                     limits=limits_from_config(cfg, load_tokenizer(cfg.model)), choice_seed=int(cfg.data.choice_seed))
+
+
+def load_config_for(args, extra: list[str]):
+    from .config import load_config
+    return load_config(args.config, list(args.overrides) + extra)
 
 
 def cmd_data_mix(args) -> int:
@@ -88,6 +102,13 @@ def cmd_predict(args) -> int:
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise, snr=args.snr,
                 out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .card import export_model
+    export_model(Path(args.source), Path(args.out), base_model_id=args.base_model_id, eval_dirs=args.eval or [],
+                 overwrite=args.overwrite)
     return 0
 
 
@@ -138,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF datasets: the column holding FIELD (id, audio, question, choices, answer, task, split); "
                         "repeatable, like data.columns in a config")
     c.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
-    c.add_argument("--max-duration", type=float, default=None, help="flag clips longer than this many seconds")
+    c.add_argument("--max-duration", type=float, default=None,
+                   help="the model window in seconds (data.max_duration_s); longer clips are truncated or flagged")
+    c.add_argument("--long-audio", choices=["truncate", "skip"], default=None,
+                   help="clips longer than the window: truncate (a counted note, as the runs do) or skip (an error)")
+    _add_config_args(c)
     c.set_defaults(func=cmd_data_check)
 
     m = data.add_parser("mix", help="pre-mix a manifest across noise types x SNR levels",
@@ -206,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: eval.batch_size)")
     pr.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="a push_to_hub-ready folder from a trained run: weights, card, config (no upload)",
+                       description="Copies the final model, points a LoRA adapter at --base-model-id, ships earlier "
+                                   "LoRA stages it was trained on top of, and writes the model card (README.md) with "
+                                   "the evaluation table of --eval folders. Nothing is uploaded.",
+                       epilog="then: huggingface_hub.upload_folder(folder_path=OUT, repo_id='you/name')")
+    x.add_argument("source", help="a run folder (runs/ed) or its final model folder (runs/ed/final)")
+    x.add_argument("--out", required=True, help="the folder to write (must be new or empty)")
+    x.add_argument("--base-model-id", default=None, metavar="ID",
+                   help="the base model as others will load it, e.g. Qwen/Qwen2-Audio-7B-Instruct "
+                        "(default: model.path as given in the run's config)")
+    x.add_argument("--eval", nargs="+", default=None, metavar="DIR",
+                   help="`echodistill eval --out` folders whose metrics go into the card's table")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="compare evaluated runs: Markdown table, paired bootstrap differences, plots")
     r.add_argument("runs", nargs="+", help="eval output folders (each with metrics.json and predictions.jsonl)")

@@ -43,6 +43,8 @@ class DataConfig:
     columns: dict = field(default_factory=dict)
     max_duration_s: float = 2.0  # clips are cropped/padded to at most this (the model's window)
     min_duration_s: float = 0.05  # shorter clips are rejected as invalid
+    long_audio: str = "truncate"  # truncate | skip: clips longer than the window are cut to it (counted) or skipped
+    max_prompt_tokens: int = 1024  # longer prompts (question + choices) are skipped; capped by the model's positions
     choice_seed: int = 1234  # seeds the per-item shuffle of choices at prompt time
     # Semi-supervised / label-free regime: the warm-up sees the labels of this fraction of the
     # training items only (per task, seeded by label_seed); RL picks its items with train.rl_items.
@@ -265,6 +267,7 @@ _CHOICES = {
     "run.device": {"cpu", "cuda", "auto"},
     "model.backbone": {"embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni"},
     "model.dtype": {"float32", "bfloat16", "float16"},
+    "data.long_audio": {"truncate", "skip"},
     "model.teacher_mode": {"auto", "adapter_disabled", "frozen_copy"},
     "teacher.consistency": {"mean_prob", "argmax_agree", "mean_logprob"},
     "warmup.lr_scheduler_type": {"cosine", "linear", "constant"},
@@ -294,7 +297,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
     positive = ["train.num_generations", "train.prompts_per_device", "train.max_completion_length",
                 "train.num_iterations", "train.gradient_accumulation_steps", "warmup.prompts_per_device",
-                "eval.batch_size", "data.max_duration_s"]
+                "eval.batch_size", "data.max_duration_s", "data.max_prompt_tokens"]
     for key in positive:
         if _select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {_select(cfg, key)}")

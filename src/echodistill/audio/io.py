@@ -6,6 +6,8 @@ user mistake never surfaces as a traceback from inside libsndfile.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -58,20 +60,58 @@ def validate_waveform(wav: np.ndarray, source: str, *, min_duration_s: float = 0
                          "Replace the clip or drop the item", "silent_audio")
 
 
-def load_audio(path: str | Path, *, min_duration_s: float = 0.0, max_duration_s: Optional[float] = None,
-               require_signal: bool = True) -> np.ndarray:
-    """Read ``path`` (wav/flac/ogg/...) -> [T] float32 mono 16 kHz, validated."""
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: audio file not found; fix the path or pass a path map "
-                         "(--path-map OLD=NEW)", "missing_audio")
+def _open_regular(path: Path) -> None:
+    """Missing paths and anything but a regular file (a FIFO would block the reader forever, a device
+    never ends, a folder is not audio) are refused before the file is opened."""
     try:
-        wav, sr = sf.read(str(path), dtype="float32", always_2d=False)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(f"{path}: audio file not found; fix the path or pass a path map "
+                         "(--path-map OLD=NEW)", "missing_audio") from None
+    except OSError as e:
+        raise AudioError(f"{path}: cannot open ({e.strerror or e}); check the path and its permissions",
+                         "unreadable_audio") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+            "a device or socket"
+        raise AudioError(f"{path}: is {what}, not a regular audio file; point the item at an audio file",
+                         "not_a_file")
+
+
+def read_audio(path: str | Path, *, max_samples: Optional[int] = None) -> tuple[np.ndarray, int]:
+    """Read ``path`` -> (mono 16 kHz float32 [<= max_samples], full length in 16 kHz samples).
+
+    Decodes at most the first ``max_samples`` (plus a little resampler margin) of the file, so a
+    ten-hour recording costs what its first window costs: memory is bounded for any clip.
+    No validation beyond "a decodable regular file" (see ``load_audio``).
+    """
+    path = Path(path)
+    _open_regular(path)
+    try:
+        info = sf.info(str(path))
+        sr = int(info.samplerate)
+        want = -1
+        if max_samples is not None:  # input frames covering the window, + 50 ms for the resampler's edge
+            want = int(np.ceil(max_samples * sr / SAMPLE_RATE)) + sr // 20
+        wav, sr = sf.read(str(path), frames=want, dtype="float32", always_2d=False)
     except Exception as e:  # libsndfile raises a variety of errors for corrupt/unknown files
         raise AudioError(f"{path}: cannot decode audio ({str(e).strip()}); re-export as WAV/FLAC/OGG",
                          "unreadable_audio") from None
+    to_end = want < 0 or wav.shape[0] < want  # decoded to the end of the file
     wav = to_mono_16k(wav, sr)
-    validate_waveform(wav, str(path), min_duration_s=min_duration_s, max_duration_s=max_duration_s,
+    # Decoded to the end: the real length (a truncated file is shorter than its header says), with the
+    # resampler's own rounding. Else the header's length, converted to 16 kHz.
+    full = wav.size if to_end else int(round(max(int(info.frames), 0) * SAMPLE_RATE / sr))
+    if max_samples is not None:
+        wav = wav[:max_samples]
+    return wav, full
+
+
+def load_audio(path: str | Path, *, min_duration_s: float = 0.0, max_duration_s: Optional[float] = None,
+               require_signal: bool = True) -> np.ndarray:
+    """Read ``path`` (wav/flac/ogg/...) -> [T] float32 mono 16 kHz, validated (whole file)."""
+    wav, _ = read_audio(path)
+    validate_waveform(wav, str(Path(path)), min_duration_s=min_duration_s, max_duration_s=max_duration_s,
                       require_signal=require_signal)
     return wav
 

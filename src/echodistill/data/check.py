@@ -1,11 +1,17 @@
 """``echodistill data check``: validate a manifest and report every problem with its location and a fix.
 
-Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``), the labels (``target_not_in_choices``,
-``too_few_choices``, ``duplicate_choices``, ``duplicate_id``), the clean clip (``missing_audio``,
-``unreadable_audio``, ``empty_audio``, ``nonfinite_audio``, ``silent_audio``, ``too_long``) and the
-pre-mixed noisy clip when present (the same kinds, plus ``noisy_length_mismatch``). Across items:
-``leakage`` (the same clean clip content and question in two splits, METHOD.md section 4 flaw 2) and
-``position_bias`` (the target nearly always stored at one position, flaw 1).
+Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``, ``line_too_long``), the labels
+(``target_not_in_choices``, ``too_few_choices``, ``duplicate_choices``, ``empty_choice``, ``duplicate_id``,
+``noisy_without_snr``), the prompt (``prompt_too_long``), the clean clip (``missing_audio``, ``not_a_file``,
+``unreadable_audio``, ``empty_audio``, ``nonfinite_audio``, ``silent_audio``, ``too_short``, ``too_long``;
+``truncated`` is a counted note) and the pre-mixed noisy clip when present (the same kinds, plus
+``noisy_length_mismatch``). Across items: ``leakage`` (the same clean clip content and question in two
+splits, METHOD.md section 4 flaw 2), ``position_bias`` (the target nearly always stored at one position,
+flaw 1) and ``empty_manifest``.
+
+The per-item audio and prompt checks are ``data/validate.py``'s, the very functions the runs call with
+the same limits (``limits_from_config``), so what this check passes the runs accept and what the runs
+skip this check reports.
 
 Any format the readers accept is checked; a bad row never stops the check, and no input produces a
 traceback: every per-item check is wrapped.
@@ -18,29 +24,17 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from ..audio.io import SAMPLE_RATE, AudioError, load_audio
+from ..audio.io import AudioError, read_audio
 from .manifest import Issue, iter_rows
+from .validate import FIXES, Limits, noisy_length_problem, prompt_problem, read_clip
 
 # The position-bias warning needs enough items for the share to mean something.
 POSITION_BIAS_MIN_ITEMS = 20
 POSITION_BIAS_SHARE = 0.9
-
-FIXES = {
-    "missing_audio": "fix the path, or pass --path-map OLD_PREFIX=NEW_PREFIX for moved data",
-    "unreadable_audio": "re-export the clip as WAV/FLAC/OGG, or drop the item",
-    "empty_audio": "re-export the clip (it has 0 samples), or drop the item",
-    "nonfinite_audio": "re-export the clip (it has NaN/inf samples), or drop the item",
-    "silent_audio": "replace the clip or drop the item: a silent clean clip has no SNR and nothing to hear",
-    "too_long": "trim the clip, or raise --max-duration / data.max_duration_s",
-    "too_short": "replace the clip or drop the item",
-    "noisy_length_mismatch": "re-mix the noisy clip from the clean one (echodistill data mix): "
-                             "teacher and student prompts must have the same audio length",
-}
-
 
 @dataclass
 class Problem:
@@ -50,7 +44,7 @@ class Problem:
     location: str
     message: str
     fix: str
-    severity: str = "error"  # error | warning (position_bias); both make the exit code nonzero
+    severity: str = "error"  # error | warning (position_bias): nonzero exit code; note (truncated): counted only
 
     def __str__(self) -> str:
         return f"{self.location}: {self.kind}: {self.message} — fix: {self.fix}"
@@ -63,6 +57,7 @@ class _Clip:
     num_samples: int = 0
     fingerprint: Optional[np.ndarray] = None  # block RMS profile, for finding copies of a clip
     error: Optional[AudioError] = None
+    clip: Any = None  # the validate.Clip (lengths), None on error
 
 
 def _loc(path: Path, line: int, item_id: Optional[str] = None) -> str:
@@ -77,22 +72,26 @@ def _fingerprint(wav: np.ndarray, blocks: int = 32) -> np.ndarray:
     return np.array([np.sqrt(np.mean(p ** 2)) if p.size else 0.0 for p in parts])
 
 
+# Copies are compared on at most this much audio (bounded memory for any file).
+_COMPARE_SAMPLES = 16_000 * 60
+
+
 def _same_audio(a: str, b: str) -> bool:
     """True when two files decode to the same 16 kHz samples within a few LSB (a copy, any codec)."""
     try:
-        wa, wb = load_audio(a, require_signal=False), load_audio(b, require_signal=False)
+        (wa, na), (wb, nb) = read_audio(a, max_samples=_COMPARE_SAMPLES), read_audio(b, max_samples=_COMPARE_SAMPLES)
     except AudioError:
         return False
-    return wa.size == wb.size and float(np.max(np.abs(wa - wb), initial=0.0)) <= 1e-3
+    return na == nb and wa.size == wb.size and float(np.max(np.abs(wa - wb), initial=0.0)) <= 1e-3
 
 
-def _load(path: str, cache: dict, *, clean: bool, max_duration_s: Optional[float]) -> _Clip:
+def _load(path: str, cache: dict, *, clean: bool, limits: Limits) -> _Clip:
     key = (path, clean)
     if key not in cache:
         try:
             # Noisy clips may legitimately be quiet; only clean ones must carry signal.
-            wav = load_audio(path, max_duration_s=max_duration_s if clean else None, require_signal=clean)
-            cache[key] = _Clip(wav.size, _fingerprint(wav) if clean else None)
+            clip = read_clip(path, limits, clean=clean)
+            cache[key] = _Clip(clip.num_samples, _fingerprint(clip.wav) if clean else None, clip=clip)
         except AudioError as e:
             cache[key] = _Clip(error=e)
         except Exception as e:  # e.g. resampler or memory errors on absurd files: report, don't crash
@@ -100,24 +99,25 @@ def _load(path: str, cache: dict, *, clean: bool, max_duration_s: Optional[float
     return cache[key]
 
 
-def _audio_problems(item, line: int, path: Path, cache: dict, max_duration_s: Optional[float]) -> tuple[list[Problem], _Clip]:
+def _audio_problems(item, line: int, path: Path, cache: dict, limits: Limits) -> tuple[list[Problem], _Clip]:
     out = []
     loc = _loc(path, line, item.id)
-    clean = _load(item.audio, cache, clean=True, max_duration_s=max_duration_s)
+    clean = _load(item.audio, cache, clean=True, limits=limits)
     if clean.error is not None:
         kind = clean.error.kind
         out.append(Problem(kind, loc, f"clean audio {_what(clean.error)}", FIXES.get(kind, FIXES["unreadable_audio"])))
+    elif clean.clip.truncated:
+        out.append(Problem("truncated", loc, f"clean clip is {clean.num_samples / 16000:.2f} s: the runs use its first "
+                           f"{limits.window_s:g} s (data.long_audio=truncate)", FIXES["truncated"], severity="note"))
     if item.noisy_audio:
-        noisy = _load(item.noisy_audio, cache, clean=False, max_duration_s=None)
+        noisy = _load(item.noisy_audio, cache, clean=False, limits=limits)
         if noisy.error is not None:
             kind = noisy.error.kind
             out.append(Problem(kind, loc, f"noisy audio {_what(noisy.error)}", FIXES.get(kind, FIXES["unreadable_audio"])))
-        elif clean.error is None and abs(noisy.num_samples - clean.num_samples) > 1:
-            # One sample of slack: resampling a file stored at another rate may round differently.
-            out.append(Problem("noisy_length_mismatch", loc,
-                               f"noisy clip has {noisy.num_samples} samples at {SAMPLE_RATE} Hz, the clean clip "
-                               f"{clean.num_samples} ({item.noisy_audio} vs {item.audio})",
-                               FIXES["noisy_length_mismatch"]))
+        elif clean.error is None:
+            msg = noisy_length_problem(clean.clip, noisy.clip, item.audio, item.noisy_audio)
+            if msg:
+                out.append(Problem("noisy_length_mismatch", loc, msg, FIXES["noisy_length_mismatch"]))
     return out, clean
 
 
@@ -162,12 +162,17 @@ def _progress(total: int):
 
 
 def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
-                   max_duration_s: Optional[float] = None, columns: Optional[dict] = None) -> list[Problem]:
+                   max_duration_s: Optional[float] = None, columns: Optional[dict] = None,
+                   limits: Optional[Limits] = None, choice_seed: int = 1234) -> list[Problem]:
     """Every problem in the manifest at ``path``, in file order, then the cross-item ones.
 
-    Raises ``ManifestError`` only when the file cannot be opened at all.
+    ``limits``: the runs' limits (``validate.limits_from_config(cfg)``, what the CLI passes); without
+    them only ``max_duration_s`` is enforced, as a hard limit. Raises ``ManifestError`` only when the
+    file cannot be opened at all.
     """
     path = Path(path)
+    if limits is None:
+        limits = Limits(window_s=max_duration_s, long_audio="skip")
     problems: list[Problem] = []
     rows = list(iter_rows(path, fmt, path_map, columns))
     first_line: dict[str, int] = {}
@@ -190,7 +195,10 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
                 first_line[item.id] = row.line
             if row.stored_target_index is not None:
                 positions[row.stored_target_index] += 1
-            audio_problems, clip = _audio_problems(item, row.line, path, cache, max_duration_s)
+            why = prompt_problem(item, limits, choice_seed)
+            if why:
+                problems.append(Problem("prompt_too_long", loc, why, FIXES["prompt_too_long"]))
+            audio_problems, clip = _audio_problems(item, row.line, path, cache, limits)
             problems.extend(audio_problems)
             q = " ".join(item.question.split()).casefold()
             leak = _find_leak(item, row.line, q, clip, seen_paths, seen_clips)
@@ -204,6 +212,9 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
             bar.update(1)
     if bar is not None:
         bar.close()
+    if not rows:
+        problems.append(Problem("empty_manifest", str(path), "the manifest has no items (0 rows)",
+                                FIXES["empty_manifest"]))
     total = sum(positions.values())
     if total >= POSITION_BIAS_MIN_ITEMS:
         pos, count = positions.most_common(1)[0]
@@ -218,18 +229,23 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
 
 
 def run_check(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
-              max_duration_s: Optional[float] = None, columns: Optional[dict] = None) -> int:
-    """Print every problem and a summary per kind; return 0 when clean, 2 otherwise (the CLI's exit code)."""
-    problems = check_manifest(path, path_map=path_map, fmt=fmt, max_duration_s=max_duration_s, columns=columns)
+              max_duration_s: Optional[float] = None, columns: Optional[dict] = None,
+              limits: Optional[Limits] = None, choice_seed: int = 1234) -> int:
+    """Print every problem and a summary per kind; return 0 when clean (notes allowed), 2 otherwise."""
+    problems = check_manifest(path, path_map=path_map, fmt=fmt, max_duration_s=max_duration_s, columns=columns,
+                              limits=limits, choice_seed=choice_seed)
     try:
         for p in problems:
             print(p)
-        if not problems:
-            print(f"{path}: OK, no problems found")
+        real = [p for p in problems if p.severity != "note"]
+        notes = Counter(p.kind for p in problems if p.severity == "note")
+        noted = ("; notes: " + ", ".join(f"{k}: {n}" for k, n in sorted(notes.items()))) if notes else ""
+        if not real:
+            print(f"{path}: OK, no problems found{noted}")
             return 0
-        counts = Counter(p.kind for p in problems)
+        counts = Counter(p.kind for p in real)
         summary = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-        print(f"{path}: {len(problems)} problem(s) — {summary}")
+        print(f"{path}: {len(real)} problem(s) — {summary}{noted}")
     except BrokenPipeError:
         # `echodistill data check big.jsonl | head`: the reader left; stop quietly (Python docs' recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -136,10 +136,33 @@ def _relative_if_under(p: str, base_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- raw reading (lenient)
+MAX_LINE_BYTES = 4 << 20  # one item per line: a longer line is reported, never held in memory
+
+
+def _lines(f) -> Iterator[tuple[int, Optional[bytes]]]:
+    """(line_no, bytes) per line, or (line_no, None) for a line over MAX_LINE_BYTES (skipped in chunks)."""
+    n = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_LINE_BYTES:
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(MAX_LINE_BYTES)
+            yield n, None
+            continue
+        yield n, raw
+
+
 def _decode_lines(path: Path) -> Iterator[tuple[int, Optional[str], Optional[Issue]]]:
     """Yield (line_no, text | None, issue | None) for each non-blank line; bad UTF-8 skips only that line."""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
+        for n, raw in _lines(f):
+            if raw is None:
+                yield n, None, Issue("line_too_long", n, f"the line is longer than {MAX_LINE_BYTES >> 20} MiB",
+                                     "one item per line; move large data (audio, features) out of the manifest")
+                continue
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # BOM written by some Windows editors
                 raw = raw[3:]
             try:
@@ -159,6 +182,10 @@ def _json_elements(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
     The list is walked element by element with ``raw_decode`` so that errors and items carry line
     numbers (``json.load`` would give neither).
     """
+    if path.stat().st_size > 64 * MAX_LINE_BYTES:
+        yield 1, None, Issue("line_too_long", 1, f"a {path.stat().st_size >> 20} MiB JSON list is read whole",
+                             "convert it to JSONL (one item per line), which is read line by line")
+        return
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -189,6 +216,9 @@ def _json_elements(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
             yield e.lineno, None, Issue("malformed_json", e.lineno, f"invalid JSON: {e.msg} (column {e.colno})",
                                         "fix the JSON syntax at that line")
             return
+        except RecursionError:
+            yield 1, None, _too_deep(1)
+            return
         lists = [v for v in obj.values() if isinstance(v, list)]
         if len(lists) == 1:
             obj = lists[0]
@@ -211,6 +241,9 @@ def _json_elements(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
     while pos < len(text):
         try:
             el, end = dec.raw_decode(text, pos)
+        except RecursionError:
+            yield line_of(pos), None, _too_deep(line_of(pos))
+            return
         except json.JSONDecodeError as e:
             yield e.lineno, None, Issue("malformed_json", e.lineno, f"invalid JSON: {e.msg} (column {e.colno}); "
                                         "the rest of the file could not be read",
@@ -379,6 +412,13 @@ def item_issues(item: Item, line: int) -> list[Issue]:
         hint = f" (it matches {near[0]!r} only when ignoring case)" if near else ""
         out.append(Issue("target_not_in_choices", line, f"target {item.target!r} is not one of the choices "
                          f"{item.choices}{hint}", "set the target to the exact text of one choice", item.id))
+    if any(not c for c in item.choices):
+        out.append(Issue("empty_choice", line, "a choice is empty (\"\"): no answer can be matched to it",
+                         "remove the empty choice or give it its text", item.id))
+    if item.noisy_audio and (item.noise_type is None or item.snr is None):
+        missing = " and ".join(k for k, v in (("noise_type", item.noise_type), ("snr", item.snr)) if v is None)
+        out.append(Issue("noisy_without_snr", line, f"a pre-mixed noisy_audio without {missing}: evaluation reports "
+                         "accuracy per noise type and SNR", f"add {missing} to the item, or drop noisy_audio", item.id))
     return out
 
 
@@ -399,8 +439,8 @@ def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = No
         yield from hf.iter_hf_rows(path, columns, path_map)
         return
     if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found" + (" (it is a folder)" if path.is_dir() else "")
-                            + "; check the path")
+        what = " (it is a folder)" if path.is_dir() else " (it is not a regular file)" if path.exists() else ""
+        raise ManifestError(f"{path}: manifest not found{what}; check the path")
     try:
         file_fmt = "mmau" if fmt == "mmau" else detect_format(path)
         if file_fmt == "mmau":
@@ -423,10 +463,20 @@ def _jsonl_values(path: Path) -> Iterator[tuple[int, Any, Optional[Issue]]]:
             yield n, None, issue
             continue
         try:
-            yield n, json.loads(text), None
+            value = json.loads(text)
+        except RecursionError:
+            yield n, None, _too_deep(n)
+            continue
         except json.JSONDecodeError as e:
             yield n, None, Issue("malformed_json", n, f"invalid JSON: {e.msg} (column {e.colno})",
                                  "fix the JSON syntax on that line (one complete object per line)")
+            continue
+        yield n, value, None
+
+
+def _too_deep(line: int) -> Issue:
+    return Issue("malformed_json", line, "JSON nested too deeply to read (thousands of levels)",
+                 "an item is a flat object: id, audio, question, choices, target (+ meta)")
 
 
 def _row_from_value(n: int, d: Any, fmt: str, path: Path, path_map: Optional[dict]) -> Row:

@@ -37,17 +37,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..audio.io import SAMPLE_RATE, AudioError, fit_length, load_audio
+from ..audio.io import SAMPLE_RATE, AudioError, fit_length
 from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..data.manifest import Item, read_manifest, seeded_subset
 from ..data.prompts import format_question, ordered_choices
+from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
 from ..errors import UserError
 from ..provenance import code_version, content_key, file_stamps, sha256_file, verify_weights, weights_sha256
 from ..train.rewards import extract_choice
@@ -163,24 +164,33 @@ def build_jobs(groups: Sequence[EvalGroup], conditions: Sequence[Condition]) -> 
 
 # ------------------------------------------------------------------ audio
 class ClipLoader:
-    """Loads each job's waveform: clean crop, online or pre-mixed noisy of the same length, silence."""
+    """Loads each job's waveform: clean crop, online or pre-mixed noisy of the same length, silence.
 
-    def __init__(self, cfg: Any, bank: Optional[NoiseBank] = None, cache_items: int = 256):
+    Clips are read and validated by ``data/validate.py``'s ``read_clip`` with ``limits`` (the checks of
+    ``data check``); ids of clean clips cut to the window are collected in ``truncated``."""
+
+    def __init__(self, cfg: Any, bank: Optional[NoiseBank] = None, cache_items: int = 256,
+                 limits: Optional[Limits] = None):
         self.cfg = cfg
         self.bank = bank
-        self.max_samples = int(round(float(cfg.data.max_duration_s) * SAMPLE_RATE))
-        self.min_duration_s = float(cfg.data.min_duration_s)
-        self._clean: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self.limits = limits if limits is not None else limits_from_config(cfg)
+        self._clean: "OrderedDict[str, Any]" = OrderedDict()  # group id -> validate.Clip
         self._limit = cache_items
+        self.truncated: set = set()
 
-    def clean(self, group: EvalGroup) -> np.ndarray:
-        wav = self._clean.get(group.id)
-        if wav is None:
-            wav = load_audio(group.item.audio, min_duration_s=self.min_duration_s)[: self.max_samples]
-            self._clean[group.id] = wav
+    def clean_clip(self, group: EvalGroup) -> Any:
+        clip = self._clean.get(group.id)
+        if clip is None:
+            clip = read_clip(group.item.audio, self.limits)
+            if clip.truncated:
+                self.truncated.add(group.id)
+            self._clean[group.id] = clip
             while len(self._clean) > self._limit:
                 self._clean.popitem(last=False)
-        return wav
+        return clip
+
+    def clean(self, group: EvalGroup) -> np.ndarray:
+        return self.clean_clip(group).wav
 
     def __call__(self, job: Job) -> np.ndarray:
         clean = self.clean(job.group)
@@ -189,9 +199,12 @@ class ClipLoader:
             return clean
         if c.kind == "silent":
             return np.zeros_like(clean)
-        if c.path:
-            noisy = load_audio(c.path, require_signal=False)[: self.max_samples]
-            return fit_length(noisy, clean.size).astype(np.float32)
+        if c.path:  # same rule as `data check`: a pre-mixed clip of another length is not padded into use
+            noisy = read_clip(c.path, self.limits, clean=False)
+            msg = noisy_length_problem(self.clean_clip(job.group), noisy, job.group.item.audio, c.path)
+            if msg:
+                raise AudioError(f"{c.path}: {msg}", "noisy_length_mismatch")
+            return fit_length(noisy.wav, clean.size).astype(np.float32)
         if self.bank is None:
             raise ValueError("online noisy conditions need a NoiseBank")
         rng = seeded_rng(self.cfg.eval.noise_seed, job.group.id, c.noise_type, float(c.snr))
@@ -263,8 +276,14 @@ def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, bat
         pending.clear()
 
     prompts: dict[str, tuple[str, list]] = {}
+    limits = getattr(loader, "limits", None)
     for job in jobs:
         g = job.group
+        if g.id not in bad and g.id not in prompts and limits is not None:
+            why = prompt_problem(g.item, limits, choice_seed)  # the check `data check` makes, same limits
+            if why:
+                bad[g.id] = {"kind": "prompt_too_long", "message": f"item {g.id}: {why}", "conditions": ["all"],
+                             "clean_failed": True}
         if g.id in bad and bad[g.id].get("clean_failed"):
             if progress is not None:
                 progress.update(1)
@@ -309,12 +328,14 @@ def evaluate_items(adapter: Any, items: Sequence[Item], conditions: Sequence[Con
     jobs = build_jobs(groups, conditions)
     bad: dict = {}
     bar = None
+    limits = limits_from_config(cfg, getattr(adapter, "tokenizer", None),
+                                max_new_tokens=int(max_new_tokens or cfg.eval.max_new_tokens))
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(jobs), desc="eval", unit="clip")
     try:
         rows = run_jobs(jobs, model_predictor(adapter, max_new_tokens or cfg.eval.max_new_tokens, enhancer),
-                        ClipLoader(cfg, bank), batch_size=int(batch_size or cfg.eval.batch_size),
+                        ClipLoader(cfg, bank, limits=limits), batch_size=int(batch_size or cfg.eval.batch_size),
                         choice_seed=int(cfg.data.choice_seed), bad=bad, progress=bar)
     finally:
         if bar is not None:
@@ -490,8 +511,13 @@ def summary_text(meta: dict) -> str:
                  f"95% bootstrap CIs over items")
     if meta.get("bad_items", {}).get("count"):
         b = meta["bad_items"]
-        lines.append(f"  skipped {b['count']} item(s) with unusable audio: "
+        kinds = Counter(x["kind"] for x in b["items"])
+        lines.append(f"  skipped {b['count']} item(s) ({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))}): "
                      + ", ".join(x["id"] for x in b["items"][:10]) + (" ..." if b["count"] > 10 else ""))
+    if meta.get("truncated", {}).get("count"):
+        t = meta["truncated"]
+        lines.append(f"  truncated {t['count']} clip(s) to their first {t['window_s']:g} s (data.long_audio=truncate): "
+                     + ", ".join(t["ids"][:10]) + (" ..." if t["count"] > 10 else ""))
     if meta.get("skipped_tasks"):
         lines.append(f"  tasks not evaluated by this method: {meta['skipped_tasks']}")
     return "\n".join(lines)
@@ -584,6 +610,7 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.run.num_threads)))
     bad: dict = {}
+    loader = ClipLoader(cfg, bank)
     writer = PredictionWriter(pred_path)
     t0 = time.time()
     try:
@@ -591,6 +618,9 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
             if method == "cascade":
                 from .cascade import WhisperCascade
                 predict = cascade_predictor(WhisperCascade(device=device))
+                # Whisper reads no prompt: only the audio limits apply
+                loader.limits = Limits(float(cfg.data.min_duration_s), float(cfg.data.max_duration_s),
+                                       str(cfg.data.long_audio))
             else:
                 from ..models import load_adapter
                 enhancer = None
@@ -601,9 +631,11 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
                 if device != "cpu":
                     adapter.to(device)
                 predict = model_predictor(adapter, int(cfg.eval.max_new_tokens), enhancer)
+                loader.limits = limits_from_config(cfg, adapter.tokenizer, model_path=ckpt,
+                                                   max_new_tokens=int(cfg.eval.max_new_tokens))
             from tqdm import tqdm
             with tqdm(total=len(todo), desc=f"eval {method}", unit="clip", disable=None) as bar:
-                new_rows = run_jobs(todo, predict, ClipLoader(cfg, bank), batch_size=int(cfg.eval.batch_size),
+                new_rows = run_jobs(todo, predict, loader, batch_size=int(cfg.eval.batch_size),
                                     choice_seed=int(cfg.data.choice_seed), on_rows=writer, bad=bad,
                                     split=split_name, progress=bar)
         else:
@@ -630,6 +662,9 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
         "manifest": state["manifest"],
         "metrics": metrics,
         "bad_items": {"count": len(bad_list), "items": bad_list},
+        # clean clips longer than the window, cut to it (data.long_audio=truncate); this run's new clips only
+        "truncated": {"count": len(loader.truncated), "ids": sorted(loader.truncated)[:100],
+                      "window_s": float(cfg.data.max_duration_s)},
         "skipped_tasks": skipped_tasks,
         "n_items": len(groups),
         "n_predictions": len(rows),

@@ -53,7 +53,7 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
     hf = load_hf(cls, base, cfg_model)
     merged = list(read_meta(path).get("merged_adapters", [])) if is_adapter else []
     for stage in merged:  # earlier LoRA stages this adapter was trained on top of
-        hf = merge_adapter(hf, stage)
+        hf = merge_adapter(hf, path / stage)  # relative: shipped inside the folder (`echodistill export`)
     if is_adapter and train and fold_adapter:
         hf = merge_adapter(hf, path)
         merged.append(str(path.resolve()))

@@ -125,20 +125,21 @@ def prompt_length_proxy(items: Sequence[Item], max_duration_s: float, tokens_per
     return out
 
 
-def load_clip(path: str, min_duration_s: float, max_duration_s: float) -> np.ndarray:
-    """Clean clip, cropped to the model window (longer clips are cropped, not rejected)."""
-    wav = load_audio(path, min_duration_s=min_duration_s)
-    return wav[: int(round(max_duration_s * SAMPLE_RATE))]
+def load_clip(path: str, min_duration_s: float, max_duration_s: float, long_audio: str = "truncate") -> np.ndarray:
+    """Clean clip, cropped to the model window (``long_audio=skip``: a longer clip is rejected), validated by
+    the one shared check (``data/validate.py``, what `data check` reports); only the window is decoded."""
+    from ..data.validate import Limits, read_clip
+    return read_clip(path, Limits(float(min_duration_s), float(max_duration_s), str(long_audio))).wav
 
 
 def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr_range: tuple[float, float],
                  rng: np.random.Generator, choice_seed: int, min_duration_s: float,
-                 max_duration_s: float) -> Example:
+                 max_duration_s: float, long_audio: str = "truncate") -> Example:
     """Load ``item``'s clean clip and draw its noisy version (raises AudioError for a bad clip).
 
     A pre-mixed ``noisy_audio`` is not used here: training draws online so every step sees new noise.
     """
-    clean = load_clip(item.audio, min_duration_s, max_duration_s)
+    clean = load_clip(item.audio, min_duration_s, max_duration_s, long_audio)
     draw = draw_noisy(clean, bank, noise_types, rng, snr_range=snr_range)
     choices = ordered_choices(item, choice_seed)
     if item.target not in choices:
@@ -157,7 +158,7 @@ def load_examples(items: Sequence[Item], cfg, bank: NoiseBank, position: int) ->
                 item, bank=bank, noise_types=list(cfg.noise.train_types),
                 snr_range=(cfg.noise.train_snr_min, cfg.noise.train_snr_max), rng=rng,
                 choice_seed=cfg.data.choice_seed, min_duration_s=cfg.data.min_duration_s,
-                max_duration_s=cfg.data.max_duration_s))
+                max_duration_s=cfg.data.max_duration_s, long_audio=cfg.data.long_audio))
         except AudioError as e:
             bad.append(f"{item.id}: {e}")
     return examples, bad

@@ -42,7 +42,9 @@ from ..config import ConfigError, save_config, to_dict
 from ..data.labels import select_items, write_label_sheet
 from ..data.manifest import Item, read_manifest
 from ..data.prompts import format_question, ordered_choices
+from ..data.validate import usable_training_items
 from ..errors import UserError
+from .data import load_clip
 from .rewards import extract_choice
 
 STATE_FILE = "training_state.pt"
@@ -118,7 +120,8 @@ class WarmupData:
 
     def clean(self, item: Item) -> np.ndarray:
         if item.audio not in self._wav:
-            self._wav[item.audio] = load_audio(item.audio, min_duration_s=0.0)
+            self._wav[item.audio] = load_clip(item.audio, self.cfg.data.min_duration_s, self.cfg.data.max_duration_s,
+                                              self.cfg.data.long_audio)  # the shared check (data/validate.py)
         return self._wav[item.audio]
 
     def noisy_wav(self, item: Item, version: int) -> np.ndarray:
@@ -309,6 +312,8 @@ def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict
     path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
     all_items = read_manifest(cfg.data.train_manifest, path_map=path_map, columns=dict(cfg.data.columns))
     train_items = select_items(all_items, cfg, "labeled")  # the teacher-to-be sees only these labels
+    if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
+        train_items = usable_training_items(train_items, cfg, cfg.data.train_manifest, model_path=w.init_from or None)
     if cfg.data.labeled_fraction < 1:
         write_label_sheet(out, all_items, cfg, "labeled")
     if not train_items:

@@ -500,6 +500,10 @@ def run_train(cfg, resume: bool = False) -> Path:
     all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map),
                               columns=dict(cfg.data.columns))
     train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
+    if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
+        from ..data.validate import usable_training_items
+        train_items = usable_training_items(train_items, cfg, cfg.data.train_manifest,
+                                            model_path=t.init_from or None, log=lambda m: _log(accelerator, m))
     if not train_items:
         raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
     if cfg.data.labeled_fraction < 1 and accelerator.is_main_process:

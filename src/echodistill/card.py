@@ -1,0 +1,266 @@
+"""Model cards and `echodistill export`: what a trained folder is, what made it, how to get it again.
+
+``write_model_card(final_dir, cfg, summary)`` writes ``final_dir/README.md`` (replacing PEFT's generic
+one) when a run saves its final model: the base model *as the user named it* (``model.path`` as given,
+not the absolute path the adapter config records), the variant and its teacher settings, a data
+summary (items per task, noise types, SNR range), the training budget, the evaluation table when one
+exists, and the command that reproduces the run. The card's YAML header is the Hub's metadata
+(``base_model``, ``library_name``, ``tags``).
+
+``export_model(run_or_final, out_dir, base_model_id=None, eval_dirs=())`` copies the final model into a
+folder ready for ``huggingface_hub.upload_folder`` / ``push_to_hub`` (nothing is uploaded): the
+weights/adapter and processor, the adapter's ``base_model_name_or_path`` set to the given id (a Hub id
+rather than a local path), earlier LoRA stages the adapter was trained on top of (``stages/``), the
+resolved config, the evaluation metrics, and the card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import UserError
+
+CARD = "README.md"
+CONFIG_COPY = "echodistill_config.yaml"
+TABLE_KEYS = ("Acc", "Noisy", "StrongNoisy", "GSR", "Consistency", "NoAudio", "Invalid")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    from omegaconf import OmegaConf
+
+    v = OmegaConf.select(cfg, key, default=default) if OmegaConf.is_config(cfg) else default
+    return default if v is None else v
+
+
+def _pct(fig: Any) -> str:
+    if not isinstance(fig, dict) or fig.get("value") is None:
+        return "n/a"
+    lo, hi = fig.get("ci_low"), fig.get("ci_high")
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{100 * fig['value']:.1f}{ci}"
+
+
+def data_summary(cfg: Any) -> list[str]:
+    """Markdown bullet lines: the training and validation data and the noise the run trained under."""
+    from .data.manifest import read_manifest
+
+    lines = []
+    for label, key in (("train", "data.train_manifest"), ("val", "data.val_manifest")):
+        path = _get(cfg, key)
+        if not path:
+            continue
+        try:
+            items = read_manifest(path, path_map=dict(_get(cfg, "data.path_map", {})) or None,
+                                  columns=dict(_get(cfg, "data.columns", {})) or None)
+            tasks = Counter(it.task for it in items)
+            per_task = ", ".join(f"{t} {n}" for t, n in sorted(tasks.items()))
+            lines.append(f"- {label}: `{path}`, {len(items)} items ({per_task})")
+        except Exception as e:  # the card must not fail a finished run: say what is unknown
+            lines.append(f"- {label}: `{path}` (not readable when the card was written: {type(e).__name__})")
+    frac = _get(cfg, "data.labeled_fraction", 1.0)
+    if frac < 1:
+        lines.append(f"- labels: {frac:.0%} of the training items labeled (data.labeled_fraction)")
+    lines.append(f"- noise: {', '.join(map(str, _get(cfg, 'noise.train_types', [])))}, SNR uniform in "
+                 f"[{_get(cfg, 'noise.train_snr_min')}, {_get(cfg, 'noise.train_snr_max')}] dB, mixed online "
+                 f"per item and step; clips cropped to {_get(cfg, 'data.max_duration_s')} s")
+    return lines
+
+
+def eval_table(eval_dirs: Sequence[str | Path]) -> list[str]:
+    """A Markdown table from ``metrics.json`` of evaluation folders (percent, bootstrap 95 % CI)."""
+    rows = []
+    for d in eval_dirs:
+        p = Path(d) / "metrics.json"
+        if not p.is_file():
+            raise UserError(f"{d}: no metrics.json (an `echodistill eval --out` folder is expected)")
+        meta = json.loads(p.read_text(encoding="utf-8"))
+        m = meta.get("metrics", {})
+        rows.append(f"| {meta.get('name', Path(d).name)} | {meta.get('split') or '-'} | "
+                    f"{meta.get('n_items', '?')} | " + " | ".join(_pct(m.get(k)) for k in TABLE_KEYS) + " |")
+    if not rows:
+        return []
+    return ["| Eval | Split | Items | " + " | ".join(TABLE_KEYS) + " |",
+            "|---|---|---|" + "---|" * len(TABLE_KEYS), *rows, "",
+            "Percent with bootstrap 95 % intervals over items. Noisy: mean over noise types x SNR levels; "
+            "StrongNoisy: SNR <= 0 dB; GSR: correct on the noisy and on the clean clip; NoAudio: silent input."]
+
+
+def _variant_lines(cfg: Any, mode: str) -> list[str]:
+    from .config import VARIANTS
+
+    if mode == "warmup":
+        noisy = bool(_get(cfg, "warmup.noisy", False))
+        return [f"- stage: supervised warm-up{' on noisy mixes (the `sft-noisy` baseline)' if noisy else ''}"]
+    variant = _get(cfg, "train.variant", "?")
+    preset = ", ".join(f"`{k}={v}`" for k, v in VARIANTS.get(variant, {}).items())
+    lines = [f"- variant: `{variant}` (GRPO on noisy clips{'' if not _get(cfg, 'teacher.enabled') else ' with the clean-audio teacher bonus'}); preset {preset or '-'}"]
+    funcs = list(_get(cfg, "train.reward_funcs", []))
+    weights = dict(_get(cfg, "train.reward_weights", {}))
+    lines.append(f"- rewards: {', '.join(f'{k} x{v}' for k, v in weights.items())}"
+                 + (f"; plug-ins {', '.join(f'`{f}`' for f in funcs)}" if funcs else ""))
+    return lines
+
+
+def _budget_lines(cfg: Any, mode: str, summary: Optional[dict]) -> list[str]:
+    s = summary or {}
+    if mode == "warmup":
+        lr, steps = _get(cfg, "warmup.learning_rate"), _get(cfg, "warmup.max_steps")
+        batch = f"{_get(cfg, 'warmup.prompts_per_device', _get(cfg, 'warmup.batch_size', '?'))} items per step"
+    else:
+        lr, steps = _get(cfg, "train.learning_rate"), _get(cfg, "train.max_steps")
+        batch = (f"{_get(cfg, 'train.prompts_per_device', _get(cfg, 'train.per_device_batch_size', '?'))} items x "
+                 f"{_get(cfg, 'train.num_generations')} samples per micro-batch, "
+                 f"{_get(cfg, 'train.gradient_accumulation_steps', 1)} micro-batch(es) per step")
+    done = f"{s['steps']} of {steps} steps" if "steps" in s else f"{steps} steps"
+    wall = f", {s['wall_s'] / 60:.1f} min wall clock" if "wall_s" in s else ""
+    lora = "LoRA" if _get(cfg, "model.lora.enabled") else "full weights (audio encoder frozen)" \
+        if _get(cfg, "model.freeze_audio_encoder", True) else "full weights"
+    return [f"- {done}{wall}; {batch}; learning rate {lr}; {lora}; seed {_get(cfg, 'run.seed')}"]
+
+
+def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None, base_model: Optional[str] = None,
+                eval_dirs: Sequence[str | Path] = (), lora: bool = False, config_ref: str = "config.yaml") -> str:
+    """The card's Markdown (with the Hub's YAML header). ``config_ref``: where the resolved config lies,
+    relative to the card (the reproduce command names it)."""
+    base = base_model or str(_get(cfg, "model.path", ""))
+    init = str(_get(cfg, f"{'warmup' if mode == 'warmup' else 'train'}.init_from", "") or "")
+    variant = "warmup" if mode == "warmup" else str(_get(cfg, "train.variant", ""))
+    tags = ["echodistill", "audio", "audio-question-answering", "noise-robustness",
+            "grpo" if mode != "warmup" else "sft", variant]
+    head = ["---", f"base_model: {json.dumps(base)}", f"library_name: {'peft' if lora else 'transformers'}",
+            "tags:", *[f"- {t}" for t in dict.fromkeys(tags) if t], "---", ""]
+    body = [f"# {Path(str(_get(cfg, 'run.output_dir', 'model'))).name} ({variant})", "",
+            "An audio LLM post-trained with EchoDistill (GRPO with a clean-audio teacher) for robustness to noisy audio: "
+            "it answers questions about a clip by naming one of the offered choices.", "",
+            "## Model", f"- base model: `{base}` (backbone `{_get(cfg, 'model.backbone')}`, {_get(cfg, 'model.dtype')})"]
+    if init:
+        body.append(f"- started from: `{init}` (the run's initial model and, for GRPO variants, its clean-audio teacher)")
+    body += _variant_lines(cfg, mode)
+    body += ["", "## Data", *data_summary(cfg), "", "## Training budget", *_budget_lines(cfg, mode, summary), ""]
+    fe = (summary or {}).get("final_eval") or {}
+    val = {k: v for k, v in fe.items() if isinstance(v, (int, float)) and k.startswith("val_")}
+    table = eval_table(eval_dirs)
+    body.append("## Evaluation")
+    if table:
+        body += table
+    if val:
+        body.append("Validation at the last step (greedy, during training): "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
+    if not table and not val:
+        body.append("No evaluation yet: `echodistill eval --checkpoint <this folder> --out <dir>`, then "
+                    "`echodistill export ... --eval <dir>` puts the table here.")
+    cmd = "warmup" if mode == "warmup" else "train"
+    body += ["", "## Reproduce", "```bash",
+             f"echodistill {cmd} -c {config_ref} run.output_dir=<new folder>"
+             + ("   # needs the starting checkpoint above" if init else ""), "```",
+             f"`{config_ref}` is the resolved config of this run (every hyperparameter).", "",
+             "## Use", "```bash",
+             "echodistill predict --checkpoint <this folder> --audio clip.wav --question \"...\" --choices a b c",
+             "```", ""]
+    return "\n".join(head + body)
+
+
+def summary_from_metrics(run_dir: Path) -> dict:
+    """Steps done and the last validation figures from ``metrics.jsonl`` (runs without summary.json)."""
+    path = run_dir / "metrics.jsonl"
+    out: dict = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row.get("step"), int):
+            out["steps"] = max(out.get("steps", 0), row["step"])
+        val = {k: v for k, v in row.items() if k.startswith("val_")}
+        if val:
+            out["final_eval"] = val
+    return out
+
+
+def _mode(name: Optional[str]) -> str:
+    """``train`` or ``warmup`` from a summary's mode (``warmup``, ``sft-noisy``, ``train``)."""
+    return "warmup" if name in ("warmup", "sft-noisy") else "train"
+
+
+def write_model_card(final_dir: str | Path, cfg: Any, summary: Optional[dict] = None, mode: Optional[str] = None) -> Path:
+    """``final_dir/README.md`` for a run's final model (its config.yaml is one folder up)."""
+    final_dir = Path(final_dir)
+    summary = summary or summary_from_metrics(final_dir.parent)
+    mode = _mode(mode or summary.get("mode"))
+    lora = (final_dir / "adapter_config.json").is_file()
+    text = render_card(cfg, mode=mode, summary=summary, lora=lora, config_ref="../config.yaml")
+    (final_dir / CARD).write_text(text, encoding="utf-8")
+    return final_dir / CARD
+
+
+def _final_and_run(path: Path) -> tuple[Path, Path]:
+    """(final model folder, run folder) from either."""
+    if (path / "final").is_dir():
+        return path / "final", path
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return path, path.parent
+    raise UserError(f"{path}: neither a run folder (with final/) nor a model folder (config.json or "
+                    "adapter_config.json); pass e.g. runs/ed or runs/ed/final")
+
+
+def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optional[str] = None,
+                 eval_dirs: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+    """A push_to_hub-ready folder from a run's final model (nothing is uploaded); returns ``out_dir``."""
+    from .config import load_config, save_config
+    from .models.base import META_FILE
+
+    final, run = _final_and_run(Path(source))
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run}: no config.yaml (the run's resolved config); export a folder made by "
+                        "`echodistill train` or `echodistill warmup`")
+    cfg = load_config(cfg_path)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
+        shutil.rmtree(out)
+    shutil.copytree(final, out, ignore=shutil.ignore_patterns("*.pt", "trainer_state*", "*.tmp"))
+    base = base_model_id or str(cfg.model.path)
+    meta_path = out / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    stages = []
+    for i, stage in enumerate(meta.get("merged_adapters", [])):  # earlier LoRA stages: ship them along
+        dst = out / "stages" / str(i)
+        shutil.copytree(stage, dst, ignore=shutil.ignore_patterns("*.pt", "*.tmp"))
+        _set_base(dst / "adapter_config.json", base)
+        stages.append(f"stages/{i}")
+    if meta:
+        meta.update(base_path=base, merged_adapters=stages)
+        meta_path.write_text(json.dumps(meta, indent=2))
+    lora = _set_base(out / "adapter_config.json", base)
+    save_config(cfg, out / CONFIG_COPY)
+    for i, d in enumerate(eval_dirs):
+        shutil.copy2(Path(d) / "metrics.json", out / f"eval_{i}_{Path(d).name}_metrics.json")
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary_from_metrics(run)
+    mode = _mode((summary or {}).get("mode"))
+    (out / CARD).write_text(render_card(cfg, mode=mode, summary=summary, base_model=base, eval_dirs=eval_dirs,
+                                        lora=lora, config_ref=CONFIG_COPY), encoding="utf-8")
+    print(f"export: wrote {out} (base model {base}); upload with huggingface_hub.upload_folder(folder_path="
+          f"'{out}', repo_id=...) -- nothing was uploaded")
+    return out
+
+
+def _set_base(adapter_config: Path, base: str) -> bool:
+    """Point a PEFT adapter config at ``base``; False when there is no adapter config."""
+    if not adapter_config.is_file():
+        return False
+    d = json.loads(adapter_config.read_text())
+    d["base_model_name_or_path"] = base
+    adapter_config.write_text(json.dumps(d, indent=2))
+    return True
+
+
+__all__ = ["write_model_card", "render_card", "export_model", "eval_table", "data_summary"]
