@@ -82,3 +82,21 @@ def test_renamed_keys_name_the_new_key(tmp_path, old, new):
     cfg = load_config(tmp_path / "old.yaml", saved=True)
     if not new.startswith("--"):
         assert str(OmegaConf.select(cfg, new)) == value.replace("true", "True")
+
+
+def test_env_secrets_are_not_written_in_clear(tmp_path, monkeypatch):
+    """`${oc.env:...}` values reach the run but not config.yaml / TensorBoard hparams / `config show`."""
+    from echodistill.config import save_config, to_dict
+
+    monkeypatch.setenv("ECHO_TEST_TOKEN", "s3cr3t-token-value")
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("run:\n  output_dir: runs/${oc.env:ECHO_TEST_TOKEN}\nmodel:\n  path: ${oc.env:ECHO_TEST_TOKEN}\n")
+    cfg = load_config(yaml, ["data.bench_dir=${oc.env:ECHO_TEST_TOKEN}"])
+    assert cfg.model.path == "s3cr3t-token-value"  # the run itself gets the value
+    out = tmp_path / "saved.yaml"
+    save_config(cfg, out)
+    text = out.read_text()
+    assert "s3cr3t" not in text and "${oc.env:ECHO_TEST_TOKEN}" in text
+    assert "s3cr3t" not in repr(to_dict(cfg))  # what TensorBoard's hparams are made from
+    monkeypatch.setenv("ECHO_TEST_TOKEN", "other")
+    assert load_config(out).model.path == "other"  # the saved config re-resolves from the environment

@@ -126,7 +126,9 @@ def cmd_demo(args) -> int:
 
 def cmd_config_show(args) -> int:
     from omegaconf import OmegaConf
-    print(OmegaConf.to_yaml(_cfg(args)))
+
+    from .config import to_dict
+    print(OmegaConf.to_yaml(OmegaConf.create(to_dict(_cfg(args)))))  # oc.env values (secrets) masked
     return 0
 
 

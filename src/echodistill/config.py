@@ -366,7 +366,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}" for k, v in VARIANTS[variant].items()])
     try:
         cfg = OmegaConf.merge(base, preset, *layers, cli)
+        env = _env_interpolations(OmegaConf.to_container(cfg, resolve=False))
         OmegaConf.resolve(cfg)
+        _remember_secrets(cfg, env)
     except OmegaConfBaseException as e:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid config{where}: {_short(e)}") from None
@@ -388,10 +390,51 @@ def _short(e: Exception) -> str:
     return f"{msg}" + (f" [key: {key}]" if key and key not in msg else "") + hint
 
 
+# ---------------------------------------------------------------- secrets
+# Values that came from ``${oc.env:VAR}`` (tokens, passwords) are resolved for the run but never written
+# out: every record of a config (config.yaml, TensorBoard hparams, `config show`) holds the interpolation
+# text instead, which re-resolves from the environment when the saved config is loaded again.
+_SECRETS: dict[str, str] = {}  # resolved value -> the interpolation text it came from (process-wide)
+
+
+def _env_interpolations(raw: Any, prefix: str = "") -> dict[str, str]:
+    """dotted key -> raw string, for every string node that mentions ``oc.env``."""
+    out: dict[str, str] = {}
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            out.update(_env_interpolations(v, key + "."))
+        elif isinstance(v, str) and "oc.env" in v:
+            out[key] = v
+    return out
+
+
+def _remember_secrets(cfg: Any, env: dict[str, str]) -> None:
+    for key, raw in env.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is not None and str(value) != raw and str(value) != "":
+            _SECRETS[str(value)] = raw
+
+
+def _mask(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _mask(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_mask(v) for v in x]
+    if isinstance(x, str) and _SECRETS:
+        if x in _SECRETS:
+            return _SECRETS[x]
+        for secret in _SECRETS:  # a secret inside a longer value (a URL with a token, ${a}/${oc.env:B})
+            if len(secret) >= 4 and secret in x:
+                x = x.replace(secret, "***")
+    return x
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (the record of what a run actually used)."""
+    """Write the resolved config as YAML (the record of what a run actually used), secrets masked."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
 
 def to_dict(cfg: Any) -> dict:
