@@ -438,7 +438,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def to_dict(cfg: Any) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The resolved config as plain containers, for records (files, trackers): ``oc.env`` values masked."""
+    return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
 def default_config() -> Any:
