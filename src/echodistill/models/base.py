@@ -50,6 +50,7 @@ from ..config import ConfigError
 from . import loading
 from .checkpointing import wrap_layers
 from .loading import DTYPES, META_FILE, backbone_of
+from .packing import packed_attention_mask, packed_positions, unpack_predicting
 from .feature_cache import BatchFeatures, ClipFeatureCache, clip_key, weights_fingerprint
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -204,6 +205,7 @@ class AudioLLM(abc.ABC):
         self.clip_cache = ClipFeatureCache()  # the teacher's per-clip features (``load`` sets its bounds)
         self.share_prefix = True  # prompt run once per item, its KV cache repeated for the G samples
         self.share_prefix_grad = True  # the same with gradients (update, KD); False: prompt repeated G times
+        self.pack_completions = True  # with gradients: completions packed behind the prompt (else KV cache repeated)
         # Recompute each decoder layer in the backward pass instead of keeping its activations
         # (``train.gradient_checkpointing``); our own wrapper, since HF's needs train() and drops the cache.
         self.gradient_checkpointing = False
@@ -469,9 +471,12 @@ class AudioLLM(abc.ABC):
         """Hidden states [N, T, D] whose LM-head output predicts completion token t of ``ids`` [N, T].
 
         Under the active model, with gradients when the caller's context enables them. The prompt
-        runs once per item when ``share_prefix`` / ``share_prefix_grad`` is on (``encode_prompt``),
-        the completions on top of its repeated KV cache; otherwise one forward over the repeated
-        prompt + completion. ``mask`` [N, T] hides the pads after EOS from later positions.
+        runs once per item when ``share_prefix`` (no grad) / ``share_prefix_grad`` (grad) is on:
+        with gradients each item's G completions are packed behind its prompt in one row
+        (``packing.py``: the prompt's activations stay constant in G); without, or where the
+        attention implementation takes no 4-D mask, the completions run on the prompt's KV cache
+        repeated G times (``encode_prompt``). Otherwise one forward over the repeated prompt +
+        completion. ``mask`` [N, T] hides the pads after EOS from later positions.
         """
         n_prompts = batch["input_ids"].shape[0]
         if n_prompts * num_samples != ids.shape[0]:
@@ -481,6 +486,15 @@ class AudioLLM(abc.ABC):
         ids, mask = ids.to(self.device), mask.to(self.device)
         comp = self.text_model(m).get_input_embeddings()(ids)
         share = self.share_prefix_grad if torch.is_grad_enabled() else self.share_prefix
+        attn = getattr(self.text_model(m).config, "_attn_implementation", "sdpa")
+        if share and num_samples > 1 and torch.is_grad_enabled() and self.pack_completions and attn in ("sdpa", "eager"):
+            emb, am = self.prompt_embeds(batch)
+            b, big, d = emb.shape
+            cm = mask.view(b, num_samples, -1)
+            x = torch.cat([emb, comp.view(b, -1, d)], dim=1)  # [B, L + G*T, D]
+            amask = packed_attention_mask(am, cm, emb.dtype if attn == "eager" else None)
+            h, _ = self._decoder(m, x, amask, packed_positions(am, cm))
+            return unpack_predicting(h, big, num_samples)
         if share and num_samples > 1:
             st = self.encode_prompt(batch, num_samples)
             full_am = torch.cat([st.attention_mask, mask.to(st.attention_mask.dtype)], dim=1)
