@@ -28,7 +28,9 @@ class RunConfig:
     seed: int = 0  # seeds python, numpy, torch and every noise draw
     device: str = "cpu"  # cpu | cuda | auto (accelerate decides under `accelerate launch`)
     num_threads: int = 2  # torch intra-op threads on CPU
-    log_with: Optional[str] = "tensorboard"  # accelerate tracker name, or null for none
+    log_with: Optional[str] = "tensorboard"  # tensorboard | wandb | trackio, comma-separated for several; null = none
+    project_name: str = "echodistill"  # tracker project (TensorBoard: <output_dir>/<project_name>/)
+    run_name: str = ""  # tracker run name; "" = the output folder's name
 
 
 @dataclass

@@ -454,12 +454,9 @@ def _log(accelerator, msg: str) -> None:
 def _make_accelerator(cfg):
     from accelerate import Accelerator
 
-    log_with = cfg.run.log_with or None
-    if log_with == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            log_with = None
+    from ..tracking import resolve_log_with
+
+    log_with = resolve_log_with(cfg)  # run.log_with: tensorboard (default) | wandb | trackio, or several
     acc = Accelerator(gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, log_with=log_with,
                       project_dir=cfg.run.output_dir, cpu=cfg.run.device == "cpu")
     if acc.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
@@ -542,7 +539,8 @@ def run_train(cfg, resume: bool = False) -> Path:
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, step)
     if accelerator.log_with:
-        accelerator.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
+        from ..tracking import start_trackers
+        start_trackers(accelerator, cfg, _flat_hparams(to_dict(cfg)))
 
     def checkpoint():
         save_checkpoint(out, step, accelerator=accelerator, model=model.model, save_model=model.save,

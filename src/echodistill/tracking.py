@@ -1,0 +1,68 @@
+"""Experiment trackers for training runs: TensorBoard (default), Weights & Biases, trackio.
+
+``run.log_with`` names one tracker or a comma-separated list (``tensorboard,wandb``), or null for none;
+``run.project_name`` is the project (W&B / trackio project; TensorBoard writes to
+``<run.output_dir>/<project_name>/``) and ``run.run_name`` the run (default: the output folder's name).
+All go through accelerate's trackers, so under ``accelerate launch`` only the main process logs.
+
+Offline use: W&B honours ``WANDB_MODE=offline`` (the run is written under ``<output_dir>/wandb/`` for a
+later ``wandb sync``); trackio is local-first (a SQLite file per project under ``TRACKIO_DIR``, default
+``~/.cache/huggingface/trackio``; ``trackio show`` opens the dashboard).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import ConfigError
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
+_PIP = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def tracker_names(cfg: Any) -> list[str]:
+    """``run.log_with`` as a list of tracker names; ConfigError for an unknown one."""
+    raw = cfg.run.log_with
+    if raw is None or str(raw).strip().lower() in ("", "none", "null", "false"):
+        return []
+    names = [n.strip().lower() for n in str(raw).split(",") if n.strip()]
+    for n in names:
+        if n not in TRACKERS:
+            raise ConfigError(f"run.log_with={raw!r}: {n!r} is not one of {', '.join(TRACKERS)} (or null for none; "
+                              "several: run.log_with=tensorboard,wandb)")
+    return list(dict.fromkeys(names))
+
+
+def resolve_log_with(cfg: Any) -> Optional[list[str]]:
+    """The trackers to hand to ``Accelerator(log_with=...)`` (None: no tracking).
+
+    TensorBoard, the default, is dropped quietly when not installed; a tracker the user asked for by
+    name (wandb, trackio) is an error naming the package to install."""
+    out = []
+    for n in tracker_names(cfg):
+        if importlib.util.find_spec(n) is None:
+            if n == "tensorboard":
+                continue
+            raise ConfigError(f"run.log_with={n} needs the {n} package: pip install {_PIP[n]} "
+                              "(or set run.log_with=tensorboard / null)")
+        out.append(n)
+    return out or None
+
+
+def run_name(cfg: Any) -> str:
+    return str(cfg.run.get("run_name") or "") or Path(str(cfg.run.output_dir)).name
+
+
+def start_trackers(accelerator: Any, cfg: Any, hparams: dict) -> None:
+    """``accelerator.init_trackers`` with the project, the run name and the flat hyperparameters."""
+    if not accelerator.log_with:
+        return
+    name = run_name(cfg)
+    kwargs = {"wandb": {"name": name, "dir": str(cfg.run.output_dir)}, "trackio": {"name": name}}
+    accelerator.init_trackers(str(cfg.run.get("project_name") or "echodistill"), config=hparams,
+                              init_kwargs={k: v for k, v in kwargs.items() if k in tracker_names(cfg)})
+
+
+__all__ = ["TRACKERS", "tracker_names", "resolve_log_with", "start_trackers", "run_name"]
