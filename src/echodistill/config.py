@@ -179,6 +179,13 @@ class TrainConfig:
     eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
     eval_items: int = 64  # seeded subset of the val split (0 = no evaluation)
     logging_steps: int = 1  # rows in metrics.jsonl every this many steps
+    # Where rollouts come from (train/rollout_backends.py): builtin = our sampler in the trainer; vllm = a
+    # vLLM OpenAI-compatible server (docs/scale-out.md), weights synced after each update, log-probs recomputed
+    rollout_backend: str = "builtin"  # builtin | vllm
+    vllm_server_url: str = ""  # e.g. http://127.0.0.1:8000 (rollout_backend=vllm)
+    vllm_model: str = ""  # the served model name; "" = the first of GET /v1/models
+    vllm_sync_dir: str = ""  # folder trainer and server both read (weight sync); "" = <output_dir>/vllm_sync
+    vllm_timeout_s: float = 600.0  # per HTTP request
 
 
 @dataclass
@@ -279,6 +286,7 @@ _CHOICES = {
     "train.answer_format": {"choice"},
     "train.rl_items": {"all", "labeled", "unlabeled"},
     "train.reward_source": {"label", "teacher", "majority"},
+    "train.rollout_backend": {"builtin", "vllm"},
     "teacher.shaping_direction": {"noisier", "cleaner"},
     "teacher.advantage": {"joint", "decoupled"},
     "teacher.scale": {"group", "batch", "none"},

@@ -42,6 +42,7 @@ from . import grpo, rewards as R
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Example, ItemStream, eval_examples, load_examples, prompt_length_proxy
 from .plugins import add_plugin_rewards
+from .rollout_backends import rollout_backend
 
 
 # ================================================================== one micro-batch, phase by phase
@@ -130,8 +131,10 @@ def rollout(model, examples: list[Example], cfg, generator: torch.Generator) -> 
     """The student samples G completions per item on the noisy clip."""
     t = cfg.train
     batch = model.build_inputs([e.prompt for e in examples], [e.noisy for e in examples])
-    comp = model.generate(batch, t.num_generations, max_new_tokens=t.max_completion_length, do_sample=True,
-                          temperature=t.temperature, top_p=t.top_p, generator=generator)
+    # train.rollout_backend: our sampler, or a vLLM server (then the log-probs are recomputed here)
+    comp = rollout_backend(cfg).generate(model, batch, [e.prompt for e in examples], [e.noisy for e in examples],
+                                         t.num_generations, max_new_tokens=t.max_completion_length,
+                                         temperature=t.temperature, top_p=t.top_p, generator=generator)
     return Rollout(examples, batch, comp.ids, comp.mask, _answer_mask(model, comp.ids, comp.mask), comp.texts,
                    comp.logprobs)
 
