@@ -88,16 +88,18 @@ def weights_sha256(path: str | Path, base_fallback: Optional[str | Path] = None)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None) -> None:
+def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None, require: bool = True) -> None:
     """Raise UserError naming the file when a safetensors file of the model cannot be read (truncated,
-    not safetensors) or the folder has no weights at all."""
+    not safetensors) or (``require``) the folder is missing or has no weights at all."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_dir():
+        if not require:
+            return  # the model loader says what to build or set
         raise UserError(f"checkpoint {path} is not a folder: pass the model/adapter folder (e.g. runs/x/final)")
     folders = _model_folders(path, base_fallback)
-    if not any(_weight_files(f) for f in folders):
+    if require and not any(_weight_files(f) for f in folders):
         raise UserError(f"{path}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint folder; "
                         "point --checkpoint at a folder written by `save` (e.g. runs/x/final)")
     for folder in folders:

@@ -44,6 +44,8 @@ def load_adapter(cfg_model: Any, path: Optional[str | Path] = None, lora: Any = 
             and not (path / "adapter_config.json").is_file():
         raise ConfigError(f"model directory {path} has no config.json: build the embedded model first "
                           "(`echodistill model build`) or set model.path")
+    from ..provenance import verify_weights
+    verify_weights(path, cfg_model.path, require=False)  # a truncated download is one line naming the file, not a traceback
     return adapter_class(backbone).load(path, cfg_model, lora=lora, train=train, fold_adapter=fold_adapter)
 
 
