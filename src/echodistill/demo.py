@@ -161,7 +161,7 @@ def _stage_warmup(out: Path, preset: dict) -> Path:
         _say("warmup: already done")
     else:
         _say("warmup: supervised training on clean audio")
-        run_warmup(_cfg(out, f"run.output_dir={run_dir}", "warmup.resume=true", *preset["warmup"]))
+        run_warmup(_cfg(out, f"run.output_dir={run_dir}", *preset["warmup"]), resume=True)
         _mark_done(run_dir, key, what, weights_sha256=_weights(run_dir / "final"))
     return run_dir / "final"
 
@@ -181,9 +181,9 @@ def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) ->
     if method == "sft-noisy":
         from .train.sft import run_warmup
         # Same budget as the RL runs: as many optimizer steps of as many items, the same learning rate.
-        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}", "warmup.resume=true",
-                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.batch_size={cfg.train.per_device_batch_size}",
-                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_every=0"))
+        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}",
+                        f"warmup.max_steps={cfg.train.max_steps}", f"warmup.prompts_per_device={cfg.train.prompts_per_device}",
+                        f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_steps=0"), resume=True)
     else:
         from .train.checkpoint import latest_checkpoint
         from .train.trainer import run_train
