@@ -74,6 +74,19 @@ def test_mix_resumes(bench, tmp_path, capsys):
     assert victim.is_file() and mixed_path(tmp_path / "m", "q0", "white", 0).stat().st_mtime_ns == mtime
 
 
+def test_mix_never_keeps_a_clip_made_from_other_inputs(bench, tmp_path, capsys):
+    out = tmp_path / "m"
+    mix_manifest(bench / "manifest.jsonl", out, ["white"], [0], seed=1)
+    first = load_audio(mixed_path(out, "q0", "white", 0), require_signal=False)
+    mix_manifest(bench / "manifest.jsonl", out, ["white"], [0], seed=2)  # another seed: every clip is redone
+    assert "3 written, 0 already there" in capsys.readouterr().out
+    assert not np.array_equal(first, load_audio(mixed_path(out, "q0", "white", 0), require_signal=False))
+    t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE  # a replaced clean clip (same path): its clips are redone
+    write_audio(bench / "audio" / "q0.wav", 0.05 * np.sin(2 * np.pi * 777 * t) + 0.01)
+    mix_manifest(bench / "manifest.jsonl", out, ["white"], [0], seed=2)
+    assert "1 written, 2 already there" in capsys.readouterr().out
+
+
 def test_mix_unknown_type_fails_first(bench, tmp_path):
     with pytest.raises(NoiseTypeError, match="music.*available: white, pink, brown, hum, babble"):
         mix_manifest(bench / "manifest.jsonl", tmp_path / "x", ["white", "music"], [0], seed=0)

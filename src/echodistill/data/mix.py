@@ -10,12 +10,16 @@ need unique ids, and the clean id pairs a noisy row with its clean item (GSR, ch
 
 Each clip's noise comes from ``seeded_rng(seed, item.id, noise_type, snr)``, so a clip does not
 depend on which other items, types or levels are mixed in the same run, and re-running resumes:
-files already present are kept.
+a clip already present is kept only when ``<out>/mix_index.json`` records it with the same key (seed,
+item, type, SNR, the clean file's path/size/mtime, the noise bank's files); any other clip at that path
+(another seed, a replaced clean clip or noise file, a run killed before it recorded the clip) is mixed
+again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import replace
@@ -27,7 +31,10 @@ from tqdm import tqdm
 from ..audio.io import load_audio, write_audio
 from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..errors import UserError
+from ..provenance import content_key, file_stamps
 from .manifest import read_manifest, write_manifest
+
+INDEX = "mix_index.json"
 
 
 def _safe_name(text: str) -> str:
@@ -68,13 +75,22 @@ def mix_manifest(manifest: Path, out_dir: Path, noise_types: Sequence[str], snrs
     bank.check(noise_types)  # fail now, not after an hour of mixing
     conditions = [(str(t), float(s)) for t in noise_types for s in snrs]
 
+    index_path = out_dir / INDEX
+    try:
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        index = {}
+    noise_key = content_key(bank.fingerprint())
     rows, written = [], 0
     with tqdm(total=len(items) * len(conditions), desc="data mix", unit="clip") as bar:
         for item in items:
             clean = None  # decoded only if some clip of this item is missing (fast resume)
+            stamp = file_stamps([item.audio])[0]
             for noise_type, snr in conditions:
                 path = mixed_path(out_dir, item.id, noise_type, snr)
-                if not path.exists():
+                rel = path.relative_to(out_dir).as_posix()
+                key = content_key([seed, item.id, noise_type, snr, stamp, noise_key])
+                if not path.exists() or index.get(rel) != key:
                     if clean is None:
                         clean = load_audio(item.audio)
                     rng = seeded_rng(seed, item.id, noise_type, snr)
@@ -83,12 +99,23 @@ def mix_manifest(manifest: Path, out_dir: Path, noise_types: Sequence[str], snrs
                     tmp = path.with_name(f".{path.stem}.partial.wav")
                     write_audio(tmp, noisy)
                     os.replace(tmp, path)
+                    index[rel] = key
                     written += 1
+                    if written % 200 == 0:
+                        _write_index(index_path, index)
                 rows.append(replace(item, id=condition_id(item.id, noise_type, snr), noisy_audio=str(path.resolve()),
                                     noise_type=noise_type, snr=snr, meta={**item.meta, "clean_id": item.id}))
                 bar.update()
+    _write_index(index_path, index)
     out = out_dir / "noisy.jsonl"
     write_manifest(out, rows)
     print(f"data mix: {len(rows)} clips in {out_dir} ({written} written, {len(rows) - written} already there); "
           f"manifest {out}")
     return out
+
+
+def _write_index(path: Path, index: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(index, indent=0, sort_keys=True))
+    os.replace(tmp, path)
