@@ -303,7 +303,7 @@ def _plot_types(entries: list, path: Path) -> None:
 # ------------------------------------------------------------------ the report
 def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str] = None, *,
                 n_boot: int = 1000, seed: int = 0, strong_snr_max: Optional[float] = None) -> dict:
-    """Write ``out_dir/report.md``, ``report.json``, ``accuracy_vs_snr.png``,
+    """Write ``out_dir/report.md``, ``report.json``, ``report.html`` (eval/html_report.py), ``accuracy_vs_snr.png``,
     ``accuracy_by_noise_type.png``; return the report.json content.
 
     ``baseline``: name of the run (or seed group) the others are compared against; default the first.
@@ -367,11 +367,13 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str]
         "definitions": dict(DEFINITIONS),
         "settings": {"n_boot": n_boot, "seed": seed, "strong_snr_max": strong_snr_max, "ci_level": 0.95},
         "notes": notes,
-        "files": ["report.md", "report.json", "accuracy_vs_snr.png", "accuracy_by_noise_type.png"],
+        "files": ["report.md", "report.json", "report.html", "accuracy_vs_snr.png", "accuracy_by_noise_type.png"],
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     (out_dir / "report.md").write_text(_markdown(entries, base, paired, notes, strong_snr_max, n_boot),
                                        encoding="utf-8")
+    from .html_report import write_html_report
+    write_html_report(report, out_dir)  # the same tables and plots as one page, with clips to listen to
     return report
 
 
