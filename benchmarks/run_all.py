@@ -17,6 +17,13 @@ Benchmarks (docs/performance.md explains each target):
 4. teacher-- one batched teacher forward for all G candidates vs one forward per candidate.
 5. noise  -- our mixer vs a straightforward Python reference and audiomentations, at equal SNR.
 6. eval   -- greedy evaluation throughput, batched vs one item at a time.
+7. update -- the update with each prompt once (packed) vs repeated G times: grpo step before/after at
+             B = 8, G = 8; update time and activation bytes vs G; gradient checkpointing (bench_update.py).
+8. trl    -- the same grpo step in TRL's GRPOTrainer at equal shapes, interleaved (optional: TRL installed).
+9. memmodel -- memory_model.py's activation term vs measured on tiny Qwen2-Audio models scaled up.
+
+One torch thread per process by default (``--threads``): on 2 shared cores two multi-threaded runs slow
+each other 5-20x. The embedded model is built into the temporary folder when ``--embedded-path`` has none.
 
 Output: a Markdown table on stdout and JSON (``--out``, default benchmarks/results.json).
 """
@@ -44,6 +51,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_update import bench_memmodel, bench_trl, bench_update  # noqa: E402 -- the update's rows (issue 11)
 
 WORDS = ["low", "high", "mid", "rising"]
 SR = 16000
@@ -157,7 +167,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
 
     from echodistill.train import trainer as T
 
-    G, B, L = a.G, a.B, a.T
+    G, B, L = a.G, a.B_step, a.T
     cfgs = {v: model_cfg(backbone, path, G=G, B=B, T=L, variant=v, window_s=window_s)
             for v in ("grpo", "echodistill")}
     examples = make_examples(B, window_s * 0.75)
@@ -186,6 +196,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
     def set_opt(optimised: bool):
         adapter.cache_encoder_output = optimised  # encoder-output cache + per-clip teacher cache
         adapter.share_prefix = optimised  # prompt once per item, KV cache repeated G times
+        adapter.share_prefix_grad = optimised  # the update: each prompt once, completions packed behind it
 
     def run_all(modes):
         """Interleaved: every repetition runs each (mode, variant) once, so load drift hits all alike."""
@@ -236,8 +247,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
                         e["total"], "s", "> 1 (faster after)", lambda r: r > 1.0))
         rows.append(row("1 step", name, "teacher phase before / after opt.", "before", e0["teacher"], "after",
                         e["teacher"], "s", "> 1 (faster after)", lambda r: r > 1.0))
-        adapter.cache_encoder_output = True
-        adapter.share_prefix = True
+        set_opt(True)
     _clear(adapter)
 
 
@@ -526,6 +536,7 @@ class Sizes:
         self.warmup = warmup if warmup is not None else (0 if quick else 1)
         self.G = 4 if quick else 8
         self.B = 2
+        self.B_step = 2 if quick else 8  # the step, update and TRL rows (issue 11: B = 8, G = 8)
         self.T = 3 if quick else 6
         self.eval_items = 3 if quick else 8
         self.noise_items = 3 if quick else 16
@@ -546,6 +557,10 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         bench_eval(adapter, name, a, rows, window_s)
     if "memory" in which:
         bench_memory(backbone, path, name, rows, window_s)
+    if "update" in which and backbone == "embedded":
+        bench_update(adapter, backbone, path, window_s, name, a, rows, row)
+    if "trl" in which and backbone == "embedded":
+        bench_trl(adapter, backbone, path, window_s, name, a, rows, row)
 
 
 def fmt(x, unit) -> str:
@@ -574,10 +589,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--models", default="embedded,omni", help="comma list of embedded, omni")
-    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval", help="comma list of benchmarks")
+    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel",
+                    help="comma list of benchmarks")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--embedded-path", default=str(ROOT / "models" / "embedded"))
     ap.add_argument("--_memory-probe", nargs=4, metavar=("BACKBONE", "PATH", "MODE", "WINDOW"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -602,8 +618,10 @@ def main(argv=None) -> int:
             if m == "embedded":
                 path = Path(args.embedded_path)
                 if not (path / "config.json").is_file():
-                    notes.append(f"embedded model not found at {path}: build it with `echodistill model build`")
-                    continue
+                    from echodistill.models.embedded import build_embedded_model
+
+                    notes.append(f"embedded model not found at {path}: built a fresh one (seed 0, 2 s window)")
+                    path = build_embedded_model(tmp / "embedded", seed=0, window_s=2.0, verbose=False)
                 run_model("embedded", "embedded", path, 2.0, a, rows, which)
             elif m == "omni":
                 from echodistill.models.tiny import build_tiny_qwen_omni
@@ -615,6 +633,8 @@ def main(argv=None) -> int:
             print(f"[bench] {m}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
         if "noise" in which:
             bench_noise(a, rows, tmp)
+        if "memmodel" in which:
+            bench_memmodel(a, rows, row)
     info["loadavg_end"] = list(os.getloadavg())
     info["wall_s"] = time.time() - t_start
     result = {"machine": info, "sizes": vars(a), "quick": args.quick, "rows": rows, "notes": notes}
