@@ -466,6 +466,8 @@ def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict
                "final_loss": float(np.mean(recent_loss)) if recent_loss else None,
                "final_eval": last_eval, "checkpoint": str(final)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from ..card import write_model_card
+    write_model_card(final, cfg, summary)  # final/README.md: base model as given, data, budget, reproduce
     log({"type": "summary", **{k: v for k, v in summary.items() if k != "final_eval"}})
     metrics_f.close()
     return summary
