@@ -647,6 +647,8 @@ def run_train(cfg, resume: bool = False) -> Path:
     final = out / "final"
     if accelerator.is_main_process:
         model.save(final)
+        from ..card import write_model_card
+        write_model_card(final, cfg, mode="train")  # final/README.md: base model as given, data, budget
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
