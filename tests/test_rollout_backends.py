@@ -68,7 +68,7 @@ def test_server_rollout_equals_builtin_and_syncs_weights(data_dir, tiny_qwen2_au
     ex = _examples(cfg, 1)
     with SamplerServer(served) as server:
         backend = VLLMServerBackend(server.url, sync_dir=str(tmp_path / "sync"))
-        gen = T._generator(student.device, 3, "rollout", 0, 0)
+        opt = torch.optim.SGD(student.trainable_parameters(), lr=1.0)
         for round_ in range(2):
             builtin = T.rollout(student, ex, cfg, T._generator(student.device, 3, "rollout", round_, 0))
             batch = student.build_inputs([e.prompt for e in ex], [e.noisy for e in ex])
@@ -81,10 +81,9 @@ def test_server_rollout_equals_builtin_and_syncs_weights(data_dir, tiny_qwen2_au
             assert gap <= 1e-4, gap  # recomputed by the trainer vs the sampler's own
             assert backend.last_logprob_gap <= 1e-4
             assert server.weight_loads == round_ + 1  # synced once per change of the student's weights
-            with torch.no_grad():  # "an optimizer step": the next rollout must see the new weights
-                for p in student.trainable_parameters():
-                    p.add_(0.02 * torch.randn_like(p))
-        del gen
+            for p in student.trainable_parameters():  # an optimizer step: the next rollout must see it
+                p.grad = 0.02 * torch.randn_like(p)
+            opt.step()
         v = weights_version(student)
         backend.generate(student, batch, [ex[0].prompt], [ex[0].noisy], 4, max_new_tokens=6, temperature=1.0,
                          top_p=1.0, generator=T._generator(student.device, 3, "rollout", 9, 0))

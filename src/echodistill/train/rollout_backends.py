@@ -29,10 +29,9 @@ after EOS, mask [N, T] 1 up to and including the first EOS, texts decoded by our
       ``POST /collective_rpc {"method": "echodistill_load_weights", "args": [dir]}`` (vLLM with
       ``VLLM_SERVER_DEV_MODE=1`` and ``--worker-extension-cls echodistill.train.vllm_worker.WeightSync``),
       then ``POST /reset_prefix_cache`` (cached KV of the old weights is stale).
-  The sync happens when the student's trainable weights changed since the last one (their autograd
-  version counters moved: every optimizer step, and a resumed checkpoint), so the loop needs no hook
-  and a resumed run syncs its restored weights before its first rollout. Rank 0 syncs; every rank
-  waits for it (a barrier: all ranks call ``rollout`` the same number of times).
+  The sync happens before the first rollout of a run (a resumed run pushes its restored weights) and
+  after every optimizer step (counted by a global post-step hook, so the loop needs no call of its
+  own). Rank 0 pushes; every rank waits for it (all ranks call ``rollout`` the same number of times).
 * Randomness: item i of a micro-batch is sampled with ``seed = generator seed + i``. With one item
   per micro-batch (``train.prompts_per_device=1``) that is the built-in sampler's stream exactly
   (tests/test_rollout_backends.py: identical metrics.jsonl through ``rollout_server.py``); with more,
@@ -57,6 +56,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..config import ConfigError
 from ..errors import UserError
@@ -135,10 +135,22 @@ def messages_to_prompt(messages: list[dict]) -> tuple[Optional[str], str, np.nda
     return system, text, wav
 
 
-def weights_version(model) -> int:
-    """Sum of the trainable parameters' autograd version counters: moves on every in-place update
-    (optimizer step, checkpoint load), never on reads -- "have the student's weights changed?"."""
-    return int(sum(p._version for p in model.trainable_parameters()))
+_UPDATES = 0  # optimizer steps taken in this process (any optimizer): "have the weights changed?"
+
+
+def _count_update(optimizer, args, kwargs) -> None:
+    global _UPDATES
+    _UPDATES += 1
+
+
+# Global post-step hook: counts updates without a hook in the training loop. Reading the weights'
+# own version counters would not do: under FSDP2 the full weights are fresh all-gathered tensors.
+register_optimizer_step_post_hook(_count_update)
+
+
+def weights_version(model) -> tuple[int, int]:
+    """(the model, optimizer steps so far): changes after every update, never on reads."""
+    return id(model), _UPDATES
 
 
 # ================================================================== the vLLM HTTP backend
@@ -158,7 +170,7 @@ class VLLMServerBackend(RolloutBackend):
         self.timeout_s = float(timeout_s)
         self.max_parallel = max(1, int(max_parallel))
         self.lora_name = lora_name
-        self.synced_version: Optional[tuple[int, int]] = None  # (id(model), weights_version) last pushed
+        self.synced_version: Optional[tuple[int, int]] = None  # weights_version() last pushed
         self.sync_count = 0
         self.request_model = served_model  # the LoRA version's name once one is loaded
         self._loaded: Optional[tuple[str, Path]] = None  # (lora name, folder) loaded on the server now
@@ -239,7 +251,7 @@ class VLLMServerBackend(RolloutBackend):
             torch.distributed.broadcast_object_list(name, src=0)
             self.request_model = name[0]
         self.sync_count = version
-        self.synced_version = (id(model), weights_version(model))
+        self.synced_version = weights_version(model)
 
     # ------------------------------------------------------------ generation
     def _request(self, model, prompt: str, wav: np.ndarray, n: int, seed: int, max_new_tokens: int,
@@ -276,7 +288,7 @@ class VLLMServerBackend(RolloutBackend):
 
         if not self._checked:
             self.check_server()
-        if self.synced_version != (id(model), weights_version(model)):
+        if self.synced_version != weights_version(model):
             self.sync_weights(model)
         base_seed = int(generator.initial_seed())
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(prompts))) as pool:
