@@ -19,10 +19,50 @@ def _cfg(args):
     return load_config(args.config, args.overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, example: str = "train.learning_rate=1e-5 run.seed=1") -> None:
     p.add_argument("--config", "-c", default=None, help="YAML config (see configs/); defaults are used without it")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="dotted overrides applied last, e.g. train.learning_rate=1e-5 run.seed=1")
+                   help=f"dotted config overrides applied last, e.g. {example} (every key: `echodistill config show`)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (unless it is None/False or the help already says it);
+    descriptions and epilogs kept as written (examples, variant lists)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)parser shows defaults; subparsers inherit the class from their parent."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+ACCELERATE = ("multi-GPU / multi-node (train, warmup): run the same command under accelerate, e.g.\n"
+              "  accelerate launch --config_file configs/accelerate/ddp_gpu.yaml -m echodistill.cli train \\\n"
+              "      -c configs/qwen2_audio_7b.yaml\n"
+              "  (configs/accelerate/ holds the launch configs; README, 'Real models', says which to use)")
+
+
+def _variants_epilog() -> str:
+    from .config import VARIANTS
+
+    lines = ["variants (train.variant=NAME; each is a preset of config keys, your own keys win):"]
+    for name, preset in VARIANTS.items():
+        lines.append(f"  {name:<24} " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    lines += ["", "examples:",
+              "  echodistill train train.variant=echodistill train.init_from=runs/warmup/final run.output_dir=runs/ed",
+              "  echodistill train --resume run.output_dir=runs/ed      # continue a stopped run",
+              "  echodistill train -c configs/demo.yaml train.reward_funcs=[my_rewards:short]   # plug-in reward",
+              "", ACCELERATE]
+    return "\n".join(lines)
 
 
 def _path_map(items: list[str] | None, flag: str = "--path-map", form: str = "OLD_PREFIX=NEW_PREFIX") -> dict:
@@ -135,10 +175,15 @@ def cmd_config_show(args) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.manifest import FORMATS  # light module: the one list of manifest formats
-    p = argparse.ArgumentParser(
+    from . import __version__
+    from .config import VARIANTS
+
+    p = _Parser(
         prog="echodistill",
         description="Make audio LLMs robust to noise: GRPO post-training with a clean-audio teacher "
-                    "(noisy-to-clean self-distillation), plus data tools and an honest evaluation.")
+                    "(noisy-to-clean self-distillation), plus data tools and an honest evaluation.",
+        epilog="Every command has --help. Python API: import echodistill (README, 'Python API').\n" + ACCELERATE)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="build, check and pre-mix datasets").add_subparsers(
@@ -146,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = data.add_parser("build", help="build the offline spoken-QA benchmark from packaged recordings and TTS",
                         description="Builds train/val/test/test_heldout manifests, 16 kHz clips, a noise bank "
                                     "and a datasheet from Debian/PyPI-packaged sources only.")
-    b.add_argument("--out", default="data/bench", help="output folder (default: data/bench)")
+    b.add_argument("--out", default="data/bench", help="output folder")
     b.add_argument("--seed", type=int, default=0, help="same seed -> same items, labels and audio")
     b.add_argument("--size", choices=["small", "default"], default="default",
                    help="small: a few hundred items for tests; default: >= 2,000 train items")
@@ -171,20 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     m = data.add_parser("mix", help="pre-mix a manifest across noise types x SNR levels",
                         description="Writes <out>/<noise_type>/<snr>dB/<id>.wav and <out>/noisy.jsonl "
                                     "(one folder per noise type and SNR, as in the paper release).")
-    m.add_argument("manifest")
-    m.add_argument("--out", required=True)
-    m.add_argument("--noise-types", nargs="+", default=["white", "pink", "babble", "music"])
-    m.add_argument("--snr", nargs="+", type=float, default=[-10, -5, 0, 5, 10, 20, 30])
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("manifest", help="the clean manifest to mix (any format `data check` reads)")
+    m.add_argument("--out", required=True, help="output folder for the noisy clips and noisy.jsonl")
+    m.add_argument("--noise-types", nargs="+", default=["white", "pink", "babble", "music"],
+                   help="noise types (white pink brown hum babble music midi, file:<name>)")
+    m.add_argument("--snr", nargs="+", type=float, default=[-10, -5, 0, 5, 10, 20, 30], help="SNR levels in dB")
+    m.add_argument("--seed", type=int, default=0, help="seeds every noise draw (same seed -> same clips)")
     m.add_argument("--noise-dir", default=None, help="noise bank folder (default: <manifest dir>/noise)")
-    m.add_argument("--path-map", action="append", metavar="OLD=NEW")
+    m.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     m.set_defaults(func=cmd_data_mix)
 
     model = sub.add_parser("model", help="build the embedded offline audio LLM").add_subparsers(
         dest="model_command", required=True, metavar="MODEL_COMMAND")
     mb = model.add_parser("build", help="assemble the embedded model (real Whisper tiny.en encoder + small Qwen2 LM)")
-    mb.add_argument("--out", default="models/embedded")
-    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument("--out", default="models/embedded", help="output folder (an HF model directory)")
+    mb.add_argument("--seed", type=int, default=0, help="seeds the parts that are initialised (projector, LM)")
     mb.add_argument("--window", type=float, default=2.0, help="audio window in whole seconds (1-30); 25 audio tokens/s")
     mb.add_argument("--bench", default=None, metavar="DIR",
                     help="train the tokenizer on DIR/*.jsonl questions and choices too (e.g. data/bench)")
@@ -192,19 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="upper bound on the small tokenizer's vocabulary (it stops once every word is one token)")
     mb.set_defaults(func=cmd_model_build)
 
-    w = sub.add_parser("warmup", help="supervised warm-up (clean) or the sft-noisy baseline (warmup.noisy=true)")
-    _add_config_args(w)
+    w = sub.add_parser("warmup", help="supervised warm-up (clean) or the sft-noisy baseline (warmup.noisy=true)",
+                       epilog="examples:\n"
+                              "  echodistill warmup run.output_dir=runs/warmup warmup.max_steps=300\n"
+                              "  echodistill warmup warmup.noisy=true warmup.init_from=runs/warmup/final "
+                              "run.output_dir=runs/sft-noisy\n\n" + ACCELERATE)
+    _add_config_args(w, "warmup.learning_rate=3e-3 warmup.max_steps=300 run.output_dir=runs/warmup")
     w.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
     w.set_defaults(func=cmd_warmup)
 
-    t = sub.add_parser("train", help="GRPO with a clean-audio teacher (variants: grpo, echodistill, "
-                                     "echodistill-token, distill-only via train.variant=...)")
-    _add_config_args(t)
+    t = sub.add_parser("train", help=f"GRPO with a clean-audio teacher; train.variant: {', '.join(VARIANTS)}",
+                       description="GRPO on noisy clips; the frozen initial model scores every sample on the "
+                                   "clean clip (train/trainer.py). The variant picks the teacher signal.",
+                       epilog=_variants_epilog())
+    _add_config_args(t, "train.variant=grpo train.learning_rate=1e-5 run.output_dir=runs/grpo")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="greedy evaluation: clean, noisy (types x SNR), silent; metrics with 95%% CIs")
-    _add_config_args(e)
+    _add_config_args(e, "eval.noise_types=[white,babble] eval.snr_levels=[-5,0,5] eval.max_items=100")
     e.add_argument("--checkpoint", default=None, help="model/adapter dir (default: model.path)")
     e.add_argument("--manifest", default=None, help="manifest to evaluate (default: data.test_manifest)")
     e.add_argument("--out", required=True, help="folder for predictions.jsonl and metrics.json")
@@ -213,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default=None, help="label shown in reports (default: folder name)")
     e.add_argument("--split-name", default=None, help="label of the split in reports")
     e.add_argument("--format", choices=FORMATS, default="auto", help="manifest format (auto: detected)")
-    e.add_argument("--path-map", action="append", metavar="OLD=NEW")
+    e.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="answer a question about audio files with a trained model (text + JSONL)",
@@ -221,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint is used (same window and seeds as training), else the defaults.",
                         epilog="example: echodistill predict --checkpoint runs/ed/final --audio clip.wav "
                                "--question 'Which word is spoken?' --choices yes no maybe --noise white --snr 0")
-    _add_config_args(pr)
+    _add_config_args(pr, "data.max_duration_s=2.0 run.device=cuda")
     pr.add_argument("--checkpoint", required=True, help="trained model folder (e.g. runs/ed/final) or a base model")
     pr.add_argument("--audio", required=True, metavar="PATH",
                     help="an audio file, a folder of audio files, or a manifest (items bring their own questions)")
@@ -251,21 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="compare evaluated runs: Markdown table, paired bootstrap differences, plots")
     r.add_argument("runs", nargs="+", help="eval output folders (each with metrics.json and predictions.jsonl)")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help="folder for report.md, report.html, report.json and the plots")
     r.add_argument("--baseline", default=None, help="name of the run the others are compared against")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default, from nothing, with a report")
     d.add_argument("--preset", choices=["default", "full", "smoke"], default="default",
                    help="default: <= 20 min on 2 cores; full: longer, stronger; smoke: a minute, for tests")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default="runs/demo", help="folder for every stage's output")
     d.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default per preset)")
     d.set_defaults(func=cmd_demo)
 
     cs = sub.add_parser("config", help="show the resolved config").add_subparsers(
         dest="config_command", required=True, metavar="CONFIG_COMMAND")
     show = cs.add_parser("show", help="print defaults <- preset <- file <- overrides, resolved")
-    _add_config_args(show)
+    _add_config_args(show, "train.variant=grpo")
     show.set_defaults(func=cmd_config_show)
     return p
 
