@@ -117,6 +117,10 @@ def test_data_check_cli(sources, tmp_path, capsys):
     cols = [f"--column={k}={v}" for k, v in COLUMNS.items()]
     assert main(["data", "check", str(root / "ds_train"), *cols]) == 0
     assert "OK, no problems found" in capsys.readouterr().out
+    odd = datasets.load_from_disk(str(root / "ds_train")).rename_column("prompt", "text")
+    odd.save_to_disk(str(tmp_path / "odd"))
+    assert main(["data", "check", str(tmp_path / "odd"), "data.columns={question: text}"]) == 0  # config key
+    capsys.readouterr()
     bad = datasets.load_from_disk(str(root / "ds_train")).cast_column("clip", datasets.Audio(decode=False)).map(
         lambda r, i: {"label": 9 if i == 2 else r["label"]}, with_indices=True)
     bad.save_to_disk(str(tmp_path / "bad"))
@@ -141,3 +145,12 @@ def test_train_two_steps_and_eval_on_a_dataset(sources, tiny_qwen2_audio_dir, tm
     assert meta["n_items"] == 6 and meta["n_predictions"] == 6 * 3  # clean, white 0 dB, silent
     preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert {p["id"] for p in preds} == {f"q{i}" for i in range(6)}
+
+
+def test_predict_takes_a_dataset(sources):
+    from echodistill.inference import gather_queries
+
+    root, _ = sources
+    qs = gather_queries(root / "train.parquet", columns=COLUMNS)
+    assert [q.id for q in qs] == [f"q{i}" for i in range(6)] and qs[0].choices == WORDS
+    assert qs[0].question == "Which tone is it?" and qs[0].audio.endswith(".flac")

@@ -93,7 +93,7 @@ def cmd_data_check(args) -> int:
     pmap = dict(cfg.data.path_map or {})
     pmap.update(_path_map(args.path_map))
     return run_check(Path(args.manifest), path_map=pmap, fmt=args.format,
-                     columns=_path_map(args.column, "--column", "FIELD=COLUMN"),
+                     columns={**dict(cfg.data.columns), **_path_map(args.column, "--column", "FIELD=COLUMN")},
                      limits=limits_from_config(cfg, load_tokenizer(cfg.model)), choice_seed=int(cfg.data.choice_seed))
 
 
