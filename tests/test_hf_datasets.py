@@ -154,3 +154,10 @@ def test_predict_takes_a_dataset(sources):
     qs = gather_queries(root / "train.parquet", columns=COLUMNS)
     assert [q.id for q in qs] == [f"q{i}" for i in range(6)] and qs[0].choices == WORDS
     assert qs[0].question == "Which tone is it?" and qs[0].audio.endswith(".flac")
+
+
+def test_without_datasets_installed_one_line(sources, monkeypatch):
+    root, _ = sources
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
+    with pytest.raises(ManifestError, match=r"needs the `datasets` package: pip install 'echodistill\[hf\]'"):
+        read_manifest(root / "ds_train")

@@ -163,10 +163,10 @@ def _answer_text(value: Any, choices: list[str], names: Optional[list]) -> str:
 
 def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Optional[dict] = None) -> Iterator[Row]:
     """Lenient, like ``manifest.iter_rows``: one ``Row`` per dataset row (``line`` = row number, 1-based)."""
+    path = Path(path)
+    ds = load_dataset_any(path)  # first: a missing `datasets` package is one line, not an ImportError
     from datasets import Audio, ClassLabel
 
-    path = Path(path)
-    ds = load_dataset_any(path)
     cols = resolve_columns(ds.features, columns, path)
     audio_col = cols["audio"]
     if isinstance(ds.features[audio_col], Audio):
