@@ -34,7 +34,7 @@ def tiny_qwen_omni_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen3_omni_dir(tmp_path_factory):
     """A tiny random Qwen3-Omni-MoE thinker (4 experts) + audio-only processor directory."""
-    from echodistill.models.qwen_omni import build_tiny_qwen3_omni
+    from echodistill.models.tiny import build_tiny_qwen3_omni
 
     return build_tiny_qwen3_omni(tmp_path_factory.mktemp("tiny_qwen3_omni"), seed=0, window_s=1.0)
 

@@ -25,11 +25,12 @@ ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
 SCRIPT = textwrap.dedent('''
     import os, sys
     import torch
+    import echodistill.train.loop as L
     import echodistill.train.trainer as T
     from echodistill.config import load_config
 
     cfg = load_config(None, sys.argv[1:])
-    orig = T.save_checkpoint
+    orig = L.save_checkpoint
 
     def save_and_dump(*a, **k):  # every rank writes its own copy of the student's weights
         path = orig(*a, **k)
@@ -38,7 +39,7 @@ SCRIPT = textwrap.dedent('''
         torch.save(w, os.path.join(cfg.run.output_dir, f"weights_rank{rank}.pt"))
         return path
 
-    T.save_checkpoint = save_and_dump
+    L.save_checkpoint = save_and_dump
     T.run_train(cfg)
     open(os.path.join(cfg.run.output_dir, f"done_rank{int(os.environ.get('RANK', 0))}"), "w").write("ok")
 ''')

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from echodistill.train import trainer as T
+from echodistill.train import loop as L, trainer as T
 from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 
 from train_helpers import make_dataset, tiny_config
@@ -36,16 +36,16 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
 
     resumed = tmp_path / "resumed"
     cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, resumed, *ARGS)
-    orig = T.save_checkpoint
+    orig = L.save_checkpoint
 
     def kill_after_first_save(*a, **k):
         path = orig(*a, **k)
         raise Killed(path)
 
-    monkeypatch.setattr(T, "save_checkpoint", kill_after_first_save)
+    monkeypatch.setattr(L, "save_checkpoint", kill_after_first_save)
     with pytest.raises(Killed):
         T.run_train(cfg)
-    monkeypatch.setattr(T, "save_checkpoint", orig)
+    monkeypatch.setattr(L, "save_checkpoint", orig)
     assert [s for s, _ in list_checkpoints(resumed)] == [2]
     # a save killed half-way leaves a tmp dir behind: it must be ignored
     (resumed / ".tmp-checkpoint-4").mkdir()
@@ -63,6 +63,49 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]  # optimizer state restored, not restarted
     assert json.loads((latest_checkpoint(resumed) / "trainer_state.json").read_text())["step"] == 4
     assert (resumed / "final" / "config.json").is_file()
+
+
+WARMUP_ARGS = ("warmup.noisy=true", "warmup.noise_versions=2", "warmup.prompts_per_device=3", "warmup.max_steps=6",
+               "warmup.save_steps=2", "warmup.eval_steps=3", "warmup.eval_items=2", "warmup.logging_steps=1",
+               "warmup.warmup_ratio=0.34", "warmup.lr_scheduler_type=cosine", "warmup.learning_rate=3e-3")
+
+
+def test_warmup_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    """The warm-up (here sft-noisy: noise versions, audio cache, epochs of 8 items in steps of 3, a ramped
+    cosine schedule) killed after its step-2 checkpoint and resumed ends where 6 steps straight end."""
+    from echodistill.train.sft import run_warmup
+
+    straight = tmp_path / "straight"
+    s = run_warmup(tiny_config(data_dir, tiny_qwen2_audio_dir, straight, *WARMUP_ARGS), progress=False)
+    assert s["steps"] == 6 and s["epochs"] > 2
+
+    resumed = tmp_path / "resumed"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, resumed, *WARMUP_ARGS)
+    orig = L.save_checkpoint
+
+    def kill_after_first_save(*a, **k):
+        raise Killed(orig(*a, **k))
+
+    monkeypatch.setattr(L, "save_checkpoint", kill_after_first_save)
+    with pytest.raises(Killed):
+        run_warmup(cfg, progress=False)
+    monkeypatch.setattr(L, "save_checkpoint", orig)
+    assert [s for s, _ in list_checkpoints(resumed)] == [2]
+    from echodistill.errors import UserError
+    with pytest.raises(UserError, match="--resume"):  # a second run into the same folder must say so
+        run_warmup(cfg, progress=False)
+    s2 = run_warmup(cfg, resume=True, progress=False)
+    assert s2["steps"] == 6
+
+    a, b = _final_weights(straight), _final_weights(resumed)
+    assert set(a) == set(b) and a
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, worst
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
+    lr_a = [json.loads(x)["lr"] for x in (straight / "metrics.jsonl").read_text().splitlines() if "lr" in x]
+    assert lr_a == [r["lr"] for r in rows if "lr" in r]  # the schedule continued, not restarted
+    assert not (resumed / "final" / "training_state.pt").exists()
 
 
 def test_latest_checkpoint_ignores_incomplete(tmp_path):

@@ -12,8 +12,9 @@ import torch
 from echodistill.audio.io import write_audio
 from echodistill.config import load_config
 from echodistill.data.manifest import read_manifest
-from echodistill.train.sft import (AudioCache, WarmupData, completion_ids, evaluate_accuracy, item_prompt,
-                                   load_warmup_model, prepare_rows, run_warmup, sft_forward)
+from echodistill.eval.evaluate import Condition, evaluate_items
+from echodistill.train.sft import (AudioCache, WarmupData, completion_ids, item_prompt, load_warmup_model,
+                                   prepare_rows, run_warmup, sft_forward)
 
 WORDS = ["yes", "no", "maybe", "music"]
 
@@ -100,10 +101,10 @@ def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_
     assert s["audio_cache"] and s["projector_trains"] and not s["lora"]
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if r["type"] == "eval"]
+    evals = [r for r in rows if "val_clean_acc" in r]
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert all(0 <= r["val_clean_acc"] <= 1 and "val_noisy_acc" in r for r in evals)
-    assert any(r["type"] == "train" and "loss" in r for r in rows)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     # the checkpoint is an HF directory the adapter loads; its weights are the trained ones
     cfg2 = _cfg(tiny_data, tiny_qwen2_audio_dir, tmp_path / "ev")
     from echodistill.models import load_adapter
@@ -114,8 +115,8 @@ def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_
     w_b = base.hf.model.multi_modal_projector.linear.weight
     assert not torch.allclose(w_t, w_b)
     assert torch.equal(trained.hf.model.audio_tower.conv1.weight, base.hf.model.audio_tower.conv1.weight)
-    r = evaluate_accuracy(trained, read_manifest(cfg2.data.val_manifest), cfg2)
-    assert r["n"] == 2 and 0 <= r["acc"] <= 1
+    rows, bad = evaluate_items(trained, read_manifest(cfg2.data.val_manifest), [Condition("clean")], cfg2)
+    assert len(rows) == 2 and not bad and all(r["answer"] is None or r["answer"] in WORDS for r in rows)
     # resume continues from the saved step with the optimizer state
     cfg3 = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_steps=5", "warmup.eval_steps=0")
     s3 = run_warmup(cfg3, resume=True, progress=False)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import LONG_AUDIO
 from .errors import UserError
 
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     c.add_argument("--max-duration", type=float, default=None,
                    help="the model window in seconds (data.max_duration_s); longer clips are truncated or flagged")
-    c.add_argument("--long-audio", choices=["truncate", "skip"], default=None,
+    c.add_argument("--long-audio", choices=list(LONG_AUDIO), default=None,
                    help="clips longer than the window: truncate (a counted note, as the runs do) or skip (an error)")
     _add_config_args(c)
     c.set_defaults(func=cmd_data_check)

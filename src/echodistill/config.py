@@ -272,24 +272,35 @@ def _check_renamed(layer: Any, where: str, migrate: bool = False) -> None:
             layer[section][new_key.split(".")[1]] = value
 
 
+# Allowed values of the keys whose implementation lives elsewhere, defined once: the implementing
+# modules (models/, data/validate.py, train/grpo.py, train/rewards.py, train/sft.py, cli.py) import them.
+BACKBONES = ("embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni")
+DTYPES = ("float32", "bfloat16", "float16")
+TEACHER_MODES = ("auto", "adapter_disabled", "frozen_copy")
+LONG_AUDIO = ("truncate", "skip")
+CONSISTENCY_MODES = ("mean_prob", "argmax_agree", "mean_logprob")
+WARMUP_SCHEDULES = ("cosine", "linear", "constant")  # train.lr_scheduler_type: any transformers name
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
 _CHOICES = {
     "run.device": {"cpu", "cuda", "auto"},
-    "model.backbone": {"embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni"},
-    "model.dtype": {"float32", "bfloat16", "float16"},
-    "data.long_audio": {"truncate", "skip"},
-    "model.teacher_mode": {"auto", "adapter_disabled", "frozen_copy"},
-    "teacher.consistency": {"mean_prob", "argmax_agree", "mean_logprob"},
-    "warmup.lr_scheduler_type": {"cosine", "linear", "constant"},
+    "model.backbone": set(BACKBONES),
+    "model.dtype": set(DTYPES),
+    "data.long_audio": set(LONG_AUDIO),
+    "model.teacher_mode": set(TEACHER_MODES),
+    "teacher.consistency": set(CONSISTENCY_MODES),
+    "warmup.lr_scheduler_type": set(WARMUP_SCHEDULES),
     "train.variant": set(VARIANTS),
-    "train.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
-    "train.scale_rewards": {"group", "batch", "none"},
+    "train.loss_type": set(LOSS_TYPES),
+    "train.scale_rewards": set(SCALE_REWARDS),
     "train.answer_format": {"choice"},
     "train.rl_items": {"all", "labeled", "unlabeled"},
     "train.reward_source": {"label", "teacher", "majority"},
     "train.rollout_backend": {"builtin", "vllm"},
     "teacher.shaping_direction": {"noisier", "cleaner"},
     "teacher.advantage": {"joint", "decoupled"},
-    "teacher.scale": {"group", "batch", "none"},
+    "teacher.scale": set(SCALE_REWARDS),
     "teacher.gate": {"none", "equal_groups", "confidence"},
     "teacher.kd_scope": {"all", "all_wrong", "equal_groups"},
 }
@@ -452,9 +463,4 @@ def to_dict(cfg: Any) -> dict:
     return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-def default_config() -> Any:
-    return load_config(None, [])
-
-
-__all__ = ["Config", "ConfigError", "VARIANTS", "load_config", "save_config", "validate", "to_dict",
-           "default_config"]
+__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "load_config", "save_config", "validate", "to_dict"]

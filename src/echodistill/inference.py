@@ -26,7 +26,7 @@ from .audio.noise import AUDIO_SUFFIXES, NoiseBank, mix_at_snr, seeded_rng
 from .data.manifest import Item, read_manifest
 from .data.prompts import format_question, ordered_choices
 from .errors import UserError
-from .train.rewards import extract_choice
+from .data.answers import extract_choice
 
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 

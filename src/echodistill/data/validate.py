@@ -28,10 +28,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..audio.io import SAMPLE_RATE, AudioError, read_audio, validate_waveform
+from ..config import LONG_AUDIO  # allowed values, defined once
 from ..errors import UserError
 from .prompts import format_question, ordered_choices
 
-LONG_AUDIO = ("truncate", "skip")
 AUDIO_TOKENS_PER_S = 25  # every backbone's Whisper-style encoder: 50 frames/s pooled by 2
 TEMPLATE_TOKENS = 64  # chat template, role markers and the audio delimiters around the prompt text
 

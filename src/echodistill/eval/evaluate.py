@@ -12,7 +12,7 @@ Conditions per item (METHOD.md section 3):
 
 Prompts are the training prompts (``format_question`` over ``ordered_choices(item, data.choice_seed)``);
 answers are greedy (``do_sample=False``, ``eval.max_new_tokens``) and mapped to a choice by the one
-shared extractor (``train.rewards.extract_choice``).
+shared extractor (``data.answers.extract_choice``).
 
 Methods: ``model`` (the checkpoint as is: base directory, warm-up checkpoint or trained adapter),
 ``enhance`` (DeepFilterNet3 in front of the model, ``eval/enhance.py``; also ``eval.enhance=true``),
@@ -51,7 +51,7 @@ from ..data.prompts import format_question, ordered_choices
 from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
 from ..errors import UserError
 from ..provenance import code_version, content_key, file_stamps, sha256_file, verify_weights, weights_sha256
-from ..train.rewards import extract_choice
+from ..data.answers import extract_choice
 from .metrics import GSR_DEFINITION, compute_metrics
 
 METHODS = ("model", "enhance", "cascade")

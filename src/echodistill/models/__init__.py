@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ConfigError
+from ..config import BACKBONES, ConfigError
 from .base import AudioLLM, Completions, backbone_of
 
 
@@ -28,7 +28,7 @@ def adapter_class(backbone: str) -> type[AudioLLM]:
         from .qwen_omni import Qwen3OmniLLM
 
         return Qwen3OmniLLM
-    raise ConfigError(f"model.backbone={backbone!r} is unknown; use embedded | qwen2_audio | qwen2_5_omni | qwen3_omni")
+    raise ConfigError(f"model.backbone={backbone!r} is unknown; use {' | '.join(BACKBONES)}")
 
 
 def load_adapter(cfg_model: Any, path: Optional[str | Path] = None, lora: Any = None, train: bool = True,

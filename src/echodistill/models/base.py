@@ -198,7 +198,6 @@ class AudioLLM(abc.ABC):
         self.teacher_mode = teacher_mode
         self.base_path = base_path
         self.system_prompt = system_prompt
-        self.sync_generation = False  # True: always run max_new_tokens steps (ZeRO-3 / FSDP lockstep)
         self.encoder_calls = 0
         self.encoder_clips = 0
         self.cache_encoder_output = True  # batch-level encoder-output cache + per-clip teacher cache
@@ -445,7 +444,7 @@ class AudioLLM(abc.ABC):
             lps.append(torch.where(finished, torch.zeros_like(tok, dtype=raw_lp.dtype),
                                    raw_lp.gather(-1, tok[:, None]).squeeze(-1)))
             finished = finished | torch.isin(tok, eos)
-            if step == max_new_tokens - 1 or (finished.all() and not self.sync_generation):
+            if step == max_new_tokens - 1 or finished.all():
                 break
             am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
             h, cache = self._decoder(m, embed(tok[:, None]), am, next_pos, cache=cache, use_cache=True)

@@ -19,7 +19,6 @@ thinker config needs ``vision_start_token_id``/``vision_end_token_id`` even for 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -143,109 +142,4 @@ class Qwen3OmniLLM(_OmniThinkerLLM):
         return Qwen3OmniMoeThinkerForConditionalGeneration
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    """Split head_dim/2 rotary frequencies over (temporal, height, width), like Qwen's [16, 24, 24]."""
-    half = head_dim // 2
-    t = half // 4
-    h = (half - t) // 2
-    return [t, h, half - t - h]
-
-
-def build_tiny_qwen2_5_omni(out_dir: str | Path, seed: int = 0, window_s: float = 1.0, *, hidden_size: int = 64,
-                            text_layers: int = 2, audio_layers: int = 2, audio_d_model: int = 64,
-                            feature_size: int = 80, vocab_size: int = 400) -> Path:
-    """Write a tiny random Qwen2.5-Omni thinker + audio-only processor to ``out_dir``; return it."""
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
-
-    from .small_tokenizer import build_small_tokenizer
-    from .tiny import TINY_CORPUS, tiny_feature_extractor, _window
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    w = _window(window_s)
-    tok = build_small_tokenizer(TINY_CORPUS, vocab_size=vocab_size, extra_specials=OMNI_NAMED_SPECIALS)
-    tok.chat_template = OMNI_CHAT_TEMPLATE
-    ids = {k: tok.convert_tokens_to_ids(v) for k, v in
-           {"audio": "<|AUDIO|>", "image": "<|IMAGE|>", "video": "<|VIDEO|>", "vbos": "<|vision_bos|>",
-            "veos": "<|vision_eos|>", "abos": "<|audio_bos|>", "aeos": "<|audio_eos|>"}.items()}
-    head_dim = hidden_size // 4
-    config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(num_mel_bins=feature_size, encoder_layers=audio_layers, encoder_attention_heads=4,
-                          encoder_ffn_dim=2 * audio_d_model, d_model=audio_d_model, max_source_positions=50 * w,
-                          n_window=50 * w, output_dim=hidden_size),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden_size,
-                           fullatt_block_indexes=[0]),
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                          "mrope_section": _mrope_section(head_dim)},
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None),
-        audio_token_index=ids["audio"], image_token_index=ids["image"], video_token_index=ids["video"],
-        audio_start_token_id=ids["abos"], audio_end_token_id=ids["aeos"],
-        vision_start_token_id=ids["vbos"], vision_end_token_id=ids["veos"],
-        user_token_id=tok.convert_tokens_to_ids("user") if "user" in tok.get_vocab() else 0,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.bos_token_id = None
-    model.save_pretrained(out)
-    processor = _audio_only_processor_class("Qwen2_5OmniProcessor")(
-        feature_extractor=tiny_feature_extractor(w, feature_size), tokenizer=tok, chat_template=OMNI_CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    (out / "echodistill_model.json").write_text(json.dumps({"backbone": "qwen2_5_omni", "base_path": None,
-                                                            "lora": False}, indent=2))
-    return out
-
-
-__all__ = ["Qwen25OmniLLM", "Qwen3OmniLLM", "build_tiny_qwen2_5_omni", "build_tiny_qwen3_omni", "OMNI_NAMED_SPECIALS", "OMNI_CHAT_TEMPLATE"]
-
-
-def build_tiny_qwen3_omni(out_dir: str | Path, seed: int = 0, window_s: float = 1.0, *, hidden_size: int = 64,
-                          text_layers: int = 2, audio_layers: int = 2, audio_d_model: int = 64,
-                          feature_size: int = 80, vocab_size: int = 400) -> Path:
-    """Write a tiny random Qwen3-Omni-MoE thinker (4 experts, top-2) + audio-only processor to ``out_dir``."""
-    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
-
-    from .small_tokenizer import build_small_tokenizer
-    from .tiny import TINY_CORPUS, tiny_feature_extractor, _window
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    w = _window(window_s)
-    tok = build_small_tokenizer(TINY_CORPUS, vocab_size=vocab_size, extra_specials=OMNI_NAMED_SPECIALS)
-    tok.chat_template = OMNI_CHAT_TEMPLATE
-    tid = tok.convert_tokens_to_ids
-    head_dim = hidden_size // 4
-    config = Qwen3OmniMoeThinkerConfig(
-        audio_config=dict(num_mel_bins=feature_size, encoder_layers=audio_layers, encoder_attention_heads=4,
-                          encoder_ffn_dim=2 * audio_d_model, d_model=audio_d_model, max_source_positions=50 * w,
-                          n_window=50, n_window_infer=400, downsample_hidden_size=16, output_dim=hidden_size),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden_size,
-                           deepstack_visual_indexes=[0], num_position_embeddings=16),
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=head_dim, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                          "mrope_section": _mrope_section(head_dim), "mrope_interleaved": True},
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None),
-        audio_token_id=tid("<|AUDIO|>"), image_token_id=tid("<|IMAGE|>"), video_token_id=tid("<|VIDEO|>"),
-        audio_start_token_id=tid("<|audio_bos|>"), vision_start_token_id=tid("<|vision_bos|>"),
-        user_token_id=0, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3OmniMoeThinkerForConditionalGeneration(config)
-    model.generation_config.eos_token_id = [tok.eos_token_id, tid("<|endoftext|>")]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.bos_token_id = None
-    model.save_pretrained(out)
-    processor = _audio_only_processor_class("Qwen3OmniMoeProcessor")(
-        feature_extractor=tiny_feature_extractor(w, feature_size), tokenizer=tok, chat_template=OMNI_CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    (out / "echodistill_model.json").write_text(json.dumps({"backbone": "qwen3_omni", "base_path": None,
-                                                            "lora": False}, indent=2))
-    return out
+__all__ = ["Qwen25OmniLLM", "Qwen3OmniLLM", "OMNI_NAMED_SPECIALS", "OMNI_CHAT_TEMPLATE"]

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import LOSS_TYPES, SCALE_REWARDS  # allowed values, defined once
+
 __all__ = [
     "LOSS_TYPES",
     "SCALE_REWARDS",
@@ -28,8 +30,6 @@ __all__ = [
     "kd_loss",
 ]
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-SCALE_REWARDS = ("group", "batch", "none")
 
 
 def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:

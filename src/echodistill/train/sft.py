@@ -16,47 +16,38 @@ trains on noisy mixes (type from ``noise.train_types``, SNR uniform in ``noise.t
 seeded per (run.seed, item, version) with ``version = epoch % warmup.noise_versions``: K pre-drawn
 noisy versions per item, each encoded once (``noise_versions=0``: a fresh draw every epoch, no cache).
 
-Output in ``run.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (train rows every
-``warmup.logging_steps`` steps; eval rows every ``warmup.eval_steps`` steps: greedy val accuracy clean
-and noisy at the fixed ``eval.noise_seed``), ``final/`` (the adapter's HF-format save + the optimizer
-state in ``training_state.pt`` for ``run_warmup(cfg, resume=True)``), ``summary.json``.
+The loop, schedule, evaluation, logging and checkpoints are ``train/loop.py``'s skeleton (shared with
+GRPO); this module holds what differs: the data rows, the audio cache and the per-batch loss.
+
+Output in ``run.output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (rows every
+``warmup.logging_steps`` steps; greedy val accuracy clean and noisy on the fixed val examples every
+``warmup.eval_steps`` steps and at step 0), ``checkpoint-<step>/`` every ``warmup.save_steps`` steps and
+at the end (``run_warmup(cfg, resume=True)`` / ``echodistill warmup --resume`` continue from the
+newest), ``final/`` (the adapter's HF-format save), ``summary.json``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio.io import load_audio
 from ..audio.noise import NoiseBank, draw_noisy, seeded_rng
-from ..config import ConfigError, save_config, to_dict
 from ..data.labels import select_items, write_label_sheet
 from ..data.manifest import Item, read_manifest
 from ..data.prompts import format_question, ordered_choices
 from ..data.validate import usable_training_items
 from ..errors import UserError
 from .data import load_clip
-from .rewards import extract_choice
-
-STATE_FILE = "training_state.pt"
+from .loop import PhaseTimer, Recipe, get_lr, val_examples
 
 
 # ---------------------------------------------------------------- small helpers
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
 def item_prompt(item: Item, choice_seed: int) -> tuple[str, list[str]]:
     """(user text, shown choices) exactly as at RL / evaluation time."""
     choices = ordered_choices(item, choice_seed)
@@ -70,18 +61,6 @@ def completion_ids(adapter: Any, target: str) -> list[int]:
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     end = im_end if isinstance(im_end, int) and im_end in adapter.eos_token_ids else adapter.eos_token_ids[0]
     return list(ids) + [int(end)]
-
-
-def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
-    """Linear warm-up to 1, then cosine / linear decay to 0 at ``total_steps`` (or constant)."""
-    def f(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        prog = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * prog)) if kind == "cosine" else 1.0 - prog
-    return f
 
 
 class AudioCache:
@@ -228,250 +207,155 @@ def sft_forward(adapter: Any, prompt_ids: list[list[int]], targets: list[list[in
     return loss, per_row == 0
 
 
-# ---------------------------------------------------------------- evaluation
-def evaluate_accuracy(adapter: Any, items: Sequence[Item], cfg: Any, *, noisy: bool = False,
-                      noise_types: Optional[Sequence[str]] = None, snr: Optional[float] = None,
-                      snr_range: Optional[tuple[float, float]] = None, bank: Optional[NoiseBank] = None,
-                      wav_cache: Optional[dict] = None, batch_size: Optional[int] = None,
-                      seed: Optional[int] = None) -> dict:
-    """Greedy accuracy on ``items`` with the shared extractor.
-
-    Clean, or noisy with a seeded draw per item (``seed`` default ``eval.noise_seed``): type from
-    ``noise_types`` (default ``noise.train_types``), SNR fixed (``snr``) or uniform in ``snr_range``
-    (default ``noise.train_snr_min..max``). Returns {acc, invalid, n, per_task}.
-    """
-    bs = batch_size or cfg.eval.batch_size
-    seed = cfg.eval.noise_seed if seed is None else seed
-    types = list(noise_types or cfg.noise.train_types)
-    if noisy and bank is None:
-        bank = NoiseBank(cfg.noise.noise_dir, extra_paths=list(cfg.noise.extra_noise_paths))
-    wav_cache = {} if wav_cache is None else wav_cache
-    correct = invalid = 0
-    per_task: dict[str, list[int]] = {}
-    for s in range(0, len(items), bs):
-        chunk = items[s:s + bs]
-        prompts, choices, wavs = [], [], []
-        for it in chunk:
-            p, ch = item_prompt(it, cfg.data.choice_seed)
-            prompts.append(p)
-            choices.append(ch)
-            if it.audio not in wav_cache:
-                wav_cache[it.audio] = load_audio(it.audio)
-            w = wav_cache[it.audio]
-            if noisy:
-                rng = seeded_rng(seed, "eval-noise", it.id)
-                kw = {"snr_levels": [snr]} if snr is not None else \
-                    {"snr_range": snr_range or (cfg.noise.train_snr_min, cfg.noise.train_snr_max)}
-                w = draw_noisy(w, bank, types, rng, **kw).noisy
-            wavs.append(w)
-        batch = adapter.build_inputs(prompts, wavs)
-        out = adapter.generate(batch, 1, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False)
-        for it, ch, text in zip(chunk, choices, out.texts):
-            k = extract_choice(text, ch)
-            ok = int(k is not None and ch[k] == it.target)
-            correct += ok
-            invalid += int(k is None)
-            per_task.setdefault(it.task, []).append(ok)
-    n = max(1, len(items))
-    return {"acc": correct / n, "invalid": invalid / n, "n": len(items),
-            "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())}}
-
-
-# ---------------------------------------------------------------- the loop
-def _trainable_params(adapter: Any) -> list[torch.nn.Parameter]:
-    return [p for p in adapter.model.parameters() if p.requires_grad]
-
-
-def _eval_subset(items: list[Item], n: int, seed: int) -> list[Item]:
-    if n <= 0 or n >= len(items):
-        return list(items)
-    rng = seeded_rng(seed, "warmup-eval-subset")
-    idx = sorted(int(i) for i in rng.permutation(len(items))[:n])
-    return [items[i] for i in idx]
-
-
-def load_warmup_model(cfg: Any, path: Optional[str] = None) -> Any:
+# ---------------------------------------------------------------- the recipe on the shared skeleton
+def load_warmup_model(cfg: Any) -> Any:
+    """The adapter a warm-up starts from: ``warmup.init_from`` (a finished stage's adapter is folded
+    into the weights and a fresh one trained), else ``model.path``."""
     from ..models import load_adapter
 
-    src = path or cfg.warmup.init_from or cfg.model.path
-    # Resuming this run's own adapter keeps training it; any other adapter is a finished stage to build on.
-    adapter = load_adapter(cfg.model, path=src, train=True, fold_adapter=path is None)
+    adapter = load_adapter(cfg.model, path=cfg.warmup.init_from or cfg.model.path, train=True)
     adapter.to(cfg.run.device if cfg.run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     return adapter
 
 
-def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict:
-    """Supervised warm-up (or sft-noisy with ``warmup.noisy``); returns the summary dict."""
-    w = cfg.warmup
-    out = Path(cfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    torch.set_num_threads(max(1, int(cfg.run.num_threads)))
-    _seed_everything(int(cfg.run.seed))
+class SFTRecipe(Recipe):
+    """Teacher-forced cross-entropy on the answer tokens, on ``train/loop.py``'s skeleton.
 
-    path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
-    all_items = read_manifest(cfg.data.train_manifest, path_map=path_map, columns=dict(cfg.data.columns))
-    train_items = select_items(all_items, cfg, "labeled")  # the teacher-to-be sees only these labels
-    if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
-        train_items = usable_training_items(train_items, cfg, cfg.data.train_manifest, model_path=w.init_from or None)
-    if cfg.data.labeled_fraction < 1:
-        write_label_sheet(out, all_items, cfg, "labeled")
-    if not train_items:
-        raise UserError(f"{cfg.data.train_manifest}: no training items")
-    val_items = []
-    if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).exists():
-        val_items = _eval_subset(read_manifest(cfg.data.val_manifest, path_map=path_map, columns=dict(cfg.data.columns)), w.eval_items,
-                                 int(cfg.run.seed))
+    A step is one micro-batch of ``warmup.prompts_per_device`` items per rank (clean, or noisy with
+    ``warmup.noisy``), drawn from a seeded order per epoch; rank ``r`` takes its slice of the
+    ``B * world`` items of the step. The data position (epoch, pos) is the resume state.
+    """
 
-    state_path = out / "final" / STATE_FILE
-    resume = bool(resume) and state_path.is_file()
-    adapter = load_warmup_model(cfg, str(out / "final") if resume else None)
-    params = _trainable_params(adapter)
-    if not params:
-        raise ConfigError("warmup: no trainable parameter (everything frozen?)")
-    use_cache = bool(w.cache_audio) and _has_hooks(adapter) and _encoder_frozen(adapter) \
-        and not (w.noisy and w.noise_versions <= 0)
-    project_trains = any(p.requires_grad for mod in adapter.audio_modules(adapter.hf)[1:] for p in mod.parameters())
+    eval_at_start = True  # the warm-up's curve starts at the initial model
 
-    opt = torch.optim.AdamW(params, lr=w.learning_rate, weight_decay=w.weight_decay)
-    warm_steps = int(round(w.warmup_ratio * w.max_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(w.lr_scheduler_type, warm_steps, w.max_steps))
-    step, epoch, pos = 0, 0, 0
-    if resume:
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        step, epoch, pos = st["step"], st["epoch"], st["pos"]
-        torch.set_rng_state(st["torch_rng"])
+    def __init__(self, cfg: Any, resume: bool = False, progress: bool = True):
+        super().__init__(cfg, cfg.warmup, resume=resume, progress=progress)
+        self.name = "sft-noisy" if cfg.warmup.noisy else "warmup"
+        self.eval_noisy = bool(cfg.warmup.eval_noisy)
+        self.epoch, self.pos = 0, 0  # data position: epoch, items of its order consumed
+        self.samples = 0  # items trained on by this process (this session)
+        self.recent_loss: list[float] = []
+        self.recent_acc: list[float] = []
 
-    data = WarmupData(cfg, train_items)
-    cache = AudioCache(use_cache)
-    targets = {it.id: completion_ids(adapter, it.target) for it in train_items}
-    missing = [it for it in train_items if not Path(it.audio).is_file()]
-    if missing:  # fail before training, not after minutes of it
-        raise UserError(f"{cfg.data.train_manifest}: {len(missing)} item(s) have no audio file (first: {missing[0].id}: "
-                        f"{missing[0].audio}); run `echodistill data check` or fix data.path_map")
-    for it in train_items:
-        if it.target not in it.choices:
-            raise UserError(f"{cfg.data.train_manifest}: item {it.id}: target {it.target!r} is not a choice")
-    eval_bank = NoiseBank(cfg.noise.noise_dir, extra_paths=list(cfg.noise.extra_noise_paths)) \
-        if val_items and w.eval_noisy else None
-    eval_wavs: dict = {}
+    def _setup_data(self) -> None:
+        cfg, w = self.cfg, self.cfg.warmup
+        path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
+        all_items = read_manifest(cfg.data.train_manifest, path_map=path_map, columns=dict(cfg.data.columns))
+        items = select_items(all_items, cfg, "labeled")  # the teacher-to-be sees only these labels
+        if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
+            items = usable_training_items(items, cfg, cfg.data.train_manifest, model_path=w.init_from or None)
+        if cfg.data.labeled_fraction < 1 and self.accelerator.is_main_process:
+            write_label_sheet(self.out, all_items, cfg, "labeled")
+        if not items:
+            raise UserError(f"{cfg.data.train_manifest}: no training items")
+        missing = [it for it in items if not Path(it.audio).is_file()]
+        if missing:  # fail before training, not after minutes of it
+            raise UserError(f"{cfg.data.train_manifest}: {len(missing)} item(s) have no audio file (first: "
+                            f"{missing[0].id}: {missing[0].audio}); run `echodistill data check` or fix data.path_map")
+        for it in items:
+            if it.target not in it.choices:
+                raise UserError(f"{cfg.data.train_manifest}: item {it.id}: target {it.target!r} is not a choice")
+        self.train_items = items
+        self.data = WarmupData(cfg, items)
+        if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).exists():
+            bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
+                             list(cfg.noise.extra_noise_paths))
+            self.val = val_examples(cfg, w.eval_items, bank)
 
-    metrics_f = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
+    def _setup_model(self) -> Any:
+        w = self.cfg.warmup
+        adapter = load_warmup_model(self.cfg)
+        self.use_cache = bool(w.cache_audio) and _has_hooks(adapter) and _encoder_frozen(adapter) \
+            and not (w.noisy and w.noise_versions <= 0)
+        self.cache = AudioCache(self.use_cache)
+        self.targets = {it.id: completion_ids(adapter, it.target) for it in self.train_items}
+        return adapter
 
-    def log(row: dict) -> None:
-        metrics_f.write(json.dumps(row) + "\n")
-        metrics_f.flush()
+    def _setup_lr_scheduler(self):
+        """``get_lr``: the warm-up's own ramp ((s+1)/W, W = round(warmup_ratio * max_steps)), kept so
+        warm-ups train exactly as before the skeleton (transformers' ramp starts at 0 and uses ceil)."""
+        w = self.cfg.warmup
+        warm_steps = int(round(w.warmup_ratio * w.max_steps))
 
-    t0 = time.time()
-    eval_time = 0.0
-    history: list[dict] = []
+        def factor(step: int) -> float:
+            return get_lr(step, w.lr_scheduler_type, warm_steps, w.max_steps)
 
-    def do_eval() -> dict:
-        nonlocal eval_time
-        te = time.time()
-        row = {"type": "eval", "step": step, "time_s": round(time.time() - t0, 2),
-               "train_time_s": round(time.time() - t0 - eval_time, 2)}
-        clean = evaluate_accuracy(adapter, val_items, cfg, wav_cache=eval_wavs)
-        row.update(val_clean_acc=clean["acc"], val_clean_invalid=clean["invalid"], n=clean["n"])
-        if w.eval_noisy:
-            noisy = evaluate_accuracy(adapter, val_items, cfg, noisy=True, bank=eval_bank, wav_cache=eval_wavs)
-            row.update(val_noisy_acc=noisy["acc"], val_noisy_invalid=noisy["invalid"])
-        eval_time += time.time() - te
-        row["eval_s"] = round(time.time() - te, 2)
-        log(row)
-        history.append(row)
-        return row
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    try:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=w.max_steps, initial=step, disable=not progress, dynamic_ncols=True,
-                   desc="sft-noisy" if w.noisy else "warmup")
-    except ImportError:  # pragma: no cover
-        bar = None
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
 
-    order = data.order(epoch)
-    recent_loss: list[float] = []
-    recent_acc: list[float] = []
-    samples = 0
-    stopped = "max_steps"
-    last_eval = None
-    if val_items and step == 0:
-        last_eval = do_eval()
-    while step < w.max_steps:
-        if w.max_minutes > 0 and (time.time() - t0) / 60.0 >= w.max_minutes:
-            stopped = "max_minutes"
-            break
-        idx = []
-        while len(idx) < w.prompts_per_device:
-            if pos >= len(order):
-                epoch += 1
-                pos = 0
-                order = data.order(epoch)
-            take = order[pos:pos + w.prompts_per_device - len(idx)]
-            idx.extend(take)
-            pos += len(take)
-        rows = [data.row(train_items[i], epoch) for i in idx]
-        if use_cache:
-            prompt_ids, hidden = prepare_rows(adapter, rows, cache, cfg.data.choice_seed)
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+    def _next_batches(self, timer: PhaseTimer) -> list[list[_Row]]:
+        """This rank's rows of the step: the next ``B * world`` items of the epoch order, its slice."""
+        acc, B = self.accelerator, int(self.cfg.warmup.prompts_per_device)
+        with timer("data"):
+            order = self.data.order(self.epoch)
+            idx = []
+            while len(idx) < B * acc.num_processes:
+                if self.pos >= len(order):
+                    self.epoch += 1
+                    self.pos = 0
+                    order = self.data.order(self.epoch)
+                take = order[self.pos:self.pos + B * acc.num_processes - len(idx)]
+                idx.extend(take)
+                self.pos += len(take)
+            mine = idx[acc.process_index * B:(acc.process_index + 1) * B]
+            return [[self.data.row(self.train_items[i], self.epoch) for i in mine]]
+
+    def _loss_step(self, rows: list[_Row], iteration: int, ctx: Any) -> tuple[torch.Tensor, dict]:
+        adapter, seed = self.model, self.cfg.data.choice_seed
+        if self.use_cache:
+            prompt_ids, hidden = prepare_rows(adapter, rows, self.cache, seed)
             feats = adapter.project_audio(adapter.active_model, torch.cat(hidden, 0).to(adapter.device))
         else:  # encode this step's batch (with gradients where the audio path trains)
-            prompts = [item_prompt(r.item, cfg.data.choice_seed)[0] for r in rows]
-            batch = adapter.build_inputs(prompts, [r.wav_fn() for r in rows])
+            batch = adapter.build_inputs([item_prompt(r.item, seed)[0] for r in rows], [r.wav_fn() for r in rows])
             am = batch["attention_mask"]
             prompt_ids = [batch["input_ids"][j][am[j].bool()].tolist() for j in range(len(rows))]
             feats = adapter.audio_features(batch)
-            cache.encoded += len(rows)
-        loss, ok = sft_forward(adapter, prompt_ids, [targets[r.item.id] for r in rows], feats)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if w.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, w.max_grad_norm)
-        opt.step()
-        sched.step()
-        step += 1
-        samples += len(rows)
-        recent_loss = (recent_loss + [float(loss.detach())])[-20:]
-        recent_acc = (recent_acc + [float(ok.float().mean())])[-20:]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(recent_loss):.3f}", acc=f"{np.mean(recent_acc):.2f}",
-                            val=f"{last_eval['val_clean_acc']:.2f}" if last_eval else "-")
-        if step % max(1, w.logging_steps) == 0 or step == 1:
-            train_s = time.time() - t0 - eval_time
-            log({"type": "train", "step": step, "epoch": epoch, "time_s": round(time.time() - t0, 2),
-                 "loss": float(loss.detach()), "loss_avg": float(np.mean(recent_loss)),
-                 "train_acc": float(np.mean(recent_acc)), "lr": sched.get_last_lr()[0],
-                 "samples_per_s": round(samples / max(1e-9, train_s), 2), "clips_encoded": cache.encoded})
-        if val_items and w.eval_steps > 0 and step % w.eval_steps == 0:
-            last_eval = do_eval()
-    if bar is not None:
-        bar.close()
-    if val_items and (last_eval is None or last_eval["step"] != step):
-        last_eval = do_eval()
+            self.cache.encoded += len(rows)
+        loss, ok = sft_forward(adapter, prompt_ids, [self.targets[r.item.id] for r in rows], feats)
+        self.samples += len(rows)
+        self.recent_loss = (self.recent_loss + [float(loss.detach())])[-20:]
+        self.recent_acc = (self.recent_acc + [float(ok.float().mean())])[-20:]
+        return loss, {}
 
-    final = out / "final"
-    adapter.save(final)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-                "pos": pos, "torch_rng": torch.get_rng_state()}, final / STATE_FILE)
-    wall = time.time() - t0
-    train_s = wall - eval_time
-    summary = {"mode": "sft-noisy" if w.noisy else "warmup", "steps": step, "stopped": stopped,
-               "epochs": epoch + pos / max(1, len(train_items)), "wall_s": round(wall, 1),
-               "train_s": round(train_s, 1), "eval_s": round(eval_time, 1), "samples": samples,
-               "samples_per_s": round(samples / max(1e-9, train_s), 2), "clips_encoded": cache.encoded,
-               "audio_cache": use_cache, "projector_trains": project_trains, "lora": adapter.peft is not None,
-               "trainable_params": int(sum(p.numel() for p in params)),
-               "final_loss": float(np.mean(recent_loss)) if recent_loss else None,
-               "final_eval": last_eval, "checkpoint": str(final)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from ..card import write_model_card
-    write_model_card(final, cfg, summary)  # final/README.md: base model as given, data, budget, reproduce
-    log({"type": "summary", **{k: v for k, v in summary.items() if k != "final_eval"}})
-    metrics_f.close()
-    return summary
+    def _step_metrics(self, batches: list, stats: dict[str, list[float]]) -> dict[str, float]:
+        train_s = time.time() - self.started - self.eval_seconds
+        return {"loss": float(np.mean(stats["loss"])), "grad_norm": float(np.mean(stats["grad_norm"])),
+                "loss_avg": float(np.mean(self.recent_loss)), "train_acc": float(np.mean(self.recent_acc)),
+                "samples_per_s": round(self.samples / max(1e-9, train_s), 2), "clips_encoded": self.cache.encoded}
+
+    def _row_position(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def _progress_postfix(self, m: dict) -> dict:
+        last = self.history[-1]["val_clean_acc"] if self.history else None
+        return {"loss": f"{m['loss_avg']:.3f}", "acc": f"{m['train_acc']:.2f}",
+                "val": f"{last:.2f}" if last is not None else "-"}
+
+    def summary(self) -> dict:
+        train_s = time.time() - self.started - self.eval_seconds
+        audio = self.model.audio_modules(self.model.hf)[1:]
+        return {"epochs": self.epoch + self.pos / max(1, len(self.train_items)), "samples": self.samples,
+                "samples_per_s": round(self.samples / max(1e-9, train_s), 2), "clips_encoded": self.cache.encoded,
+                "audio_cache": self.use_cache,
+                "projector_trains": any(p.requires_grad for mod in audio for p in mod.parameters()),
+                "final_loss": float(np.mean(self.recent_loss)) if self.recent_loss else None}
 
 
-__all__ = ["run_warmup", "evaluate_accuracy", "sft_forward", "prepare_rows", "completion_ids", "item_prompt",
-           "AudioCache", "WarmupData", "lr_lambda", "load_warmup_model", "STATE_FILE"]
+def run_warmup(cfg: Any, resume: bool = False, *, progress: bool = True) -> dict:
+    """Supervised warm-up (or sft-noisy with ``warmup.noisy``); returns summary.json's content.
+
+    ``resume``: continue from the newest ``checkpoint-<step>/`` in ``run.output_dir`` (weights,
+    optimizer, schedule, RNG, data position), as ``run_train`` does.
+    """
+    recipe = SFTRecipe(cfg, resume=resume, progress=progress).setup()
+    recipe.train()
+    return recipe.final_summary
+
+
+__all__ = ["run_warmup", "SFTRecipe", "sft_forward", "prepare_rows", "completion_ids", "item_prompt",
+           "AudioCache", "WarmupData", "load_warmup_model"]

@@ -23,11 +23,7 @@ with one all-reduce per update instead, which is what DDP does. FSDP/DeepSpeed a
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,12 +31,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..config import ConfigError, save_config, to_dict
 from ..data.labels import select_items, write_label_sheet
 from ..errors import UserError
 from . import grpo, rewards as R
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import Example, ItemStream, eval_examples, load_examples, prompt_length_proxy
+from .data import Example, ItemStream, load_examples, prompt_length_proxy
+from .loop import PhaseTimer, Recipe, any_rank, val_examples
 from .plugins import add_plugin_rewards
 from .rollout_backends import rollout_backend
 
@@ -324,40 +319,7 @@ def micro_loss(model, r: Rollout, cfg, *, first_iteration: bool, num_tokens: Opt
             stats.update({f"grad_norm_{k}": _grad_norm(v, params) for k, v in terms.items()})
     return sum(terms.values()), stats
 
-# ================================================================== helpers: distributed, metrics, eval
-def _all_reduce_grads(accelerator, params: list[torch.nn.Parameter]) -> None:
-    """Average gradients over ranks in one collective (what DDP would do)."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= accelerator.num_processes
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone()
-        offset += n
-
-
-def _any_rank(accelerator, flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on any rank (collective: every rank must call it)."""
-    if accelerator.num_processes == 1:
-        return bool(flag)
-    return bool(accelerator.gather(torch.tensor([int(flag)], device=accelerator.device)).max().item())
-
-
-def _mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
-    """Average a dict of floats over ranks (same keys on every rank; NaN-aware)."""
-    if accelerator.num_processes == 1 or not values:
-        return values
-    keys = sorted(values)
-    x = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    g = accelerator.gather(x.unsqueeze(0)).reshape(accelerator.num_processes, -1)
-    return {k: float(np.nanmean(g[:, i].cpu().numpy())) if not torch.isnan(g[:, i]).all() else float("nan")
-            for i, k in enumerate(keys)}
-
-
+# ================================================================== metrics
 def _mean_std(prefix: str, x: torch.Tensor) -> dict[str, float]:
     x = x.float()
     return {f"{prefix}_mean": float(x.mean()), f"{prefix}_std": float(x.std()) if x.numel() > 1 else 0.0}
@@ -410,170 +372,78 @@ def rollout_metrics(rolls: list[Rollout], cfg) -> dict[str, float]:
     return out
 
 
-def greedy_eval(model, examples: list[Example], cfg, accelerator) -> dict[str, float]:
-    """Clean and noisy greedy accuracy (and invalid share) on fixed val examples, sharded over ranks."""
-    mine = examples[accelerator.process_index::accelerator.num_processes]
-    counts = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # n, clean ok, noisy ok, clean inv, noisy inv
-    bs = max(1, cfg.eval.batch_size)
-    for i in range(0, len(mine), bs):
-        chunk = mine[i:i + bs]
-        prompts = [e.prompt for e in chunk]
-        for j, wavs in ((1, [e.clean for e in chunk]), (2, [e.noisy for e in chunk])):
-            comp = model.generate(model.build_inputs(prompts, wavs), 1, max_new_tokens=cfg.eval.max_new_tokens,
-                                  do_sample=False)
-            for e, text in zip(chunk, comp.texts):
-                ans = R.extract_choice(text, e.choices)
-                counts[j] += float(ans == e.target)
-                counts[j + 2] += float(ans is None)
-        counts[0] += len(chunk)
-    if accelerator.num_processes > 1:
-        counts = accelerator.reduce(counts, reduction="sum")
-    n = max(float(counts[0]), 1.0)
-    return {"val_clean_acc": float(counts[1]) / n, "val_noisy_acc": float(counts[2]) / n,
-            "val_clean_invalid": float(counts[3]) / n, "val_noisy_invalid": float(counts[4]) / n,
-            "val_items": float(counts[0])}
+# ================================================================== the recipe on the shared skeleton
+class GRPORecipe(Recipe):
+    """GRPO with a clean-audio teacher on ``train/loop.py``'s skeleton: a step is
+    ``gradient_accumulation_steps`` micro-batches of phases 1-4, then ``num_iterations`` updates."""
 
+    summed_keys = ("skipped_items",)  # counts: summed over ranks, not averaged
 
-class PhaseTimer:
-    """Seconds per named phase, summed over the micro-batches of one step."""
+    def __init__(self, cfg: Any, resume: bool = False, progress: bool = True):
+        super().__init__(cfg, cfg.train, resume=resume, progress=progress)
+        self.name = cfg.train.variant
+        self.num_iterations = int(cfg.train.num_iterations)
+        self.gradient_accumulation_steps = int(cfg.train.gradient_accumulation_steps)
+        self.position = 0  # micro-batches of the item stream consumed
 
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
+    def _setup_data(self) -> None:
+        from ..audio.noise import NoiseBank
+        from ..data.manifest import read_manifest
 
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
+        all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map),
+                                  columns=dict(cfg.data.columns))
+        self.train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
+        if not self.train_items:
+            raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
+        if cfg.data.labeled_fraction < 1 and acc.is_main_process:
+            write_label_sheet(self.out, all_items, cfg, t.rl_items)
+        self.bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
+                              list(cfg.noise.extra_noise_paths))
+        self.bank.check(list(cfg.noise.train_types))
+        lengths = prompt_length_proxy(self.train_items, cfg.data.max_duration_s) if t.group_by_length else None
+        self.stream = ItemStream(self.train_items, t.prompts_per_device, acc.num_processes, acc.process_index,
+                                 cfg.run.seed, lengths=lengths)
+        if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).exists():
+            self.val = val_examples(cfg, t.eval_items, self.bank)
 
+    def _setup_model(self):
+        from ..models import load_adapter
 
-def _log(accelerator, msg: str) -> None:
-    if accelerator.is_main_process:
-        print(f"[echodistill] {msg}", file=sys.stderr, flush=True)
+        model = load_adapter(self.cfg.model, path=self.cfg.train.init_from or None, train=True)
+        model.gradient_checkpointing = bool(self.cfg.train.gradient_checkpointing)
+        return model
 
+    def state_dict(self) -> dict:
+        return {"position": self.position}
 
-def _make_accelerator(cfg):
-    from accelerate import Accelerator
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
 
-    from ..tracking import resolve_log_with
-
-    log_with = resolve_log_with(cfg)  # run.log_with: tensorboard (default) | wandb | trackio, or several
-    acc = Accelerator(gradient_accumulation_steps=cfg.train.gradient_accumulation_steps, log_with=log_with,
-                      project_dir=cfg.run.output_dir, cpu=cfg.run.device == "cpu")
-    if acc.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-        raise ConfigError(f"accelerate distributed_type {acc.distributed_type.value} is not supported by the trainer "
-                          "yet; use a DDP config (configs/accelerate/ddp_cpu.yaml or ddp_gpu.yaml), with LoRA for "
-                          "large models")
-    return acc
-
-
-# ================================================================== the loop
-def run_train(cfg, resume: bool = False) -> Path:
-    """Train ``cfg.train.variant`` on ``cfg.data.train_manifest``; return ``<output_dir>/final``."""
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-    from tqdm.auto import tqdm
-
-    from ..audio.noise import NoiseBank
-    from ..data.manifest import read_manifest, seeded_subset
-    from ..models import load_adapter
-
-    t, out = cfg.train, Path(cfg.run.output_dir)
-    accelerator = _make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.run.num_threads)))
-
-    # ---- setup: resolved config, data, noise, model, optimizer, schedule
-    ckpt = latest_checkpoint(out) if resume else None
-    if not resume and latest_checkpoint(out) is not None:
-        raise UserError(f"{out} already holds checkpoints: pass --resume to continue that run, "
-                        "or set run.output_dir to a new folder")
-    if resume and ckpt is None:
-        _log(accelerator, f"--resume: no checkpoint in {out}; starting from step 0")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    set_seed(cfg.run.seed)  # LoRA init and anything else drawn at load time: the same on every rank
-    all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map),
-                              columns=dict(cfg.data.columns))
-    train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
-    if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
-        from ..data.validate import usable_training_items
-        train_items = usable_training_items(train_items, cfg, cfg.data.train_manifest,
-                                            model_path=t.init_from or None, log=lambda m: _log(accelerator, m))
-    if not train_items:
-        raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
-    if cfg.data.labeled_fraction < 1 and accelerator.is_main_process:
-        write_label_sheet(out, all_items, cfg, t.rl_items)
-    bank = NoiseBank(cfg.noise.noise_dir if Path(cfg.noise.noise_dir).is_dir() else None,
-                     list(cfg.noise.extra_noise_paths))
-    bank.check(list(cfg.noise.train_types))
-    lengths = prompt_length_proxy(train_items, cfg.data.max_duration_s) if t.group_by_length else None
-    stream = ItemStream(train_items, t.prompts_per_device, world, rank, cfg.run.seed, lengths=lengths)
-    val_examples: list[Example] = []
-    if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).exists():
-        val_items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map),
-                                                columns=dict(cfg.data.columns)),
-                                  t.eval_items, cfg.eval.noise_seed)  # every task, not the file's first ones
-        val_examples = eval_examples(val_items, cfg, bank, cfg.eval.noise_seed)
-
-    model = load_adapter(cfg.model, path=t.init_from or None, train=True)
-    model.gradient_checkpointing = bool(t.gradient_checkpointing)
-    if cfg.model.device_map is None:
-        model.to(accelerator.device)
-    params = model.trainable_parameters()
-    if not params:
-        raise ConfigError("the model has no trainable parameter (everything frozen?): check model.lora and "
-                          "model.freeze_audio_encoder")
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    total_updates = t.max_steps * t.num_iterations
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_updates),
-                              num_training_steps=total_updates)
-
-    step, position = 0, 0  # optimizer steps done; micro-batches of the item stream consumed
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator=accelerator, model=model.model, optimizer=optimizer, scheduler=scheduler)
-        step, position = int(state["step"]), int(state["position"])
-        _log(accelerator, f"resumed from {ckpt} (step {step})")
-    metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, step)
-    if accelerator.log_with:
-        from ..tracking import start_trackers
-        start_trackers(accelerator, cfg, _flat_hparams(to_dict(cfg)))
-
-    def checkpoint():
-        save_checkpoint(out, step, accelerator=accelerator, model=model.model, save_model=model.save,
-                        optimizer=optimizer, scheduler=scheduler, state={"position": position}, keep=2)
-
-    bar = tqdm(total=t.max_steps, initial=step, disable=not accelerator.is_main_process, desc=t.variant,
-               dynamic_ncols=True)
-    started = time.time()
-    while step < t.max_steps:
-        timer = PhaseTimer()
+    def _next_batches(self, timer: PhaseTimer) -> list[Rollout]:
+        """Phases 1-4 for each micro-batch of the step (noise, rollout, teacher scoring, rewards)."""
+        cfg, acc, model = self.cfg, self.accelerator, self.model
+        rank = acc.process_index
         rolls: list[Rollout] = []
-        skipped: list[str] = []
-        encoder_clips, empty_in_a_row = model.encoder_clips, 0
-        while len(rolls) < t.gradient_accumulation_steps:
+        self.skipped: list[str] = []
+        self.encoder_clips, empty_in_a_row = model.encoder_clips, 0
+        while len(rolls) < self.gradient_accumulation_steps:
             # ---- phase 1: noise (load clips, draw noise); all ranks agree before any skip
             with timer("noise"):
-                examples, bad = load_examples(stream.batch(position), cfg, bank, position)
-                skipped += bad
-                skip = _any_rank(accelerator, len(examples) == 0)
-            position += 1
+                examples, bad = load_examples(self.stream.batch(self.position), cfg, self.bank, self.position)
+                self.skipped += bad
+                skip = any_rank(acc, len(examples) == 0)
+            self.position += 1
             if skip:  # some rank has nothing usable: every rank drops this micro-batch together
                 empty_in_a_row += 1
-                if empty_in_a_row > max(100, len(train_items)):  # the same decision on every rank
+                if empty_in_a_row > max(100, len(self.train_items)):  # the same decision on every rank
                     raise UserError(f"{cfg.data.train_manifest}: {empty_in_a_row} micro-batches in a row had no "
                                     f"usable audio (last: {bad[-1] if bad else '?'}); run `echodistill data check`")
                 continue
             empty_in_a_row = 0
             # ---- phase 2: rollout (student, noisy audio)
             with timer("rollout"):
-                r = rollout(model, examples, cfg, _generator(model.device, cfg.run.seed, "rollout", position, rank))
+                r = rollout(model, examples, cfg, _generator(model.device, cfg.run.seed, "rollout", self.position, rank))
             # ---- phase 3: teacher scoring (frozen teacher, clean audio)
             with timer("teacher"):
                 teacher_scoring(model, r, cfg)
@@ -582,101 +452,44 @@ def run_train(cfg, resume: bool = False) -> Path:
                 compute_rewards(r, cfg)
                 compute_advantages(r, cfg)
             rolls.append(r)
-        for msg in skipped:
+        for msg in self.skipped:
             print(f"[echodistill] rank {rank}: skipped bad item {msg}", file=sys.stderr, flush=True)
+        return rolls
 
-        # ---- phase 5: update (num_iterations passes; accumulation over micro-batches; ranks averaged)
-        with timer("update"):
-            num_tokens = None
-            if t.loss_type == "dapo":  # global token count (all ranks and micro-batches), per rank share
-                local = sum(float(r.mask.sum()) for r in rolls)
-                num_tokens = float(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum")) / world
-            stats: dict[str, list[float]] = {}
-            grad_norms, losses = [], []
-            for it in range(t.num_iterations):
-                for r in rolls:
-                    loss, s = micro_loss(model, r, cfg, first_iteration=it == 0, num_tokens=num_tokens)
-                    scale = 1.0 if t.loss_type == "dapo" else 1.0 / len(rolls)
-                    (loss * scale).backward()
-                    losses.append(float(loss.detach()))
-                    for k, v in s.items():
-                        stats.setdefault(k, []).append(v)
-                _all_reduce_grads(accelerator, params)
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        step += 1
+    # ---- phase 5: update (the skeleton runs num_iterations passes; accumulation; ranks averaged)
+    def _update_context(self, rolls: list[Rollout]) -> Optional[float]:
+        """DAPO's global token count (all ranks and micro-batches), as this rank's share."""
+        if self.cfg.train.loss_type != "dapo":
+            return None
+        acc = self.accelerator
+        local = sum(float(r.mask.sum()) for r in rolls)
+        return float(acc.reduce(torch.tensor(local, device=acc.device), "sum")) / acc.num_processes
 
-        # ---- what users watch: metrics JSONL, TensorBoard, progress bar, periodic val eval
-        m = rollout_metrics(rolls, cfg)
+    def _loss_scale(self, rolls: list[Rollout]) -> float:
+        return 1.0 if self.cfg.train.loss_type == "dapo" else 1.0 / len(rolls)
+
+    def _loss_step(self, r: Rollout, iteration: int, num_tokens: Optional[float]) -> tuple[torch.Tensor, dict]:
+        return micro_loss(self.model, r, self.cfg, first_iteration=iteration == 0, num_tokens=num_tokens)
+
+    def _step_metrics(self, rolls: list[Rollout], stats: dict[str, list[float]]) -> dict[str, float]:
+        m = rollout_metrics(rolls, self.cfg)
         m.update({k: float(np.mean(v)) for k, v in stats.items() if k != "num_tokens"})
-        m.update(loss=float(np.mean(losses)), grad_norm=float(np.mean(grad_norms)))
-        m.update({f"time_{k}": v for k, v in timer.seconds.items()})
-        m["skipped_items"] = float(len(skipped))
-        m["encoder_clips"] = float(model.encoder_clips - encoder_clips)  # audio encodings this step (all phases)
-        m = _mean_over_ranks(accelerator, m)
-        m["skipped_items"] *= world  # a count: summed over ranks, not averaged
-        m.update(step=step, epoch=stream.epoch_of(position - 1), lr=scheduler.get_last_lr()[0],
-                 time_step=sum(timer.seconds[k] for k in ("noise", "rollout", "teacher", "rewards", "update")
-                               if k in timer.seconds))
-        if val_examples and (step % t.eval_steps == 0 or step == t.max_steps):
-            t0 = time.perf_counter()
-            m.update(greedy_eval(model, val_examples, cfg, accelerator))
-            m["time_eval"] = time.perf_counter() - t0
-        if accelerator.is_main_process and (step % max(1, t.logging_steps) == 0 or step == t.max_steps):
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
-        if accelerator.log_with:
-            accelerator.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
-        bar.set_postfix(reward=f"{m['reward_total_mean']:.3f}", acc=f"{m['reward_accuracy_mean']:.2f}",
-                        refresh=False)
-        bar.update(1)
+        m["skipped_items"] = float(len(self.skipped))
+        m["encoder_clips"] = float(self.model.encoder_clips - self.encoder_clips)  # audio encodings this step (all phases)
+        return m
 
-        # ---- checkpoints (atomic); a wall-clock cap stops every rank at the same step
-        out_of_time = t.max_minutes > 0 and (time.time() - started) / 60 > t.max_minutes
-        stop = _any_rank(accelerator, out_of_time)
-        if step % max(1, t.save_steps) == 0 or step == t.max_steps or stop:
-            checkpoint()
-        if stop:
-            _log(accelerator, f"train.max_minutes={t.max_minutes} reached at step {step}; stopping")
-            break
-    bar.close()
+    def _row_position(self) -> dict:
+        return {"epoch": self.stream.epoch_of(self.position - 1)}
 
-    # ---- final: a loadable model dir (adapter or full weights, HF format)
-    final = out / "final"
-    if accelerator.is_main_process:
-        model.save(final)
-        from ..card import write_model_card
-        write_model_card(final, cfg, mode="train")  # final/README.md: base model as given, data, budget
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return final
+    def _progress_postfix(self, m: dict) -> dict:
+        return {"reward": f"{m['reward_total_mean']:.3f}", "acc": f"{m['reward_accuracy_mean']:.2f}"}
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric rows past the checkpoint (they are recomputed); on a fresh run, start empty."""
-    if step == 0 or not path.is_file():
-        path.unlink(missing_ok=True)
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def _flat_hparams(d: dict, prefix: str = "") -> dict:
-    """TensorBoard hparams take scalars only: flatten nested keys, stringify lists and None."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat_hparams(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
+def run_train(cfg, resume: bool = False) -> Path:
+    """Train ``cfg.train.variant`` on ``cfg.data.train_manifest``; return ``<output_dir>/final``."""
+    return GRPORecipe(cfg, resume=resume).setup().train()
 
 
 __all__ = ["run_train", "Rollout", "TeacherAnswer", "TeacherPasses", "rollout", "teacher_scoring",
            "reward_targets", "compute_rewards", "compute_advantages", "teacher_gate", "kd_rows", "micro_loss",
-           "greedy_eval", "rollout_metrics", "completion_logits"]
+           "rollout_metrics", "completion_logits", "GRPORecipe"]

@@ -1,0 +1,444 @@
+"""One training skeleton for every kind of training: the supervised warm-up / sft-noisy and the GRPO variants.
+
+torchtune's recipe shape. ``Recipe.setup()`` runs the ``_setup_*`` steps in one fixed order,
+``Recipe.train()`` runs the loop, and a recipe (``sft.SFTRecipe``, ``trainer.GRPORecipe``) fills in only
+what differs between kinds of training:
+
+    _setup_data()                    training items, their batch stream, the val examples
+    _setup_model()                   the adapter to train (which weights it starts from)
+    _next_batches(timer)             the micro-batches of one optimizer step (GRPO: noise, rollout,
+                                     teacher scoring, rewards, advantages)
+    _loss_step(batch, it, ctx)       the per-batch loss, with gradients -> (loss, stats)
+    _step_metrics(batches, stats)    what a metrics row reports about the step
+    state_dict() / load_state_dict() the recipe's data position (JSON), for exact resume
+
+Everything else lives here once: accelerate, seeding, AdamW on the trainable parameters, the LR
+schedule (``get_lr``), the update (``num_iterations`` passes over the step's micro-batches,
+gradients averaged over micro-batches and ranks, clipping), periodic greedy evaluation
+(``greedy_accuracy``: the eval command's predictor), metrics.jsonl + tracker + tqdm, atomic checkpoints
+and resume through ``checkpoint.py``, the final save and ``summary.json``.
+
+Exact resume: every random draw of a recipe is a pure function of (seed, position, rank), the RNG
+states, optimizer and schedule are in the checkpoint, so a killed-and-resumed run ends with the
+same weights as an uninterrupted one (tests/test_resume.py, for GRPO and the warm-up).
+
+Distributed: the model is not wrapped in DDP (sampling, teacher and evaluation call the plain
+module, and rank-local calls must never enter a collective); gradients are averaged with one
+all-reduce per update instead, which is what DDP does. FSDP/DeepSpeed are not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, save_config, to_dict
+from ..errors import UserError
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import Example
+
+
+# ================================================================== pure pieces
+def get_lr(step: int, kind: str, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier after ``step`` optimizer steps (nanoGPT's get_lr): linear ramp to 1 over
+    ``warmup_steps`` ((step+1)/W), then cosine / linear decay to 0 at ``total_steps``, or constant.
+
+    The warm-up section's schedule (``warmup.lr_scheduler_type``); the RL section names any
+    transformers scheduler instead (``train.lr_scheduler_type``, ``build_scheduler``).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    prog = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * prog)) if kind == "cosine" else 1.0 - prog
+
+
+class PhaseTimer:
+    """Seconds per named phase, summed over the micro-batches of one step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+# ================================================================== distributed helpers
+def make_accelerator(cfg: Any, gradient_accumulation_steps: int = 1):
+    from accelerate import Accelerator
+
+    from ..tracking import resolve_log_with
+
+    log_with = resolve_log_with(cfg)  # run.log_with: tensorboard (default) | wandb | trackio, or several
+    acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
+                      project_dir=cfg.run.output_dir, cpu=cfg.run.device == "cpu")
+    if acc.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+        raise ConfigError(f"accelerate distributed_type {acc.distributed_type.value} is not supported by the trainer "
+                          "yet; use a DDP config (configs/accelerate/ddp_cpu.yaml or ddp_gpu.yaml), with LoRA for "
+                          "large models")
+    return acc
+
+
+def all_reduce_grads(accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Average gradients over ranks in one collective (what DDP would do)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= accelerator.num_processes
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).clone()
+        offset += n
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank (collective: every rank must call it)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    return bool(accelerator.gather(torch.tensor([int(flag)], device=accelerator.device)).max().item())
+
+
+def mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Average a dict of floats over ranks (same keys on every rank; NaN-aware)."""
+    if accelerator.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    x = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    g = accelerator.gather(x.unsqueeze(0)).reshape(accelerator.num_processes, -1)
+    return {k: float(np.nanmean(g[:, i].cpu().numpy())) if not torch.isnan(g[:, i]).all() else float("nan")
+            for i, k in enumerate(keys)}
+
+
+# ================================================================== periodic evaluation
+def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noisy: bool = True) -> dict[str, float]:
+    """Greedy val accuracy and invalid share, clean (and noisy), sharded over ranks.
+
+    Answers come from the eval command's predictor (``eval.evaluate.model_predictor``: greedy
+    decoding + the shared extractor), so training curves and ``echodistill eval`` read answers alike.
+    ``examples``: fixed val examples (``data.eval_examples``: the same noisy draw at every evaluation).
+    """
+    from ..eval.evaluate import model_predictor
+
+    predict = model_predictor(model, cfg.eval.max_new_tokens)
+    mine = list(examples)[accelerator.process_index::accelerator.num_processes]
+    counts = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # n, clean ok, noisy ok, clean inv, noisy inv
+    bs = max(1, cfg.eval.batch_size)
+    for i in range(0, len(mine), bs):
+        chunk = mine[i:i + bs]
+        prompts, choices = [e.prompt for e in chunk], [e.choices for e in chunk]
+        conditions = ((1, [e.clean for e in chunk]), (2, [e.noisy for e in chunk])) if noisy else \
+            ((1, [e.clean for e in chunk]),)
+        for j, wavs in conditions:
+            for e, (_, ans) in zip(chunk, predict(prompts, choices, wavs)):
+                counts[j] += float(ans == e.target)
+                counts[j + 2] += float(ans is None)
+        counts[0] += len(chunk)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    n = max(float(counts[0]), 1.0)
+    out = {"val_clean_acc": float(counts[1]) / n, "val_clean_invalid": float(counts[3]) / n}
+    if noisy:
+        out.update(val_noisy_acc=float(counts[2]) / n, val_noisy_invalid=float(counts[4]) / n)
+    out["val_items"] = float(counts[0])
+    return out
+
+
+def val_examples(cfg, eval_items: int, bank) -> list[Example]:
+    """The fixed val examples of a run: a seeded subset across tasks (``eval_items``, 0 = all) of the
+    val split, noisy versions drawn once with ``eval.noise_seed`` (train noise types and SNR band)."""
+    from ..data.manifest import read_manifest, seeded_subset
+    from .data import eval_examples
+
+    items = seeded_subset(read_manifest(cfg.data.val_manifest, path_map=dict(cfg.data.path_map),
+                                        columns=dict(cfg.data.columns)),
+                          eval_items, cfg.eval.noise_seed)  # every task, not the file's first ones
+    return eval_examples(items, cfg, bank, cfg.eval.noise_seed)
+
+
+# ================================================================== the skeleton
+class Recipe:
+    """Setup, loop, evaluation, logging and checkpoints shared by every kind of training.
+
+    ``args`` is the config section of the training kind (``cfg.warmup`` or ``cfg.train``); both
+    carry the same keys for the same ideas (max_steps, max_minutes, learning_rate,
+    lr_scheduler_type, warmup_ratio, weight_decay, max_grad_norm, save_steps, eval_steps,
+    eval_items, logging_steps, init_from).
+    """
+
+    name = "train"  # progress-bar label and summary "mode"
+    num_iterations = 1  # optimizer updates per step over the same micro-batches (GRPO's mu)
+    gradient_accumulation_steps = 1  # micro-batches per optimizer update
+    eval_at_start = False  # evaluate the initial model (step 0) before training
+    eval_noisy = True  # periodic evaluation on noisy audio too
+    summed_keys: tuple = ()  # metrics that are counts: summed over ranks instead of averaged
+
+    def __init__(self, cfg: Any, args: Any, *, resume: bool = False, progress: bool = True):
+        self.cfg, self.args, self.resume, self.progress = cfg, args, resume, progress
+        self.out = Path(cfg.run.output_dir)
+        self.step = 0  # optimizer steps done (one step = num_iterations updates)
+        self.val: list[Example] = []
+        self.history: list[dict] = []
+        self.stopped = "max_steps"
+
+    # ------------------------------------------------------------ what a recipe provides
+    def _setup_data(self) -> None:
+        raise NotImplementedError
+
+    def _setup_model(self) -> Any:
+        raise NotImplementedError
+
+    def _next_batches(self, timer: PhaseTimer) -> list:
+        """The micro-batches of one optimizer step (each a recipe-defined record)."""
+        raise NotImplementedError
+
+    def _loss_step(self, batch: Any, iteration: int, ctx: Any) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch (with gradients) and float stats to average into the metrics row."""
+        raise NotImplementedError
+
+    def _update_context(self, batches: list) -> Any:
+        """Computed once per step before the update (e.g. GRPO-DAPO's global token count)."""
+        return None
+
+    def _loss_scale(self, batches: list) -> float:
+        """Weight of each micro-batch's loss in the accumulated gradient (default: their mean)."""
+        return 1.0 / len(batches)
+
+    def _step_metrics(self, batches: list, stats: dict[str, list[float]]) -> dict[str, float]:
+        """The step's metrics row (before ``mean_over_ranks``); default: mean of each stat."""
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def _progress_postfix(self, m: dict) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        """The recipe's data position (JSON-serialisable), saved in trainer_state.json."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def summary(self) -> dict:
+        """Extra fields of summary.json."""
+        return {}
+
+    # ------------------------------------------------------------ setup
+    def setup(self) -> "Recipe":
+        from accelerate.utils import set_seed
+
+        self.accelerator = make_accelerator(self.cfg, self.gradient_accumulation_steps)
+        if self.accelerator.device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.cfg.run.num_threads)))
+        ckpt = self._setup_output()
+        set_seed(int(self.cfg.run.seed))  # LoRA init and anything else drawn at load time: the same on every rank
+        self._setup_data()
+        self.model = self._setup_model()
+        if self.cfg.model.device_map is None:
+            self.model.to(self.accelerator.device)
+        self.params = self.model.trainable_parameters()
+        if not self.params:
+            raise ConfigError("the model has no trainable parameter (everything frozen?): check model.lora and "
+                              "model.freeze_audio_encoder")
+        self.optimizer = self._setup_optimizer()
+        self.scheduler = self._setup_lr_scheduler()
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, accelerator=self.accelerator, model=self.model.model,
+                                    optimizer=self.optimizer, scheduler=self.scheduler)
+            self.step = int(state["step"])
+            self.load_state_dict(state)
+            self._log(f"resumed from {ckpt} (step {self.step})")
+        self._setup_logging()
+        return self
+
+    def _setup_output(self) -> Optional[Path]:
+        """Refuse to mix two runs in one folder; write the resolved config; the checkpoint to resume."""
+        out, acc = self.out, self.accelerator
+        ckpt = latest_checkpoint(out) if self.resume else None
+        if not self.resume and latest_checkpoint(out) is not None:
+            raise UserError(f"{out} already holds checkpoints: pass --resume to continue that run, "
+                            "or set run.output_dir to a new folder")
+        if self.resume and ckpt is None and (out / "final").is_dir():
+            self._log(f"--resume: {out} has a final/ but no checkpoint-<step>/ (a run from before mid-run "
+                      "checkpoints): starting from step 0")
+        elif self.resume and ckpt is None:
+            self._log(f"--resume: no checkpoint in {out}; starting from step 0")
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, out / "config.yaml")
+        return ckpt
+
+    def _setup_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+
+    def _setup_lr_scheduler(self):
+        """Any transformers scheduler by name; warm-up steps ``ceil(warmup_ratio * updates)`` (TRL's)."""
+        from transformers import get_scheduler
+
+        total = self.args.max_steps * self.num_iterations
+        return get_scheduler(self.args.lr_scheduler_type, self.optimizer,
+                             num_warmup_steps=math.ceil(self.args.warmup_ratio * total), num_training_steps=total)
+
+    def _setup_logging(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.metrics_path = self.out / "metrics.jsonl"
+        if self.accelerator.is_main_process:
+            truncate_metrics(self.metrics_path, self.step)
+        if self.accelerator.log_with:
+            from ..tracking import start_trackers
+            start_trackers(self.accelerator, self.cfg, flat_hparams(to_dict(self.cfg)))
+        self.bar = tqdm(total=self.args.max_steps, initial=self.step, desc=self.name, dynamic_ncols=True,
+                        disable=not (self.progress and self.accelerator.is_main_process))
+
+    # ------------------------------------------------------------ the loop
+    def train(self) -> Path:
+        """Run to ``max_steps`` (or ``max_minutes``); checkpoints, the final model; returns ``final/``."""
+        a, acc = self.args, self.accelerator
+        self.started = time.time()
+        self.eval_seconds = 0.0
+        if self.eval_at_start and self.step == 0 and self._eval_due(0):
+            self._write({"step": 0, **self._evaluate()})
+        while self.step < a.max_steps:
+            timer = PhaseTimer()
+            batches = self._next_batches(timer)
+            with timer("update"):
+                stats = self._update(batches)
+            self.step += 1
+            m = mean_over_ranks(acc, self._step_metrics(batches, stats) | {f"time_{k}": v for k, v in timer.seconds.items()})
+            for k in self.summed_keys:
+                m[k] *= acc.num_processes
+            m.update(step=self.step, lr=self.scheduler.get_last_lr()[0], **self._row_position(),
+                     time_step=sum(timer.seconds.get(k, 0.0) for k in timer.seconds))
+            out_of_time = a.max_minutes > 0 and (time.time() - self.started) / 60 > a.max_minutes
+            stop = any_rank(acc, out_of_time)
+            last = self.step == a.max_steps or stop
+            if self._eval_due(self.step) or (last and self.val):
+                m.update(self._evaluate())
+            if self.step % max(1, a.logging_steps) == 0 or self.step == 1 or last:
+                self._write(m)
+            if acc.log_with:
+                acc.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step=self.step)
+            self.bar.set_postfix(**self._progress_postfix(m), refresh=False)
+            self.bar.update(1)
+            if self.step % max(1, a.save_steps) == 0 or last:
+                self._checkpoint()
+            if stop:
+                self.stopped = "max_minutes"
+                self._log(f"max_minutes={a.max_minutes} reached at step {self.step}; stopping")
+                break
+        self.bar.close()
+        return self._finish()
+
+    def _update(self, batches: list) -> dict[str, list[float]]:
+        """``num_iterations`` passes: backward of every micro-batch's loss (weighted by ``_loss_scale``),
+        gradients averaged over ranks, clipped (``max_grad_norm`` > 0), one optimizer + schedule step."""
+        ctx = self._update_context(batches)
+        stats: dict[str, list[float]] = {"loss": [], "grad_norm": []}
+        scale = self._loss_scale(batches)
+        for it in range(self.num_iterations):
+            for b in batches:
+                loss, s = self._loss_step(b, it, ctx)
+                (loss * scale).backward()
+                stats["loss"].append(float(loss.detach()))
+                for k, v in s.items():
+                    stats.setdefault(k, []).append(v)
+            all_reduce_grads(self.accelerator, self.params)
+            clip = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")  # inf: norm only
+            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(self.params, clip)))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def _row_position(self) -> dict:
+        """Where the data stream is (e.g. ``epoch``)."""
+        return {}
+
+    def _eval_due(self, step: int) -> bool:
+        return bool(self.val) and self.args.eval_steps > 0 and step % self.args.eval_steps == 0
+
+    def _evaluate(self) -> dict:
+        t0 = time.perf_counter()
+        m = greedy_accuracy(self.model, self.val, self.cfg, self.accelerator, noisy=self.eval_noisy)
+        m["time_eval"] = time.perf_counter() - t0
+        self.eval_seconds += m["time_eval"]
+        self.history.append({"step": self.step, **m})
+        return m
+
+    def _write(self, row: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
+                        save_model=self.model.save, optimizer=self.optimizer, scheduler=self.scheduler,
+                        state=self.state_dict(), keep=2)
+
+    def _finish(self) -> Path:
+        """The final loadable model dir (adapter or full weights, HF format) and summary.json."""
+        final = self.out / "final"
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.model.save(final)
+            wall = time.time() - self.started
+            summary = {"mode": self.name, "steps": self.step, "stopped": self.stopped, "wall_s": round(wall, 1),
+                       "train_s": round(wall - self.eval_seconds, 1), "eval_s": round(self.eval_seconds, 1),
+                       "trainable_params": int(sum(p.numel() for p in self.params)),
+                       "lora": self.model.peft is not None, **self.summary(),
+                       "final_eval": self.history[-1] if self.history else None, "checkpoint": str(final)}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            from ..card import write_model_card
+            write_model_card(final, self.cfg, summary)  # final/README.md: base model as given, data, budget
+            self.final_summary = summary
+        acc.wait_for_everyone()
+        acc.end_training()
+        return final
+
+    def _log(self, msg: str) -> None:
+        if self.accelerator.is_main_process:
+            print(f"[echodistill] {msg}", file=sys.stderr, flush=True)
+
+
+# ================================================================== metrics file helpers
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric rows past the checkpoint (they are recomputed); on a fresh run, start empty."""
+    if step == 0 or not path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def flat_hparams(d: dict, prefix: str = "") -> dict:
+    """TensorBoard hparams take scalars only: flatten nested keys, stringify lists and None."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+__all__ = ["Recipe", "PhaseTimer", "get_lr", "greedy_accuracy", "val_examples", "make_accelerator",
+           "all_reduce_grads", "any_rank", "mean_over_ranks", "truncate_metrics", "flat_hparams"]
