@@ -84,7 +84,7 @@ def run_warmup(spec, name: str, threads: int) -> Path:
 
 
 def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, threads: int,
-               run_dir: Path | None = None) -> None:
+               run_dir: Path | None = None, eval_args: tuple = ()) -> None:
     from echodistill.eval.report import read_predictions
     from echodistill.eval.store import sha256_weights, write_run
 
@@ -92,7 +92,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     if (store / name / "run.json").is_file():
         return
     ev = Path(spec.work) / "eval" / spec.split / name
-    sh(ED + ["eval", "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
+    sh(ED + ["eval", *eval_args, "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
              "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
              f"run.num_threads={threads}", *spec.get("eval", [])], ev.parent / f"{name}.log", threads)
     extra = {}
@@ -109,32 +109,51 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     say(f"stored {name}")
 
 
-def run_unit(spec, method: str, seed: int, threads: int) -> None:
+def run_unit(spec, method: str, seed: int, threads: int, warmup_done) -> None:
     m = spec.methods[method]
     name = f"{method}-s{seed}"
     if (Path(spec.store) / name / "run.json").is_file():
         return
+    warmup_done.result()  # its starting point (submitted before every unit, so never queued behind it)
     start = warmup_dir(spec, m.warmup) / "final"
     run_dir = Path(spec.work) / "train" / name
-    say(f"train {name}")
-    sh(ED + ["train", "--resume", *base_overrides(spec), f"run.output_dir={run_dir}", f"run.seed={seed}",
-             f"run.num_threads={threads}", f"train.init_from={start}", *spec.get("train", []),
-             *m.get("train", [])], run_dir.parent / f"{name}.log", threads)
+    kind = m.get("kind", "train")
+    common = [*base_overrides(spec), f"run.output_dir={run_dir}", f"run.seed={seed}", f"run.num_threads={threads}"]
+    say(f"{kind} {name}")
+    if kind == "train":  # an RL variant
+        sh(ED + ["train", "--resume", *common, f"train.init_from={start}", *spec.get("train", []),
+                 *m.get("train", [])], run_dir.parent / f"{name}.log", threads)
+    elif kind == "sft":  # supervised training from the warm-up (sft-noisy), its own budget keys
+        sh(ED + ["warmup", "--resume", *common, f"warmup.init_from={start}", *m.get("train", [])],
+           run_dir.parent / f"{name}.log", threads)
+    elif kind == "enhance":  # no training: a denoising front-end before the warm-up model
+        store_eval(spec, name, method, seed, start, start, threads, None, ["--method", "enhance"])
+        return
+    else:
+        raise RuntimeError(f"{name}: unknown kind {kind!r} (train | sft | enhance)")
     store_eval(spec, name, method, seed, run_dir / "final", start, threads, run_dir)
+
+
+def warmup_unit(spec, name: str, threads: int) -> None:
+    final = run_warmup(spec, name, threads)
+    store_eval(spec, f"warmup-{name}", f"warmup-{name}", None, final, final, threads)
 
 
 def cmd_run(args) -> None:
     spec = load_spec(args.spec)
     threads = 1 if args.jobs > 1 else 2
     prepare(spec)
-    for w in spec.warmups:  # sequential: every method starts from one of them
-        final = run_warmup(spec, w, 2)
-        store_eval(spec, f"warmup-{w}", f"warmup-{w}", None, final, final, 2)
-    units = [(m, s) for s in spec.seeds for m in spec.methods if not args.only or m in args.only]
+    ready = {w: any((warmup_dir(spec, w) / "final").glob("*.safetensors")) for w in spec.warmups}
+    methods = [m for m in spec.methods if not args.only or m in args.only]
+    # units whose warm-up exists first, so no worker idles while another warm-up trains
+    units = sorted(((m, s) for s in spec.seeds for m in methods),
+                   key=lambda u: (not ready[spec.methods[u[0]].warmup], list(spec.seeds).index(u[1])))
     failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_unit, spec, m, s, threads): f"{m}-s{s}" for m, s in units}
-        for f, name in futures.items():
+        warm = {w: pool.submit(warmup_unit, spec, w, threads) for w in spec.warmups}
+        futures = {pool.submit(run_unit, spec, m, s, threads, warm[spec.methods[m].warmup]): f"{m}-s{s}"
+                   for m, s in units}
+        for name, f in [*((f"warmup-{w}", f) for w, f in warm.items()), *((n, f) for f, n in futures.items())]:
             try:
                 f.result()
             except RuntimeError as e:  # one failed unit does not stop the others; a rerun retries it

@@ -97,3 +97,15 @@ def test_store_round_trip_pairs_only_same_start(tmp_path):
         paired_runs(other, [runs["grpo-s0"]])
     (tmp_path / "half").mkdir()  # an unfinished folder (no run.json) is not a run
     assert len(read_store(tmp_path)) == 4
+
+
+def test_a_seedless_baseline_pairs_with_every_seed(tmp_path):
+    rows = _rows([("a", "a")])
+    common = dict(split="val", rows=rows, final_sha256="f", eval_settings={}, start_sha256="w1")
+    write_run(tmp_path, "warmup", method="warmup", seed=None, **common)
+    for s in (0, 1):
+        write_run(tmp_path, f"grpo-s{s}", method="grpo", seed=s, **common)
+    runs = read_store(tmp_path)
+    pairs = paired_runs([r for r in runs if r.method == "grpo"], [r for r in runs if r.method == "warmup"])
+    assert [(a.name, b.name) for a, b in pairs] == [("grpo-s0", "warmup"), ("grpo-s1", "warmup")]
+    assert "Paired differences against `warmup`" in S.store_report(str(tmp_path), "val", baseline="warmup")

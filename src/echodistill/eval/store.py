@@ -143,11 +143,15 @@ def train_log(store: str | Path, name: str) -> list[dict]:
 
 
 def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[StoredRun, StoredRun]]:
-    """Pairs (a_s, b_s) of two methods' runs with the same seed; refuses runs from different weights."""
+    """Pairs (a_s, b_s) of two methods' runs with the same seed; refuses runs from different weights.
+
+    A baseline with one seedless run (a warm-up, an untrained front-end) pairs with every run of ``a``.
+    """
     by_seed = {r.seed: r for r in b}
+    single = b[0] if len(b) == 1 and b[0].seed is None else None
     pairs = []
     for r in a:
-        other = by_seed.get(r.seed)
+        other = single or by_seed.get(r.seed)
         if other is None:
             continue
         if r.meta["start_sha256"] != other.meta["start_sha256"]:
