@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .base import AudioLLM
+from .small_tokenizer import chatml_audio_template
 
 OMNI_NAMED_SPECIALS = {
     "image_token": "<|IMAGE|>",
@@ -35,29 +36,9 @@ OMNI_NAMED_SPECIALS = {
 }
 
 # Qwen2.5-Omni style: "<|audio_bos|><|AUDIO|><|audio_eos|>" inline before the user text.
-OMNI_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif content['type'] == 'text' %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+OMNI_CHAT_TEMPLATE = chatml_audio_template(
+    "content['type'] == 'audio' or 'audio' in content or 'audio_url' in content",
+    "<|audio_bos|><|AUDIO|><|audio_eos|>", "content['type'] == 'text'")
 
 
 def _audio_only_processor_class(base_name: str):

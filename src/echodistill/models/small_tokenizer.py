@@ -33,33 +33,42 @@ NAMED_SPECIALS = {
     "audio_eos_token": "<|audio_eos|>",
 }
 
+def chatml_audio_template(audio_test: str, audio_part: str, text_test: str, prelude: str = "") -> str:
+    """A ChatML chat template (Qwen's) whose list contents are audio parts and text parts.
+
+    ``audio_test`` / ``text_test``: the Jinja conditions that pick an audio / a text content part;
+    ``audio_part``: what an audio part renders to (the processor expands its ``<|AUDIO|>``).
+    """
+    return (
+        prelude + "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}"
+        "{{ message['content'] }}<|im_end|>\n"
+        "{% else %}"
+        "{% for content in message['content'] %}"
+        "{% if " + audio_test + " %}" + audio_part + "{% elif " + text_test + " %}"
+        "{{ content['text'] }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "<|im_end|>\n"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
 # Qwen2-Audio-Instruct's chat template (also transformers' Qwen2AudioProcessor.default_chat_template):
 # one "Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>" line per clip; the processor expands <|AUDIO|>.
-QWEN2_AUDIO_CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+QWEN2_AUDIO_CHAT_TEMPLATE = chatml_audio_template(
+    "'audio' in content or 'audio_url' in content or content['type'] == 'audio'",
+    "{% set audio_count.value = audio_count.value + 1 %}Audio {{ audio_count.value }}: "
+    "<|audio_bos|><|AUDIO|><|audio_eos|>\n",
+    "'text' in content", prelude="{% set audio_count = namespace(value=0) %}")
 
 # Always in the corpus so chat-format scaffolding gets compact tokens.
 _SCAFFOLD = ["system\nYou are a helpful assistant.\n", "user\n", "assistant\n", "Audio 1: ", "Audio 2: "]

@@ -129,19 +129,31 @@ def _fused_self_attention(out: dict, dst: str, v: dict, src: str) -> None:
     _linear(out, dst + ".out_proj", v, src + "/linear_1")
 
 
+def _layers(v: dict, stack: str) -> range:
+    """Layer indices of ``stack`` (encoder | decoder) in the CT2 variables."""
+    return range(len({m.group(1) for k in v if (m := re.match(rf"{stack}/layer_(\d+)/", k))}))
+
+
+def _self_attention_block(out: dict, dst: str, v: dict, src: str) -> None:
+    _layer_norm(out, dst + ".self_attn_layer_norm", v, src + "/self_attention/layer_norm")
+    _fused_self_attention(out, dst + ".self_attn", v, src + "/self_attention")
+
+
+def _ffn_block(out: dict, dst: str, v: dict, src: str) -> None:
+    _layer_norm(out, dst + ".final_layer_norm", v, src + "/ffn/layer_norm")
+    _linear(out, dst + ".fc1", v, src + "/ffn/linear_0")
+    _linear(out, dst + ".fc2", v, src + "/ffn/linear_1")
+
+
 def _encoder(v: dict, prefix: str) -> dict:
     out: dict = {}
     _linear(out, prefix + "conv1", v, "encoder/conv1")
     _linear(out, prefix + "conv2", v, "encoder/conv2")
     out[prefix + "embed_positions.weight"] = _t(v["encoder/position_encodings/encodings"])
-    n = len({m.group(1) for k in v if (m := re.match(r"encoder/layer_(\d+)/", k))})
-    for i in range(n):
+    for i in _layers(v, "encoder"):
         s, d = f"encoder/layer_{i}", f"{prefix}layers.{i}"
-        _layer_norm(out, d + ".self_attn_layer_norm", v, s + "/self_attention/layer_norm")
-        _fused_self_attention(out, d + ".self_attn", v, s + "/self_attention")
-        _layer_norm(out, d + ".final_layer_norm", v, s + "/ffn/layer_norm")
-        _linear(out, d + ".fc1", v, s + "/ffn/linear_0")
-        _linear(out, d + ".fc2", v, s + "/ffn/linear_1")
+        _self_attention_block(out, d, v, s)
+        _ffn_block(out, d, v, s)
     _layer_norm(out, prefix + "layer_norm", v, "encoder/layer_norm")
     return out
 
@@ -154,11 +166,9 @@ def whisper_state_dict(variables: Optional[dict] = None) -> dict:
     out = _encoder(v, "model.encoder.")
     out["model.decoder.embed_tokens.weight"] = _t(v["decoder/embeddings/weight"])
     out["model.decoder.embed_positions.weight"] = _t(v["decoder/position_encodings/encodings"])
-    n = len({m.group(1) for k in v if (m := re.match(r"decoder/layer_(\d+)/", k))})
-    for i in range(n):
+    for i in _layers(v, "decoder"):
         s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _layer_norm(out, d + ".self_attn_layer_norm", v, s + "/self_attention/layer_norm")
-        _fused_self_attention(out, d + ".self_attn", v, s + "/self_attention")
+        _self_attention_block(out, d, v, s)
         _layer_norm(out, d + ".encoder_attn_layer_norm", v, s + "/attention/layer_norm")
         _linear(out, d + ".encoder_attn.q_proj", v, s + "/attention/linear_0")
         w, b = v[s + "/attention/linear_1/weight"], v[s + "/attention/linear_1/bias"]
@@ -167,9 +177,7 @@ def whisper_state_dict(variables: Optional[dict] = None) -> dict:
         out[d + ".encoder_attn.v_proj.weight"] = _t(w[dm:])
         out[d + ".encoder_attn.v_proj.bias"] = _t(b[dm:])
         _linear(out, d + ".encoder_attn.out_proj", v, s + "/attention/linear_2")
-        _layer_norm(out, d + ".final_layer_norm", v, s + "/ffn/layer_norm")
-        _linear(out, d + ".fc1", v, s + "/ffn/linear_0")
-        _linear(out, d + ".fc2", v, s + "/ffn/linear_1")
+        _ffn_block(out, d, v, s)
     _layer_norm(out, "model.decoder.layer_norm", v, "decoder/layer_norm")
     out["proj_out.weight"] = out["model.decoder.embed_tokens.weight"]  # tied
     return out
