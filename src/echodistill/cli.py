@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     x.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("report", help="compare evaluated runs: Markdown table, paired bootstrap differences, plots")
+    r = sub.add_parser("report", help="compare evaluated runs: Markdown + HTML page (with clips to listen to), "
+                                      "paired bootstrap differences, plots")
     r.add_argument("runs", nargs="+", help="eval output folders (each with metrics.json and predictions.jsonl)")
     r.add_argument("--out", required=True, help="folder for report.md, report.html, report.json and the plots")
     r.add_argument("--baseline", default=None, help="name of the run the others are compared against")
