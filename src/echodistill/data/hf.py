@@ -6,7 +6,7 @@ JSON/JSONL file read with ``fmt="hf"``. ``pip install 'echodistill[hf]'`` brings
 
 Audio is never decoded by ``datasets`` (the column is cast to ``Audio(decode=False)``): embedded bytes
 are written once to a content-addressed cache (``$ECHODISTILL_CACHE/hf_audio``, default
-``~/.cache/echodistill``) and stored paths are resolved like manifest paths (``path_map`` first, then
+``~/.cache/echodistill``; parquet/JSON conversions go to ``.../datasets``) and stored paths are resolved like manifest paths (``path_map`` first, then
 relative to the dataset folder). Every clip is then read by ``audio.io.load_audio``: the same soundfile
 decoding and soxr resampling to 16 kHz mono as every other clip, whatever rate the dataset stored.
 
@@ -76,12 +76,13 @@ def load_dataset_any(path: str | Path) -> Any:
                                     f"folder, e.g. {p / (splits[0] if splits else 'train')}")
             return datasets.load_from_disk(str(p), keep_in_memory=False)
         suffix = p.suffix.lower()
+        cache = str(cache_root() / "datasets")  # datasets converts these to Arrow: keep that with our cache
         if suffix == ".parquet":
-            return datasets.Dataset.from_parquet(str(p))
+            return datasets.Dataset.from_parquet(str(p), cache_dir=cache)
         if suffix == ".arrow":
             return datasets.Dataset.from_file(str(p))
         if suffix in (".json", ".jsonl"):
-            return datasets.Dataset.from_json(str(p))
+            return datasets.Dataset.from_json(str(p), cache_dir=cache)
     except ManifestError:
         raise
     except Exception as e:  # pyarrow / datasets errors on corrupt or foreign files
