@@ -1,5 +1,14 @@
 """The model adapter contract: every backbone is used through ``AudioLLM``; the trainer never branches.
 
+The contract (what code outside ``models/`` may call): ``build_inputs``, ``generate``,
+``token_logprobs``, ``completion_logits`` (full logits on completion positions), ``encode_prompt``
+(the prompts' decoder pass, expanded to N rows), ``prompt_embeds``, ``teacher()``, ``save`` / ``load``,
+``trainable_parameters``, and for other losses (warm-up SFT) ``active_model``, ``audio_features``,
+``hidden_states``, ``project_audio``. Optional capabilities are class flags declared here
+(``has_separate_projector``), never found with ``hasattr``. Not here: loading / LoRA / folding /
+saving (``loading.py``), the feature caches (``feature_cache.py``), prompt-once packing
+(``packing.py``), gradient checkpointing (``checkpointing.py``).
+
 Shapes: ``B`` prompts (one clip each), ``G`` samples per prompt, ``N = B*G`` completions, item-major
 (rows ``i*G .. i*G+G-1`` belong to prompt ``i``), ``L`` prompt tokens (left padded), ``T`` completion
 tokens, ``D`` hidden size, ``V`` vocabulary.
@@ -21,8 +30,10 @@ Design choices (why):
 * **Shared prompt prefix.** The G samples of an item share its prompt: generation and no-grad
   scoring run the prompt once per item (B rows) and repeat its KV cache G times, instead of running
   the same prompt G times (``share_prefix``). The update does the same with gradients
-  (``share_prefix_grad``): the repeated KV cache is a differentiable copy, so the G completions'
-  gradients sum into the one prompt pass; activation memory of the prompt no longer grows with G.
+  (``share_prefix_grad``): each item's G completions are packed behind its one prompt in a single row
+  with a 4-D attention mask (``packing.py``), so the G completions' gradients sum into the one prompt
+  pass and the prompt's activation memory does not grow with G (for attention kernels without 4-D
+  masks: the prompt's KV cache repeated G times as a differentiable copy, ``pack_completions``).
 * **Our own sampling loop** (KV cache, temperature, top-p) rather than ``GenerationMixin.generate``:
   it starts from ``inputs_embeds``, uses exactly the same position ids as scoring (cumsum of the
   attention mask, so left padding changes nothing), suppresses every special token except EOS
