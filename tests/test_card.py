@@ -50,7 +50,9 @@ def test_cards_and_export_of_a_lora_run_on_a_lora_warmup(data_dir, tiny_qwen2_au
     final = run_train(cfg)
     card = (final / "README.md").read_text()
     adapter_base = json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert adapter_base == str((tmp_path / "models" / "tiny").resolve())  # PEFT's record: a local path
+    assert adapter_base == "models/tiny"  # as the user gave it, not rewritten to an absolute local path
+    meta = json.loads((final / "echodistill_model.json").read_text())
+    assert meta["base_path"] == str((tmp_path / "models" / "tiny").resolve())  # what loading uses first
     assert 'base_model: "models/tiny"' in card and "library_name: peft" in card  # the card: as the user gave it
     assert "- variant: `echodistill`" in card and "teacher bonus" in card
     assert "- train: `" in card and "8 items (tone 8)" in card and "- val: `" in card
@@ -63,6 +65,10 @@ def test_cards_and_export_of_a_lora_run_on_a_lora_warmup(data_dir, tiny_qwen2_au
                                                           "eval.bootstrap=50", f"data.test_manifest={data_dir}/val.jsonl"])
     run_eval(ecfg, checkpoint=final, out_dir=ev, name="echodistill")
     expected = _answers(final, ecfg, data_dir / "audio")
+    monkeypatch.chdir(data_dir)  # elsewhere, "models/tiny" means nothing: the recorded path loads it
+    other = load_config(tmp_path / "ed" / "config.yaml", ["model.path=/nonexistent/tiny"])
+    assert _answers(final, other, data_dir / "audio") == expected
+    monkeypatch.chdir(tmp_path)
 
     out = tmp_path / "export"
     assert main(["export", str(tmp_path / "ed"), "--out", str(out), "--base-model-id", "org/tiny-audio",

@@ -189,8 +189,12 @@ def _mode(name: Optional[str]) -> str:
 
 
 def write_model_card(final_dir: str | Path, cfg: Any, summary: Optional[dict] = None, mode: Optional[str] = None) -> Path:
-    """``final_dir/README.md`` for a run's final model (its config.yaml is one folder up)."""
+    """``final_dir/README.md`` for a run's final model (its config.yaml is one folder up).
+
+    A LoRA adapter's ``base_model_name_or_path`` is set to ``model.path`` as the user gave it, like the
+    card (loading uses the absolute path ``echodistill_model.json`` records, then that name)."""
     final_dir = Path(final_dir)
+    _set_base(final_dir / "adapter_config.json", str(_get(cfg, "model.path", "")) or None)
     summary = summary or summary_from_metrics(final_dir.parent)
     mode = _mode(mode or summary.get("mode"))
     lora = (final_dir / "adapter_config.json").is_file()
@@ -253,10 +257,12 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     return out
 
 
-def _set_base(adapter_config: Path, base: str) -> bool:
+def _set_base(adapter_config: Path, base: Optional[str]) -> bool:
     """Point a PEFT adapter config at ``base``; False when there is no adapter config."""
     if not adapter_config.is_file():
         return False
+    if not base:
+        return True
     d = json.loads(adapter_config.read_text())
     d["base_model_name_or_path"] = base
     adapter_config.write_text(json.dumps(d, indent=2))

@@ -58,20 +58,20 @@ def _weight_files(folder: Path) -> list[Path]:
 def _model_folders(path: Path, base_fallback: Optional[str | Path]) -> list[Path]:
     """The folder itself, plus for a PEFT adapter its base model and the adapters merged under it."""
     folders = [path]
-    if (path / "adapter_config.json").is_file():
-        try:
-            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except (OSError, json.JSONDecodeError):
-            base = None
-        if not base or not Path(base).is_dir():
-            base = base_fallback
-        if base and Path(base).is_dir():
-            folders.append(Path(base))
     from .models.base import META_FILE  # late: keeps `echodistill --help` free of torch
     try:
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
     except (OSError, json.JSONDecodeError):
         meta = {}
+    if (path / "adapter_config.json").is_file():
+        try:
+            named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, json.JSONDecodeError):
+            named = None
+        # the same order as models/loading.py: the recorded absolute path, the name, the fallback
+        base = next((b for b in (meta.get("base_path"), named) if b and Path(b).is_dir()), base_fallback)
+        if base and Path(base).is_dir():
+            folders.append(Path(base))
     folders += [Path(p) for p in meta.get("merged_adapters", []) if Path(p).is_dir()]
     return folders
 

@@ -44,10 +44,11 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
     lora = lora if lora is not None else getattr(cfg_model, "lora", None)
     is_adapter = (path / "adapter_config.json").is_file()
     if is_adapter:
-        base = base_path or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
-            base = cfg_model.path
-        base = Path(base)
+        # save() records the absolute base path; the adapter config names the base as the user gave it
+        # (the model card's name: maybe relative or a Hub id), so the recorded path is tried first.
+        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = Path(next((b for b in (base_path, read_meta(path).get("base_path"), named)
+                          if b and Path(b).is_dir()), cfg_model.path))
     else:
         base = path
     hf = load_hf(cls, base, cfg_model)
