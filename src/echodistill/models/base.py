@@ -74,14 +74,13 @@ class Completions:
     ids: [N, T] long (pad id after EOS); mask: [N, T] long, 1 up to and including the first EOS, 0
     after (all 1 when no EOS within ``max_new_tokens``); texts: N strings decoded without special
     tokens; logprobs: [N, T] float32 raw log-probs (temperature 1, no suppression) of the sampled
-    tokens under the sampling model, 0 where mask is 0; num_samples: G.
+    tokens under the sampling model, 0 where mask is 0.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     texts: list[str]
     logprobs: Optional[torch.Tensor] = None
-    num_samples: int = 1
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -219,7 +218,7 @@ class AudioLLM(abc.ABC):
         # Recompute each decoder layer in the backward pass instead of keeping its activations
         # (``train.gradient_checkpointing``); our own wrapper, since HF's needs train() and drops the cache.
         self.gradient_checkpointing = False
-        self._fingerprints: dict[int, str] = {}  # id(model) -> fingerprint of its (frozen) audio path
+        self._fingerprints: dict[tuple, str] = {}  # ids of frozen modules -> fingerprint of their weights
         self._active = hf_model
         self._in_teacher = False
         for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
@@ -354,25 +353,60 @@ class AudioLLM(abc.ABC):
             cache.store[key] = feats
         return feats
 
+    def _fingerprint(self, modules: list[nn.Module]) -> str:
+        key = tuple(id(mod) for mod in modules)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = weights_fingerprint(modules)
+        return self._fingerprints[key]
+
     def _teacher_clip_features(self, m: nn.Module, batch: Any, clip_keys: list[str]) -> torch.Tensor:
-        """The frozen teacher's projected features, per clip, from ``clip_cache`` where it has them."""
-        if id(m) not in self._fingerprints:
-            self._fingerprints[id(m)] = weights_fingerprint(self.audio_modules(m))
-        fp = self._fingerprints[id(m)]
+        """The frozen teacher's projected features, per clip, from ``clip_cache`` where it has them.
+
+        On a miss with a separate projector, the encoder's output comes from ``encoder_output`` (which
+        the warm-up filled, on disk with ``model.feature_cache_dir``) and only the projector runs.
+        """
+        fp = self._fingerprint(self.audio_modules(m))
         counts = (batch["input_ids"] == self.audio_token_id).sum(-1).tolist()
         parts: list[Optional[torch.Tensor]] = [self.clip_cache.get((fp, k)) for k in clip_keys]
         missing = [i for i, p in enumerate(parts) if p is None]
         if missing:
-            idx = torch.tensor(missing)
-            sub = {"input_features": batch["input_features"][idx],
-                   "feature_attention_mask": batch["feature_attention_mask"][idx]}
             with torch.no_grad():
-                feats = self.encode_audio(m, sub)
-            self.encoder_clips += len(missing)
+                if self.has_separate_projector:
+                    hidden = self.encoder_output(batch, missing, model=m)
+                    feats = self.project_audio(m, torch.cat([h.to(self.device) for h in hidden]))
+                else:
+                    idx = torch.tensor(missing)
+                    feats = self.encode_audio(m, {"input_features": batch["input_features"][idx],
+                                                  "feature_attention_mask": batch["feature_attention_mask"][idx]})
+                    self.encoder_clips += len(missing)
             for i, part in zip(missing, feats.split([counts[i] for i in missing])):
                 parts[i] = part
                 self.clip_cache.put((fp, clip_keys[i]), part)
         return torch.cat([p.to(self.device) for p in parts])
+
+    def encoder_output(self, batch: Any, rows: list[int], model: Optional[nn.Module] = None) -> list[torch.Tensor]:
+        """The frozen encoder's output per clip (``has_separate_projector``): [n_i, H] for ``rows`` of ``batch``.
+
+        From ``clip_cache`` where present, keyed by (the encoder's weights fingerprint, clip content):
+        the warm-up's encodings serve the RL teacher's clean clips (same frozen encoder, same clip),
+        across processes with a disk folder. No gradients. ``model``: default the student's HF model.
+        """
+        m = model if model is not None else self.hf
+        fp = "encoder-" + self._fingerprint([self.audio_encoder(m)])
+        keys = BatchFeatures.of(batch).clip_keys
+        out: list[Optional[torch.Tensor]] = [self.clip_cache.get((fp, keys[i])) for i in rows]
+        todo = [j for j, h in enumerate(out) if h is None]
+        if todo:
+            idx = torch.tensor([rows[j] for j in todo])
+            counts = (batch["input_ids"][idx] == self.audio_token_id).sum(-1).tolist()
+            with torch.no_grad():
+                h = self.encode_audio_hidden(m, {"input_features": batch["input_features"][idx],
+                                                 "feature_attention_mask": batch["feature_attention_mask"][idx]})
+            self.encoder_clips += len(todo)
+            for j, part in zip(todo, h.split(counts)):
+                out[j] = part
+                self.clip_cache.put((fp, keys[rows[j]]), part)
+        return out
 
     def clear_feature_cache(self) -> None:
         """Drop the teacher's per-clip features held in memory (batch-level caches die with their batch)."""
@@ -468,7 +502,7 @@ class AudioLLM(abc.ABC):
         ids = ids.masked_fill(after, self.pad_token_id)
         lp = torch.stack(lps, 1) * mask
         texts = self.decode(ids, mask)
-        return Completions(ids=ids, mask=mask, texts=texts, logprobs=lp, num_samples=num_samples)
+        return Completions(ids=ids, mask=mask, texts=texts, logprobs=lp)
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         out = []

@@ -311,8 +311,7 @@ class VLLMServerBackend(RolloutBackend):
         have = mask.bool() & ~torch.isnan(server_lp)
         self.last_logprob_gap = float((server_lp - logprobs).abs()[have].max()) if have.any() else 0.0
         dev = logprobs.device
-        return Completions(ids=ids.to(dev), mask=mask.to(dev), texts=model.decode(ids, mask), logprobs=logprobs,
-                           num_samples=num_samples)
+        return Completions(ids=ids.to(dev), mask=mask.to(dev), texts=model.decode(ids, mask), logprobs=logprobs)
 
     def close(self) -> None:
         if self._loaded is not None:
