@@ -15,11 +15,7 @@ from typing import Any, Optional
 from omegaconf import II, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A user-facing configuration mistake; the message says which key and what to do."""
+from .errors import ConfigError
 
 
 @dataclass

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 BUILTIN_REWARDS = ("accuracy", "format")
 
