@@ -37,7 +37,7 @@ def test_a_later_run_has_no_first_epoch_miss(tiny_qwen2_audio_dir, tmp_path):
         first = _load(tiny_qwen2_audio_dir, lora, feature_cache_dir=str(disk))
         c0 = first.encoder_clips
         ref = _teacher_scores(first, _waves())
-        assert first.encoder_clips - c0 == 2 and first.clip_cache.misses == 2
+        assert first.encoder_clips - c0 == 2
         again = _teacher_scores(first, _waves())  # the next epoch, same process: memory hit
         assert first.encoder_clips - c0 == 2 and torch.equal(again, ref)
         later = _load(tiny_qwen2_audio_dir, lora, feature_cache_dir=str(disk))  # another run, same model
@@ -50,15 +50,40 @@ def test_a_later_run_has_no_first_epoch_miss(tiny_qwen2_audio_dir, tmp_path):
         assert later.encoder_clips - c1 == 1
 
 
+def test_the_warmup_encodings_serve_the_teacher(tiny_qwen2_audio_dir, tmp_path):
+    """The warm-up (projector trains) encodes the clean clips once; the RL run after it, whose teacher is
+    the warmed-up model (another projector), runs only the projector on its first epoch."""
+    warm = _load(tiny_qwen2_audio_dir, False, feature_cache_dir=str(tmp_path))
+    b = warm.build_inputs(PROMPTS, _waves())
+    hidden = warm.encoder_output(b, [0, 1])  # what sft.prepare_rows does for the clips it trains on
+    assert warm.encoder_clips == 2 and [h.shape[0] for h in hidden] == [12, 25]
+    rl = _load(tiny_qwen2_audio_dir, False, feature_cache_dir=str(tmp_path))
+    with torch.no_grad():
+        rl.hf.model.multi_modal_projector.linear.weight.mul_(1.5)  # the warmed-up projector
+        rl.teacher_model.model.multi_modal_projector.linear.weight.mul_(1.5)
+    c0 = rl.encoder_clips
+    got = _teacher_scores(rl, _waves())
+    assert rl.encoder_clips == c0  # no encoder pass: the warm-up's encodings, this teacher's projector
+    rl.clip_cache.max_mb, rl.clip_cache.disk_dir = 0, None  # the same scores when encoding afresh
+    torch.testing.assert_close(_teacher_scores(rl, _waves()), got, rtol=0, atol=1e-6)
+    assert rl.encoder_clips == c0 + 2
+
+
 def test_other_weights_do_not_hit(tiny_qwen2_audio_dir, tmp_path):
     a = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
-    _teacher_scores(a, _waves())
+    ref = _teacher_scores(a, _waves())
     b = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
     with torch.no_grad():
-        b.hf.model.multi_modal_projector.linear.weight.mul_(1.5)  # a different (e.g. warmed-up) projector
+        b.hf.model.multi_modal_projector.linear.weight.mul_(1.5)  # another projector: its own features
     c0 = b.encoder_clips
-    _teacher_scores(b, _waves())
-    assert b.encoder_clips - c0 == 2 and b.clip_cache.disk_hits == 0
+    assert not torch.allclose(_teacher_scores(b, _waves()), ref)
+    assert b.encoder_clips == c0  # ... from the same encoder's cached output
+    c = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
+    with torch.no_grad():
+        c.audio_encoder(c.hf).layer_norm.weight.mul_(1.1)  # another encoder: nothing cached applies
+    c0 = c.encoder_clips
+    _teacher_scores(c, _waves())
+    assert c.encoder_clips == c0 + 2
 
 
 def test_bounds_memory_and_disk(tmp_path):

@@ -155,16 +155,10 @@ def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed:
             if r.clip_key not in cache.hidden and r.clip_key not in keys:
                 todo.append(j)
                 keys.append(r.clip_key)
-        if todo:
-            sub = {"input_features": batch["input_features"][todo],
-                   "feature_attention_mask": batch["feature_attention_mask"][todo]}
-            n_ph = (batch["input_ids"][todo] == adapter.audio_token_id).sum(-1).tolist()
-            with torch.no_grad():
-                h = adapter.encode_audio_hidden(adapter.hf, sub).detach().cpu()
+        if todo:  # through the adapter's clip cache: the RL teacher reuses these encodings (clean clips)
             cache.encoded += len(todo)
-            adapter.encoder_clips += len(todo)
-            for key, part in zip(keys, torch.split(h, n_ph)):
-                cache.hidden[key] = part.clone()
+            for key, part in zip(keys, adapter.encoder_output(batch, todo)):
+                cache.hidden[key] = part.detach().cpu().clone()
     return [cache.prompt[r.item.id] for r in rows], [cache.hidden[r.clip_key] for r in rows]
 
 
