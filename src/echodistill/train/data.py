@@ -179,4 +179,5 @@ def eval_examples(items: Sequence[Item], cfg, bank: NoiseBank, noise_seed: int,
     return out
 
 
-__all__ = ["Example", "ItemStream", "group_by_length", "prompt_length_proxy", "load_clip", "make_example", "load_examples", "eval_examples"]
+__all__ = ["Example", "ItemStream", "group_by_length", "prompt_length_proxy", "load_clip", "make_example",
+           "load_examples", "eval_examples"]
