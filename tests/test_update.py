@@ -210,3 +210,29 @@ def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, pa
     calls.clear()
     a.token_logprobs(noisy, ids, mask, num_samples=G)  # no gradients: nothing to recompute
     assert len(calls) == 2 * len(layers)
+
+
+def test_train_config_keys_reach_the_model_and_the_stream(tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    """train.gradient_checkpointing and train.group_by_length take effect in a real (tiny) run."""
+    import echodistill.models.checkpointing as C
+    from echodistill.train import trainer as TR
+    from train_helpers import make_dataset, tiny_config
+
+    seen = {"checkpointed": 0, "lengths": 0}
+    real_ckpt, real_proxy = C.checkpoint, TR.prompt_length_proxy
+
+    def counting_ckpt(*a, **k):
+        seen["checkpointed"] += 1
+        return real_ckpt(*a, **k)
+
+    def counting_proxy(*a, **k):
+        seen["lengths"] += 1
+        return real_proxy(*a, **k)
+
+    monkeypatch.setattr(C, "checkpoint", counting_ckpt)
+    monkeypatch.setattr(TR, "prompt_length_proxy", counting_proxy)
+    data = make_dataset(tmp_path / "data")
+    cfg = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "run", "train.variant=grpo", "train.max_steps=1",
+                      "train.eval_steps=0", "train.gradient_checkpointing=true", "train.group_by_length=true")
+    TR.run_train(cfg)
+    assert seen["lengths"] == 1 and seen["checkpointed"] > 0
