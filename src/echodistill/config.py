@@ -173,7 +173,7 @@ class TrainConfig:
     answer_format: str = "choice"  # choice: the completion is exactly one offered choice
     save_steps: int = 50  # checkpoint-<step>/ every this many steps (and at the end)
     eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
-    eval_items: int = 64  # seeded subset of the val split (0 = no evaluation)
+    eval_items: int = 64  # seeded subset of the val split (0 = all)
     logging_steps: int = 1  # rows in metrics.jsonl every this many steps
     # Where rollouts come from (train/rollout_backends.py): builtin = our sampler in the trainer; vllm = a
     # vLLM OpenAI-compatible server (docs/scale-out.md), weights synced after each update, log-probs recomputed

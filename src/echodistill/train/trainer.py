@@ -404,7 +404,7 @@ class GRPORecipe(Recipe):
         lengths = prompt_length_proxy(self.train_items, cfg.data.max_duration_s) if t.group_by_length else None
         self.stream = ItemStream(self.train_items, t.prompts_per_device, acc.num_processes, acc.process_index,
                                  cfg.run.seed, lengths=lengths)
-        if t.eval_steps > 0 and t.eval_items > 0 and Path(cfg.data.val_manifest).exists():
+        if t.eval_steps > 0 and Path(cfg.data.val_manifest).exists():
             self.val = val_examples(cfg, t.eval_items, self.bank)
 
     def _setup_model(self):
