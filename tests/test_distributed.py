@@ -7,20 +7,13 @@ Runs in CI (``make test``); about 40-80 s on 2 shared cores.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-from train_helpers import make_dataset
+from train_helpers import launch_two_processes, make_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-ACCELERATE_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
 
 SCRIPT = textwrap.dedent('''
     import os, sys
@@ -45,17 +38,9 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(240)
 def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
     data = make_dataset(tmp_path / "data", n_train=6, n_val=2, bad_ids=("train3",))
-    script = tmp_path / "launch_train.py"
-    script.write_text(SCRIPT)
     out = tmp_path / "run"
     overrides = [
         f"run.output_dir={out}", "run.num_threads=1", "run.log_with=null", "run.seed=5",
@@ -66,15 +51,7 @@ def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
         "train.max_steps=4", "train.save_steps=100", "train.eval_steps=4", "train.eval_items=2",
         "train.learning_rate=1e-3",
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO / "src"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
-           "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), *overrides]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200, cwd=str(tmp_path))
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"2-process run hung (a rank skipping alone?): {(e.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = launch_two_processes(SCRIPT, overrides, tmp_path, 200, "a rank skipping alone?")
     assert (out / "done_rank0").is_file() and (out / "done_rank1").is_file()
     w0, w1 = torch.load(out / "weights_rank0.pt"), torch.load(out / "weights_rank1.pt")
     assert set(w0) == set(w1) and w0

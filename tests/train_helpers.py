@@ -40,6 +40,11 @@ def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, bad_ids: tuple[st
 
 
 def tiny_config(data_dir: Path, model_dir: Path, out_dir: Path, *overrides: str):
+    return load_config(None, tiny_overrides(data_dir, model_dir, out_dir, *overrides))
+
+
+def tiny_overrides(data_dir: Path, model_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
+    """``tiny_config``'s settings as command-line overrides (for a script under ``accelerate launch``)."""
     base = [
         f"run.output_dir={out_dir}", "run.num_threads=1", "run.log_with=null", "run.seed=3",
         f"data.bench_dir={data_dir}", f"data.train_manifest={data_dir}/train.jsonl",
@@ -51,4 +56,35 @@ def tiny_config(data_dir: Path, model_dir: Path, out_dir: Path, *overrides: str)
         "train.max_steps=2", "train.save_steps=1", "train.eval_steps=2", "train.eval_items=2",
         "train.learning_rate=1e-3", "train.warmup_ratio=0.0", "eval.batch_size=4", "eval.max_new_tokens=4",
     ]
-    return load_config(None, base + list(overrides))
+    return base + list(overrides)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch_two_processes(script: str, overrides: list[str], cwd: Path, timeout: float, what: str):
+    """Run ``script`` (text) under ``accelerate launch`` with 2 CPU processes (gloo, configs/accelerate/
+    ddp_cpu.yaml) and ``overrides`` as its arguments; a run past ``timeout`` seconds fails the test as a hang."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+
+    path = Path(cwd) / "launch_script.py"
+    path.write_text(script)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2", "--main_process_port",
+           str(port), str(path), *overrides]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(cwd))
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"2-process run hung ({what}): {(e.stderr or '')[-3000:]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

@@ -27,6 +27,9 @@ class RunConfig:
     log_with: Optional[str] = "tensorboard"  # tensorboard | wandb | trackio, comma-separated for several; null = none
     project_name: str = "echodistill"  # tracker project (TensorBoard: <output_dir>/<project_name>/)
     run_name: str = ""  # tracker run name; "" = the output folder's name
+    # Shard the student over the processes with FSDP2 (fully_shard, train/distributed.py). An accelerate
+    # FSDP config (configs/accelerate/fsdp2_gpu.yaml) turns it on by itself; on CPU (gloo) set it here.
+    fsdp: bool = False
 
 
 @dataclass

@@ -97,11 +97,12 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 def save_checkpoint(output_dir: str | Path, step: int, *, accelerator: Any, model: torch.nn.Module,
                     save_model: Callable[[Path], None], optimizer: Any, scheduler: Any, state: dict,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, rank_files: Optional[Callable[[Path], None]] = None) -> Path:
     """Write ``checkpoint-<step>`` atomically from every rank (collective: all ranks must call it).
 
     ``model`` is the (unwrapped) trainable module; ``save_model(dir)`` writes the HF-format model
-    (the adapter's ``save``), called on the main process only. Returns the final path.
+    (the adapter's ``save``), called on the main process only. ``rank_files(tmp)``: what every rank
+    writes itself (FSDP2: its optimizer shard, ``optimizer`` None). Returns the final path.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
@@ -111,10 +112,13 @@ def save_checkpoint(output_dir: str | Path, step: int, *, accelerator: Any, mode
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    if rank_files is not None:
+        rank_files(tmp)
     if accelerator.is_main_process:
         save_model(tmp / "model")
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=1))
     accelerator.wait_for_everyone()
@@ -130,8 +134,12 @@ def save_checkpoint(output_dir: str | Path, step: int, *, accelerator: Any, mode
 
 
 def load_checkpoint(path: str | Path, *, accelerator: Any, model: torch.nn.Module, optimizer: Any,
-                    scheduler: Any) -> dict:
-    """Restore student weights, optimizer, scheduler and this rank's RNG; return trainer_state."""
+                    scheduler: Any, copy_weights: Optional[Callable] = None,
+                    load_optimizer: Optional[Callable[[], None]] = None) -> dict:
+    """Restore student weights, optimizer, scheduler and this rank's RNG; return trainer_state.
+
+    ``copy_weights(params, weights)`` / ``load_optimizer()`` replace the plain copies (FSDP2 shards:
+    ``distributed.load_sharded_checkpoint``)."""
     path = Path(path)
     weights = load_weights(path)
     params = dict(model.named_parameters())
@@ -139,10 +147,16 @@ def load_checkpoint(path: str | Path, *, accelerator: Any, model: torch.nn.Modul
     if missing:
         raise UserError(f"{path}: checkpoint does not match the model ({len(missing)} unknown parameters, "
                         f"e.g. {missing[0]}); resume with the same model/LoRA config or use a new run.output_dir")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(load_state_file(path / "optimizer.pt"))
+    if copy_weights is not None:
+        copy_weights(params, weights)
+    else:
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t.to(params[n].device, params[n].dtype))
+    if load_optimizer is not None:
+        load_optimizer()
+    else:
+        optimizer.load_state_dict(load_state_file(path / "optimizer.pt"))
     scheduler.load_state_dict(load_state_file(path / "scheduler.pt"))
     rng_file = path / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.is_file():  # a different world size on resume: keep the fresh seeds

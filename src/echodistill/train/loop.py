@@ -22,9 +22,13 @@ Exact resume: every random draw of a recipe is a pure function of (seed, positio
 states, optimizer and schedule are in the checkpoint, so a killed-and-resumed run ends with the
 same weights as an uninterrupted one (tests/test_resume.py, for GRPO and the warm-up).
 
-Distributed: the model is not wrapped in DDP (sampling, teacher and evaluation call the plain
-module, and rank-local calls must never enter a collective); gradients are averaged with one
-all-reduce per update instead, which is what DDP does. FSDP/DeepSpeed are not supported yet.
+Distributed (``distributed.Engine``): one process, DDP (accelerate's ``prepare``) or FSDP2 (our
+``fully_shard``). Every loss with gradients runs through the prepared module's forward
+(``engine.loss``), gradients are synced on the last micro-batch of an update (``engine.no_sync``),
+clipped over all shards; no-grad phases (rollout, teacher, evaluation) run inside
+``engine.inference()`` (FSDP2: all-gathered once, nothing collective inside, so ranks may decode
+different numbers of tokens); checkpoints under FSDP2 keep the optimizer in per-rank shards.
+DeepSpeed is refused (configs/accelerate/deepspeed_zero2.yaml says why).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ..config import ConfigError, save_config, to_dict
 from ..errors import UserError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Example
+from .distributed import Engine, load_sharded_checkpoint, save_sharded_checkpoint
 
 
 # ================================================================== pure pieces
@@ -84,28 +89,15 @@ def make_accelerator(cfg: Any, gradient_accumulation_steps: int = 1):
     from ..tracking import resolve_log_with
 
     log_with = resolve_log_with(cfg)  # run.log_with: tensorboard (default) | wandb | trackio, or several
+    # The loop accumulates micro-batches itself (loss scale per micro-batch) and counts optimizer
+    # steps globally: accelerate must neither divide the loss again nor step the schedule per process.
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
-                      project_dir=cfg.run.output_dir, cpu=cfg.run.device == "cpu")
-    if acc.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+                      project_dir=cfg.run.output_dir, cpu=cfg.run.device == "cpu",
+                      step_scheduler_with_optimizer=False)
+    if acc.distributed_type.value in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
         raise ConfigError(f"accelerate distributed_type {acc.distributed_type.value} is not supported by the trainer "
-                          "yet; use a DDP config (configs/accelerate/ddp_cpu.yaml or ddp_gpu.yaml), with LoRA for "
-                          "large models")
+                          "yet; use configs/accelerate/ddp_gpu.yaml (LoRA) or fsdp2_gpu.yaml (full fine-tuning)")
     return acc
-
-
-def all_reduce_grads(accelerator, params: list[torch.nn.Parameter]) -> None:
-    """Average gradients over ranks in one collective (what DDP would do)."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= accelerator.num_processes
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone()
-        offset += n
 
 
 def any_rank(accelerator, flag: bool) -> bool:
@@ -242,7 +234,7 @@ class Recipe:
     def setup(self) -> "Recipe":
         from accelerate.utils import set_seed
 
-        self.accelerator = make_accelerator(self.cfg, self.gradient_accumulation_steps)
+        self.accelerator = make_accelerator(self.cfg)  # accumulation: our loop (_update), not accelerate's
         if self.accelerator.device.type == "cpu":
             torch.set_num_threads(max(1, int(self.cfg.run.num_threads)))
         ckpt = self._setup_output()
@@ -251,15 +243,19 @@ class Recipe:
         self.model = self._setup_model()
         if self.cfg.model.device_map is None:
             self.model.to(self.accelerator.device)
+        self.engine = Engine.setup(self.accelerator, self.model, self.cfg)  # plain | ddp | fsdp2 (shards in place)
         self.params = self.model.trainable_parameters()
         if not self.params:
             raise ConfigError("the model has no trainable parameter (everything frozen?): check model.lora and "
                               "model.freeze_audio_encoder")
         self.optimizer = self._setup_optimizer()
         self.scheduler = self._setup_lr_scheduler()
+        if not self.engine.sharded:  # FSDP2 params are our own DTensor shards: plain optimizer (bf16, no scaler)
+            self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, accelerator=self.accelerator, model=self.model.model,
-                                    optimizer=self.optimizer, scheduler=self.scheduler)
+            load = load_sharded_checkpoint if self.engine.sharded else load_checkpoint
+            state = load(ckpt, accelerator=self.accelerator, model=self.model.model,
+                         optimizer=self.optimizer, scheduler=self.scheduler)
             self.step = int(state["step"])
             self.load_state_dict(state)
             self._log(f"resumed from {ckpt} (step {self.step})")
@@ -316,7 +312,8 @@ class Recipe:
             self._write({"step": 0, **self._evaluate()})
         while self.step < a.max_steps:
             timer = PhaseTimer()
-            batches = self._next_batches(timer)
+            with self.engine.inference():  # no-grad phases: FSDP2 all-gathered once, autocast
+                batches = self._next_batches(timer)
             with timer("update"):
                 stats = self._update(batches)
             self.step += 1
@@ -352,15 +349,16 @@ class Recipe:
         stats: dict[str, list[float]] = {"loss": [], "grad_norm": []}
         scale = self._loss_scale(batches)
         for it in range(self.num_iterations):
-            for b in batches:
-                loss, s = self._loss_step(b, it, ctx)
-                (loss * scale).backward()
+            for i, b in enumerate(batches):
+                # through the prepared module's forward (DDP / FSDP2 hooks); gradient sync on the last one
+                with self.engine.no_sync(last=i == len(batches) - 1):
+                    loss, s = self.engine.loss(lambda: self._loss_step(b, it, ctx))
+                    self.accelerator.backward(loss * scale)
                 stats["loss"].append(float(loss.detach()))
                 for k, v in s.items():
                     stats.setdefault(k, []).append(v)
-            all_reduce_grads(self.accelerator, self.params)
             clip = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")  # inf: norm only
-            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(self.params, clip)))
+            stats["grad_norm"].append(self.engine.clip_grad_norm_(self.params, clip))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -375,7 +373,8 @@ class Recipe:
 
     def _evaluate(self) -> dict:
         t0 = time.perf_counter()
-        m = greedy_accuracy(self.model, self.val, self.cfg, self.accelerator, noisy=self.eval_noisy)
+        with self.engine.inference():
+            m = greedy_accuracy(self.model, self.val, self.cfg, self.accelerator, noisy=self.eval_noisy)
         m["time_eval"] = time.perf_counter() - t0
         self.eval_seconds += m["time_eval"]
         self.history.append({"step": self.step, **m})
@@ -387,6 +386,12 @@ class Recipe:
                 f.write(json.dumps(row) + "\n")
 
     def _checkpoint(self) -> None:
+        if self.engine.sharded:  # full weights gathered for model/ and trainable.safetensors, optimizer in shards
+            with self.engine.full_weights():
+                save_sharded_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
+                                        save_model=self.model.save, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, state=self.state_dict(), keep=2)
+            return
         save_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
                         save_model=self.model.save, optimizer=self.optimizer, scheduler=self.scheduler,
                         state=self.state_dict(), keep=2)
@@ -395,8 +400,10 @@ class Recipe:
         """The final loadable model dir (adapter or full weights, HF format) and summary.json."""
         final = self.out / "final"
         acc = self.accelerator
+        with self.engine.full_weights():  # FSDP2: every rank gathers, the main process writes
+            if acc.is_main_process:
+                self.model.save(final)
         if acc.is_main_process:
-            self.model.save(final)
             wall = time.time() - self.started
             summary = {"mode": self.name, "steps": self.step, "stopped": self.stopped, "wall_s": round(wall, 1),
                        "train_s": round(wall - self.eval_seconds, 1), "eval_s": round(self.eval_seconds, 1),
@@ -441,4 +448,4 @@ def flat_hparams(d: dict, prefix: str = "") -> dict:
 
 
 __all__ = ["Recipe", "PhaseTimer", "get_lr", "greedy_accuracy", "val_examples", "make_accelerator",
-           "all_reduce_grads", "any_rank", "mean_over_ranks", "truncate_metrics", "flat_hparams"]
+           "any_rank", "mean_over_ranks", "truncate_metrics", "flat_hparams"]
