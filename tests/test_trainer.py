@@ -51,7 +51,9 @@ def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir
     end = load_weights(latest_checkpoint(out))
     assert set(start) == set(end)
     changed = [k for k in end if not torch.equal(start[k], end[k])]
-    if variant != "grpo":  # plain GRPO with all-equal rewards on a random model can have zero grads
+    # A random model names no offered choice: GRPO's rewards are all equal, and the variants whose
+    # signal needs a valid answer (majority vote, the teacher's answer as a KD target) have none.
+    if variant not in ("grpo", "ttrl", "echodistill-rescue", "distill-only"):
         assert changed
 
 

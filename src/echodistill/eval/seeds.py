@@ -81,9 +81,8 @@ def two_level_bootstrap(D: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.
     S, I = D.shape
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, S, size=(n_boot, S))
-    items = rng.integers(0, I, size=(n_boot, I))
-    item_w = np.zeros((n_boot, I))
-    np.add.at(item_w, (np.arange(n_boot)[:, None], items), 1.0 / I)  # item weights per replicate
+    # drawing I items with replacement = multinomial counts per item: weights [n_boot, I]
+    item_w = rng.multinomial(I, np.full(I, 1.0 / I), size=n_boot) / I
     per_seed = item_w @ D.T  # [n_boot, S]: each seed's mean over the drawn items
     return np.take_along_axis(per_seed, seeds, axis=1).mean(1)
 
@@ -120,7 +119,7 @@ def compare(a: Sequence[Iterable[dict]], b: Sequence[Iterable[dict]], metric: st
     return {"metric": metric, "diff": float(D.mean()), "boot_low": low, "boot_high": high,
             "t": seed_t_test(D), "n_items": len(ids),
             "var_between_seeds": float(D.mean(1).var(ddof=1)) if D.shape[0] > 1 else None,
-            "var_items": float(D.var(1, ddof=1).mean())}
+            "var_items": float(D.var(1, ddof=1).mean()) if D.shape[1] > 1 else None}
 
 
 def seeds_needed(delta: float, var_between_seeds: float, var_items: float, n_items: int, power: float = 0.8,
