@@ -310,18 +310,15 @@ class AudioLLM(abc.ABC):
         texts = [self.processor.apply_chat_template(self.chat_messages(p), add_generation_prompt=True, tokenize=False)
                  for p in prompts]
         wavs = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
-        batch = self.call_processor(texts, wavs)
+        self.processor.tokenizer.padding_side = "left"
+        batch = self.processor(text=texts, audio=wavs, sampling_rate=self.sampling_rate, return_tensors="pt",
+                               padding=True)
         n_ph = (batch["input_ids"] == self.audio_token_id).sum(-1)
         if (n_ph == 0).any():
             raise ValueError("build_inputs: a prompt has no audio placeholder after processing (empty clip?)")
         # Content keys of the clips: the teacher's per-clip feature cache is keyed by them.
         BatchFeatures.attach(batch, [clip_key(w) for w in wavs])
         return batch
-
-    def call_processor(self, texts: list[str], wavs: list[np.ndarray]) -> Any:
-        self.processor.tokenizer.padding_side = "left"
-        return self.processor(text=texts, audio=wavs, sampling_rate=self.sampling_rate, return_tensors="pt",
-                              padding=True)
 
     # ---------------------------------------------------------------- prompt embeddings
     def _audio_path_frozen(self, m: nn.Module) -> bool:
