@@ -123,10 +123,6 @@ class WarmupData:
 
 
 # ---------------------------------------------------------------- the forward pass
-def _has_hooks(adapter: Any) -> bool:
-    return adapter.has_separate_projector
-
-
 def _encoder_frozen(adapter: Any) -> bool:
     return not any(p.requires_grad for p in adapter.audio_encoder(adapter.hf).parameters())
 
@@ -259,7 +255,7 @@ class SFTRecipe(Recipe):
     def _setup_model(self) -> Any:
         w = self.cfg.warmup
         adapter = load_warmup_model(self.cfg)
-        self.use_cache = bool(w.cache_audio) and _has_hooks(adapter) and _encoder_frozen(adapter) \
+        self.use_cache = bool(w.cache_audio) and adapter.has_separate_projector and _encoder_frozen(adapter) \
             and not (w.noisy and w.noise_versions <= 0)
         self.cache = AudioCache(self.use_cache)
         self.targets = {it.id: completion_ids(adapter, it.target) for it in self.train_items}
