@@ -60,5 +60,6 @@ def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert sum(r["skipped_items"] for r in rows) >= 1  # the bad item was met and skipped...
     assert "skipped bad item train3" in proc.stderr  # ...and named
+    assert "2 processes, student ddp" in proc.stderr  # accelerate's DDP wrapper (train/distributed.py)
     assert "val_noisy_acc" in rows[-1] and rows[-1]["val_items"] == 2
     assert (out / "final" / "config.json").is_file()

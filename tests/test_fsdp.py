@@ -68,9 +68,10 @@ def test_fsdp2_two_processes_equal_one_and_resume_exactly(tiny_qwen2_audio_dir, 
     T.run_train(tiny_config(data, tiny_qwen2_audio_dir, ref, *ARGS, "train.prompts_per_device=2", "train.max_steps=4"))
 
     out = tmp_path / "two"
-    launch_two_processes(SCRIPT, tiny_overrides(data, tiny_qwen2_audio_dir, out, *ARGS, "train.prompts_per_device=1",
+    proc = launch_two_processes(SCRIPT, tiny_overrides(data, tiny_qwen2_audio_dir, out, *ARGS, "train.prompts_per_device=1",
                                                 "run.fsdp=true"), tmp_path, 360, "FSDP2")
 
+    assert "2 processes, student fsdp2" in proc.stderr
     one, two = load_weights(latest_checkpoint(ref)), load_weights(latest_checkpoint(out))
     resumed = load_weights(latest_checkpoint(Path(f"{out}_resumed")))
     start = load_weights(latest_checkpoint(ref).parent / "checkpoint-2")  # moved between steps 2 and 4

@@ -244,6 +244,9 @@ class Recipe:
         if self.cfg.model.device_map is None:
             self.model.to(self.accelerator.device)
         self.engine = Engine.setup(self.accelerator, self.model, self.cfg)  # plain | ddp | fsdp2 (shards in place)
+        if self.accelerator.num_processes > 1:
+            self._log(f"{self.accelerator.num_processes} processes, student {self.engine.kind}, "
+                      f"mixed precision {self.accelerator.mixed_precision}")
         self.params = self.model.trainable_parameters()
         if not self.params:
             raise ConfigError("the model has no trainable parameter (everything frozen?): check model.lora and "
@@ -400,6 +403,7 @@ class Recipe:
         """The final loadable model dir (adapter or full weights, HF format) and summary.json."""
         final = self.out / "final"
         acc = self.accelerator
+        self.final_summary = None  # summary.json's content, on the main process (other ranks: None)
         with self.engine.full_weights():  # FSDP2: every rank gathers, the main process writes
             if acc.is_main_process:
                 self.model.save(final)

@@ -230,7 +230,10 @@ class VLLMServerBackend(RolloutBackend):
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             if model.peft is not None:
-                model.peft.save_pretrained(str(folder))
+                # named_parameters, not state_dict(): under FSDP2 (inside Engine.inference) the parameters
+                # are the gathered full weights while state_dict() would answer with shards
+                model.peft.save_pretrained(str(folder), state_dict={n: p.detach() for n, p in
+                                                                    model.peft.named_parameters()})
                 name = f"{self.lora_name}-v{version}"
                 self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder.resolve())})
                 previous, self._loaded = self._loaded, (name, folder)
@@ -241,7 +244,7 @@ class VLLMServerBackend(RolloutBackend):
             else:
                 from safetensors.torch import save_file
 
-                state = {k: v.detach().cpu().contiguous() for k, v in model.hf.state_dict().items()}
+                state = {k: v.detach().cpu().contiguous() for k, v in model.hf.named_parameters()}
                 save_file(state, str(folder / "model.safetensors"))
                 self._post("/collective_rpc", {"method": "echodistill_load_weights", "args": [str(folder.resolve())]})
                 self._post("/reset_prefix_cache", {})

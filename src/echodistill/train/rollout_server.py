@@ -146,7 +146,9 @@ class SamplerServer:
         if body.get("method") != "echodistill_load_weights":
             raise ValueError(f"unknown method {body.get('method')!r}")
         state = load_file(str(Path(body["args"][0]) / "model.safetensors"))
-        self.model.hf.load_state_dict(state)
+        missing, unexpected = self.model.hf.load_state_dict(state, strict=False)  # parameters only: no buffers
+        if unexpected or any(n in dict(self.model.hf.named_parameters()) for n in missing):
+            raise ValueError(f"weights do not match the served model (unexpected {unexpected[:3]}, missing {missing[:3]})")
         self.weight_loads += 1
         return {"results": [None]}
 
