@@ -329,3 +329,55 @@ def bench_memmodel(a, rows, row):
         rows.append(row("9 memmodel", f"tiny qwen2-audio {sizes[-1]['hidden']}", f"activation bytes predicted / measured ({k})",
                         "predicted", predicted[k][-1], "measured", measured[k][-1], "bytes", "within 20 %",
                         lambda x: 0.8 <= x <= 1.2))
+
+
+# ============================================================== peak RSS of one update (one process per point)
+def update_probe(backbone: str, path: str, layout: str, G: int, B: int, T: int, window_s: float) -> dict:
+    """In a fresh process: peak RSS growth (VmHWM, reset after setup) of one update with ``layout``."""
+    import gc
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    from echodistill.models import load_adapter
+    from run_all import model_cfg
+
+    cfg = model_cfg(backbone, Path(path), G=G, B=B, T=T, variant="grpo", window_s=window_s)
+    adapter = load_adapter(cfg.model, train=True)
+    r, cfg = _prepared(adapter, backbone, Path(path), window_s, B, G, T)
+    set_layout(adapter, layout)
+    params = adapter.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=0.0)
+    _update(adapter, r, cfg, opt, params)  # optimizer state and allocator warm: not this update's cost
+    gc.collect()
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = rss()
+    _update(adapter, r, cfg, opt, params)
+    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    return {"layout": layout, "G": G, "peak_rss_growth": peak - base}
+
+
+def bench_update_peak(backbone, path, window_s, name, a, rows, row):
+    """Peak RSS growth of one update, repeated vs packed, G = 4, 8, 16 (subprocesses: clean peaks)."""
+    import json
+    import subprocess
+
+    res = {}
+    for g in (4, 8, 16):
+        for layout in ("repeated", "packed"):
+            cmd = [sys.executable, str(HERE / "run_all.py"), "--_update-probe", backbone, str(path), layout, str(g),
+                   str(a.B_step), str(a.T), str(window_s)]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(f"update probe {layout} G={g} failed: {p.stderr[-2000:]}")
+            res[(layout, g)] = json.loads(p.stdout.strip().splitlines()[-1])["peak_rss_growth"]
+        rows.append(row("7 update", name, f"peak RSS growth of one update repeated / packed (G={g})", "repeated",
+                        res[("repeated", g)], "packed", res[("packed", g)], "bytes", "> 1", lambda x: x > 1.0))

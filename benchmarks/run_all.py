@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_update import bench_memmodel, bench_trl, bench_update  # noqa: E402 -- the update's rows (issue 11)
+from bench_update import (bench_memmodel, bench_trl, bench_update, bench_update_peak,  # noqa: E402 -- issue 11
+                          update_probe)
 
 WORDS = ["low", "high", "mid", "rising"]
 SR = 16000
@@ -559,6 +560,8 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         bench_memory(backbone, path, name, rows, window_s)
     if "update" in which and backbone == "embedded":
         bench_update(adapter, backbone, path, window_s, name, a, rows, row)
+        if not a.quick:
+            bench_update_peak(backbone, path, window_s, name, a, rows, row)
     if "trl" in which and backbone == "embedded":
         bench_trl(adapter, backbone, path, window_s, name, a, rows, row)
 
@@ -596,7 +599,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--embedded-path", default=str(ROOT / "models" / "embedded"))
     ap.add_argument("--_memory-probe", nargs=4, metavar=("BACKBONE", "PATH", "MODE", "WINDOW"), help=argparse.SUPPRESS)
+    ap.add_argument("--_update-probe", nargs=7, help=argparse.SUPPRESS)  # backbone path layout G B T window
     args = ap.parse_args(argv)
+    if args._update_probe:
+        bb, p, layout, g, b, t, w = args._update_probe
+        print(json.dumps(update_probe(bb, p, layout, int(g), int(b), int(t), float(w))))
+        return 0
     if args._memory_probe:
         bb, p, mode, w = args._memory_probe
         print(json.dumps(memory_probe(bb, p, mode, float(w))))
