@@ -1,7 +1,9 @@
 """The other stages on two CPU processes (gloo, `accelerate launch`, under a timeout):
 
 * warm-up (sft-noisy): both ranks end with identical weights (DDP), one final/, and the weights of a
-  1-process warm-up of the same global batch (1e-5; small learning rate: see test_fsdp.py on Adam).
+  1-process warm-up of the same global batch (1e-5; small learning rate: see test_fsdp.py on Adam);
+* evaluation: every (item, condition) predicted exactly once (3 items split 2 + 1 over the ranks), the
+  same metrics.json numbers and answers as one process.
 """
 
 from __future__ import annotations
@@ -73,3 +75,38 @@ def test_two_process_warmup_equals_one(data_dir, tiny_qwen2_audio_dir, tmp_path,
     assert (two / "final" / "config.json").is_file() and not list(two.glob("final*[!l]"))  # one final/
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["val_items"] == 3  # 3 val items on 2 ranks
+
+
+EVAL = textwrap.dedent('''
+    import sys
+    from echodistill.config import load_config
+    from echodistill.eval.evaluate import run_eval
+    out, manifest, checkpoint = sys.argv[1:4]
+    run_eval(load_config(None, sys.argv[4:]), checkpoint=checkpoint, manifest=manifest, out_dir=out)
+''')
+
+EVAL_ARGS = ("eval.noise_types=[white,music]", "eval.snr_levels=[0,10]", "eval.batch_size=3", "eval.bootstrap=50")
+
+
+@pytest.mark.timeout(300)
+def test_two_process_eval_predicts_each_row_once_and_equals_one(data_dir, tiny_qwen2_audio_dir, tmp_path):
+    """3 val items (an uneven split: 2 + 1) x (clean, silent, 2 noise types x 2 SNRs)."""
+    from echodistill.eval.evaluate import run_eval
+
+    manifest = data_dir / "val.jsonl"
+    cfg_args = tiny_overrides(data_dir, tiny_qwen2_audio_dir, tmp_path / "unused", *EVAL_ARGS)
+    one = tmp_path / "one"
+    run_eval(tiny_config(data_dir, tiny_qwen2_audio_dir, tmp_path / "unused", *EVAL_ARGS),
+             checkpoint=str(tiny_qwen2_audio_dir), manifest=manifest, out_dir=one)
+
+    two = tmp_path / "two"
+    launch_two_processes(EVAL, [str(two), str(manifest), str(tiny_qwen2_audio_dir), *cfg_args], tmp_path, 240, "eval")
+    rows = [json.loads(line) for line in (two / "predictions.jsonl").read_text().splitlines()]
+    keys = [(r["id"], r["condition"], r.get("noise_type"), r.get("snr")) for r in rows]
+    assert len(keys) == len(set(keys)) == 3 * 6  # every (item, condition) predicted exactly once
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["metrics"] == m2["metrics"] and m1["n_predictions"] == m2["n_predictions"] == 18
+    by_key = {(r["id"], r["condition"], r.get("noise_type"), r.get("snr")): r["response"] for r in rows}
+    for line in (one / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert by_key[(r["id"], r["condition"], r.get("noise_type"), r.get("snr"))] == r["response"]

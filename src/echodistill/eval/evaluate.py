@@ -38,6 +38,7 @@ import json
 import os
 import time
 from collections import Counter, OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -582,21 +583,45 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     if method != "cascade":
         verify_weights(ckpt, cfg.model.path)  # a truncated download: one line now, not a traceback later
     device = _resolve_device(str(cfg.run.device))
+    procs = eval_processes(device)  # under `accelerate launch`: the items are split over the processes
+    if procs is not None and procs.device.type != "cpu":
+        device = str(procs.device)
+    main = procs is None or procs.is_main_process
     out_dir.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out_dir):
+    with FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
         state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
-        _check_state(out_dir, state)
+        if main:
+            _check_state(out_dir, state)
         return _predict_and_report(cfg, out_dir, jobs, groups, conditions, bank, state, method=method, ckpt=ckpt,
                                    device=device, manifest=manifest, name=name, split_name=split_name,
-                                   skipped_tasks=skipped_tasks)
+                                   skipped_tasks=skipped_tasks, procs=procs)
+
+
+def eval_processes(device: str) -> Any:
+    """accelerate's ``PartialState`` when launched as several processes (``accelerate launch``), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
 
 
 def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, conditions: list,
                         bank: Optional[NoiseBank], state: dict, *, method: str, ckpt: str, device: str,
-                        manifest: Path, name: Optional[str], split_name: Optional[str], skipped_tasks: dict) -> dict:
-    """The rest of ``run_eval``, under the folder lock: predict the missing rows, write metrics.json."""
+                        manifest: Path, name: Optional[str], split_name: Optional[str], skipped_tasks: dict,
+                        procs: Any = None) -> dict:
+    """The rest of ``run_eval``, under the folder lock: predict the missing rows, write metrics.json.
+
+    With ``procs`` (several processes): every process reads the rows already done, predicts the
+    missing ones of its share of the items (item ``i`` -> process ``i % world``, all its conditions),
+    and the main process gathers them, appends them to predictions.jsonl and writes metrics.json.
+    """
     import torch
 
+    main = procs is None or procs.is_main_process
+    if procs is not None:
+        procs.wait_for_everyone()  # the main process has checked the folder; nobody has appended yet
     pred_path = out_dir / PREDICTIONS
     existing = read_existing(pred_path)
     done = {}
@@ -606,12 +631,16 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
         except (TypeError, ValueError):
             continue
     todo = [j for j in jobs if j.key not in done]
+    if procs is not None:
+        procs.wait_for_everyone()  # every process has read the same finished rows
+        share = {g.id: i % procs.num_processes for i, g in enumerate(groups)}
+        todo = [j for j in todo if share[j.group.id] == procs.process_index]
 
     if device == "cpu":
         torch.set_num_threads(max(1, int(cfg.run.num_threads)))
     bad: dict = {}
     loader = ClipLoader(cfg, bank)
-    writer = PredictionWriter(pred_path)
+    writer = PredictionWriter(pred_path) if main else None
     t0 = time.time()
     try:
         if todo:
@@ -640,8 +669,25 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
                                     split=split_name, progress=bar)
         else:
             new_rows = []
+        if procs is not None:  # the other processes' rows, skipped items and cut clips, to the main one
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(procs.process_index, new_rows, bad, sorted(loader.truncated))])
+            if main:
+                new_rows = []
+                for rank, rows, their_bad, cut in sorted(parts, key=lambda p: p[0]):
+                    if rank != procs.process_index:
+                        writer(rows)
+                        loader.truncated.update(cut)
+                        bad.update(their_bad)  # items are split whole: no item is in two shares
+                    new_rows += rows
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+    if not main:  # the main process reports; the others return what it wrote
+        out = [None]
+        torch.distributed.broadcast_object_list(out, src=0)
+        return out[0]
     seconds = time.time() - t0
     for r in new_rows:
         done[row_key(r["id"], r["condition"], r.get("noise_type"), r.get("snr"))] = r
@@ -686,6 +732,8 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
     os.replace(tmp, out_dir / METRICS)
     print(summary_text(meta))
     print(f"  wrote {pred_path} and {out_dir / METRICS}")
+    if procs is not None:
+        torch.distributed.broadcast_object_list([meta], src=0)
     return meta
 
 
