@@ -16,9 +16,9 @@ accumulation, gradients averaged across ranks, clipping, AdamW, a transformers L
 
 Variants come from config alone (``train.variant`` presets ``config.VARIANTS``). Every random draw
 derives from (seed, position, rank) so a killed-and-resumed run ends with the same weights as an
-uninterrupted one. Distributed: the model is not wrapped in DDP (sampling, teacher and evaluation
-call the plain module, and rank-local calls must never enter a collective); gradients are averaged
-with one all-reduce per update instead, which is what DDP does. FSDP/DeepSpeed are not supported yet.
+uninterrupted one. Distributed (DDP or FSDP2, ``train/distributed.py``): the update goes through the
+prepared module (``Engine.loss``); sampling, teacher and evaluation run inside ``Engine.inference``
+and never enter a collective. DeepSpeed is not supported.
 """
 
 from __future__ import annotations
