@@ -311,8 +311,12 @@ class AudioLLM(abc.ABC):
                  for p in prompts]
         wavs = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
         self.processor.tokenizer.padding_side = "left"
-        batch = self.processor(text=texts, audio=wavs, sampling_rate=self.sampling_rate, return_tensors="pt",
-                               padding=True)
+        # features in float32 even under a mixed-precision autocast (the Whisper extractor's torch STFT
+        # would come out bf16 and fail its numpy conversion)
+        with torch.autocast("cpu", enabled=False), (torch.autocast("cuda", enabled=False)
+                                                     if torch.cuda.is_available() else nullcontext()):
+            batch = self.processor(text=texts, audio=wavs, sampling_rate=self.sampling_rate, return_tensors="pt",
+                                   padding=True)
         n_ph = (batch["input_ids"] == self.audio_token_id).sum(-1)
         if (n_ph == 0).any():
             raise ValueError("build_inputs: a prompt has no audio placeholder after processing (empty clip?)")
