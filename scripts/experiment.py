@@ -68,6 +68,11 @@ def prepare(spec) -> None:
         build_embedded_model(Path(spec.model), seed=0, corpus_texts=read_bench_texts(Path(spec.bench)))
 
 
+def runs_dir(spec) -> Path:
+    """Where this spec's training and evaluation folders go (``runs``; default ``work``, beside the warm-ups)."""
+    return Path(spec.get("runs", spec.work))
+
+
 def warmup_dir(spec, name: str) -> Path:
     w = spec.warmups[name]
     return Path(spec.work) / (w.get("dir") or f"warmup-{name}")
@@ -91,7 +96,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     store = Path(spec.store)
     if (store / name / "run.json").is_file():
         return
-    ev = Path(spec.work) / "eval" / spec.split / name
+    ev = runs_dir(spec) / "eval" / spec.split / name
     sh(ED + ["eval", *eval_args, "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
              "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
              f"run.num_threads={threads}", *spec.get("eval", [])], ev.parent / f"{name}.log", threads)
@@ -116,7 +121,7 @@ def run_unit(spec, method: str, seed: int, threads: int, warmup_done) -> None:
         return
     warmup_done.result()  # its starting point (submitted before every unit, so never queued behind it)
     start = warmup_dir(spec, m.warmup) / "final"
-    run_dir = Path(spec.work) / "train" / name
+    run_dir = runs_dir(spec) / "train" / name
     kind = m.get("kind", "train")
     common = [*base_overrides(spec), f"run.output_dir={run_dir}", f"run.seed={seed}", f"run.num_threads={threads}"]
     say(f"{kind} {name}")
