@@ -584,16 +584,16 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
         verify_weights(ckpt, cfg.model.path)  # a truncated download: one line now, not a traceback later
     device = _resolve_device(str(cfg.run.device))
     procs = eval_processes(device)  # under `accelerate launch`: the items are split over the processes
-    if procs is not None and procs.device.type != "cpu":
-        device = str(procs.device)
     main = procs is None or procs.is_main_process
+    # this process's own GPU; the recorded state keeps the generic name (a 1-process rerun may resume)
+    run_device = str(procs.device) if procs is not None and procs.device.type != "cpu" else device
     out_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
         state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
         if main:
             _check_state(out_dir, state)
         return _predict_and_report(cfg, out_dir, jobs, groups, conditions, bank, state, method=method, ckpt=ckpt,
-                                   device=device, manifest=manifest, name=name, split_name=split_name,
+                                   device=run_device, manifest=manifest, name=name, split_name=split_name,
                                    skipped_tasks=skipped_tasks, procs=procs)
 
 
