@@ -159,8 +159,8 @@ class Engine:
     """The student's process layout: ``plain`` | ``ddp`` | ``fsdp2`` (``Engine.setup``).
 
     ``loss(fn)``: run the loss function of one micro-batch with gradients, through the prepared module;
-    ``unsharded()``: context for no-grad phases and full-weight saves; ``no_sync()``: skip the gradient
-    all-reduce of all micro-batches but the last one of an update (DDP).
+    ``inference()``: context for no-grad phases; ``full_weights()``: context for saves; ``no_sync(last)``:
+    skip the gradient sync of all micro-batches but the last one of an update (DDP and FSDP2).
     """
 
     def __init__(self, accelerator: Any, adapter: Any, kind: str, reshard_after_forward: bool = True):
@@ -170,7 +170,7 @@ class Engine:
 
     @classmethod
     def setup(cls, accelerator: Any, adapter: Any, cfg: Any) -> "Engine":
-        """Choose the layout from accelerate's distributed type and ``train.fsdp``; wrap the student."""
+        """Choose the layout from accelerate's distributed type and ``run.fsdp``; wrap the student."""
         dt = accelerator.distributed_type.value
         want_fsdp = dt == "FSDP" or bool(cfg.run.fsdp)
         if dt in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
@@ -205,7 +205,7 @@ class Engine:
             return redirect(self.wrapper, inner, fn)
 
     def no_sync(self, last: bool):
-        """DDP: no all-reduce in this backward unless ``last`` (gradients accumulate locally)."""
+        """No gradient sync in this backward unless ``last`` (gradients accumulate locally)."""
         if self.kind == "ddp" and not last:
             return self.wrapper.no_sync()
         if self.kind == "fsdp2" and not last:
