@@ -43,10 +43,22 @@ def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
     """
     h = hashlib.sha1()
     for i, mod in enumerate(modules):
-        for name, t in mod.state_dict().items():
+        for name, t in _state_tensors(mod):
             h.update(f"{i}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+def _state_tensors(mod: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """``mod.state_dict().items()`` read from the modules themselves (same names, same order): under
+    FSDP2 ``state_dict()`` answers with DTensor shards even while the weights are gathered."""
+    for prefix, m in mod.named_modules():
+        for n, t in m._parameters.items():
+            if t is not None:
+                yield (f"{prefix}.{n}" if prefix else n), t
+        for n, t in m._buffers.items():
+            if t is not None and n not in m._non_persistent_buffers_set:
+                yield (f"{prefix}.{n}" if prefix else n), t
 
 
 class BatchFeatures:
