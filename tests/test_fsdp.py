@@ -3,6 +3,7 @@
 * a 2-process run of ``echodistill-token`` (full fine-tuning, sharded student) ends with the weights of a
   1-process run of the same global batch (1e-5);
 * a run stopped at its step-2 sharded checkpoint and resumed ends exactly where the straight run ends;
+* the same with LoRA (the teacher is the sharded model with its adapter disabled);
 * ranks never hang: one rank's rollouts end at the first token (early EOS) while the other's run to the
   length limit, and the validation shard is uneven (3 items on 2 ranks).
 
@@ -36,6 +37,7 @@ SCRIPT = textwrap.dedent('''
     # several runs in one launch: keep the process group alive between them (end_training destroys it)
     accelerate.Accelerator.end_training = lambda self: [t.finish() for t in self.trackers]
 
+    LORA = %r
     base = sys.argv[1:]
     rank = int(os.environ.get("RANK", 0))
     out = [a.split("=", 1)[1] for a in base if a.startswith("run.output_dir=")][0]
@@ -54,22 +56,31 @@ SCRIPT = textwrap.dedent('''
     c = [a for a in base if not a.startswith("run.output_dir=")] + [f"run.output_dir={out}_uneven"]
     T.run_train(load_config(None, c + ["train.max_steps=2", "train.eval_steps=1", "train.eval_items=3"]))
     open(os.path.join(out + "_uneven", f"done_rank{rank}"), "w").write("ok")
+    if rank == 1:
+        AudioLLM.generate = original
+    # D: LoRA (teacher = adapter disabled) sharded
+    d = [a for a in base if not a.startswith("run.output_dir=")] + [f"run.output_dir={out}_lora"]
+    T.run_train(load_config(None, d + ["train.max_steps=2"] + LORA))
 ''')
 
+LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
 ARGS = ("train.variant=echodistill-token", "train.temperature=1e-6", "train.save_steps=2", "train.eval_steps=0",
         "train.learning_rate=1e-5", "train.num_iterations=1")
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_fsdp2_two_processes_equal_one_and_resume_exactly(tiny_qwen2_audio_dir, tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4, n_val=3)
     # the reference: one process, the global batch (2 items per micro-batch)
     ref = tmp_path / "one"
     T.run_train(tiny_config(data, tiny_qwen2_audio_dir, ref, *ARGS, "train.prompts_per_device=2", "train.max_steps=4"))
+    ref_lora = tmp_path / "one_lora"
+    T.run_train(tiny_config(data, tiny_qwen2_audio_dir, ref_lora, *ARGS, *LORA, "train.prompts_per_device=2",
+                            "train.max_steps=2"))
 
     out = tmp_path / "two"
-    proc = launch_two_processes(SCRIPT, tiny_overrides(data, tiny_qwen2_audio_dir, out, *ARGS, "train.prompts_per_device=1",
-                                                "run.fsdp=true"), tmp_path, 360, "FSDP2")
+    proc = launch_two_processes(SCRIPT % LORA, tiny_overrides(data, tiny_qwen2_audio_dir, out, *ARGS, "train.prompts_per_device=1",
+                                                "run.fsdp=true"), tmp_path, 480, "FSDP2")
 
     assert "2 processes, student fsdp2" in proc.stderr
     one, two = load_weights(latest_checkpoint(ref)), load_weights(latest_checkpoint(out))
@@ -84,3 +95,6 @@ def test_fsdp2_two_processes_equal_one_and_resume_exactly(tiny_qwen2_audio_dir, 
     assert (uneven / "final" / "config.json").is_file()
     rows = (uneven / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"val_items": 3.0' in rows[-1]
+    one, two = load_weights(latest_checkpoint(ref_lora)), load_weights(latest_checkpoint(Path(f"{out}_lora")))
+    assert set(one) == set(two) and all("lora_" in k for k in one)  # LoRA sharded: adapters only train
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5

@@ -66,6 +66,7 @@ def launch_two_processes(script: str, overrides: list[str], cwd: Path, timeout: 
     """Run ``script`` (text) under ``accelerate launch`` with 2 CPU processes (gloo, configs/accelerate/
     ddp_cpu.yaml) and ``overrides`` as its arguments; a run past ``timeout`` seconds fails the test as a hang."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -82,9 +83,15 @@ def launch_two_processes(script: str, overrides: list[str], cwd: Path, timeout: 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2", "--main_process_port",
            str(port), str(path), *overrides]
+    # its own process group: on a hang the launcher AND its workers are killed (a plain timeout kills
+    # only the launcher and leaves the workers spinning)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(cwd),
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(cwd))
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"2-process run hung ({what}): {(e.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"2-process run hung ({what}): {(stderr or '')[-3000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

@@ -45,7 +45,8 @@ def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
     for i, mod in enumerate(modules):
         for name, t in _state_tensors(mod):
             h.update(f"{i}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            # a copy: numpy() on the parameter's own CPU storage would pin it (FSDP2 could not free it)
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).clone().numpy().tobytes())
     return h.hexdigest()[:20]
 
 
