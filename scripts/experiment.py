@@ -139,8 +139,9 @@ def run_unit(spec, method: str, seed: int, threads: int, warmup_done) -> None:
     store_eval(spec, name, method, seed, run_dir / "final", start, threads, run_dir)
 
 
-def warmup_unit(spec, name: str, threads: int) -> None:
-    final = run_warmup(spec, name, threads)
+def warmup_eval(spec, name: str, threads: int, warmup_done) -> None:
+    final = warmup_dir(spec, name) / "final"
+    warmup_done.result()
     store_eval(spec, f"warmup-{name}", f"warmup-{name}", None, final, final, threads)
 
 
@@ -155,9 +156,11 @@ def cmd_run(args) -> None:
                    key=lambda u: (not ready[spec.methods[u[0]].warmup], list(spec.seeds).index(u[1])))
     failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        warm = {w: pool.submit(warmup_unit, spec, w, threads) for w in spec.warmups}
+        # units wait for their warm-up's training only; its evaluation is one more unit
+        warm = {w: pool.submit(run_warmup, spec, w, threads) for w in spec.warmups}
         futures = {pool.submit(run_unit, spec, m, s, threads, warm[spec.methods[m].warmup]): f"{m}-s{s}"
                    for m, s in units}
+        futures.update({pool.submit(warmup_eval, spec, w, threads, f): f"warmup-{w} eval" for w, f in warm.items()})
         for name, f in [*((f"warmup-{w}", f) for w, f in warm.items()), *((n, f) for f, n in futures.items())]:
             try:
                 f.result()
