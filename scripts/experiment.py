@@ -152,8 +152,9 @@ def cmd_run(args) -> None:
     ready = {w: any((warmup_dir(spec, w) / "final").glob("*.safetensors")) for w in spec.warmups}
     methods = [m for m in spec.methods if not args.only or m in args.only]
     # units whose warm-up exists first, so no worker idles while another warm-up trains
-    units = sorted(((m, s) for s in spec.seeds for m in methods),
-                   key=lambda u: (not ready[spec.methods[u[0]].warmup], list(spec.seeds).index(u[1])))
+    seeds = [s for s in spec.seeds if not args.seeds or s in args.seeds]
+    units = sorted(((m, s) for s in seeds for m in methods),
+                   key=lambda u: (not ready[spec.methods[u[0]].warmup], seeds.index(u[1])))
     failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
         # units wait for their warm-up's training only; its evaluation is one more unit
@@ -190,6 +191,7 @@ def main() -> None:
     r.add_argument("spec")
     r.add_argument("--jobs", type=int, default=1, help="units at once (1 torch thread each when > 1)")
     r.add_argument("--only", nargs="*", help="only these methods")
+    r.add_argument("--seeds", nargs="*", type=int, help="only these of the spec's seeds")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="seed-aware comparison from the store")
     q.add_argument("spec")
