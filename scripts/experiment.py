@@ -147,7 +147,7 @@ def warmup_eval(spec, name: str, threads: int, warmup_done) -> None:
 
 def cmd_run(args) -> None:
     spec = load_spec(args.spec)
-    threads = 1 if args.jobs > 1 else 2
+    threads = args.threads or (1 if args.jobs > 1 else 2)
     prepare(spec)
     ready = {w: any((warmup_dir(spec, w) / "final").glob("*.safetensors")) for w in spec.warmups}
     methods = [m for m in spec.methods if not args.only or m in args.only]
@@ -192,6 +192,8 @@ def main() -> None:
     r.add_argument("--jobs", type=int, default=1, help="units at once (1 torch thread each when > 1)")
     r.add_argument("--only", nargs="*", help="only these methods")
     r.add_argument("--seeds", nargs="*", type=int, help="only these of the spec's seeds")
+    r.add_argument("--threads", type=int, help="torch threads per run (default: 1 with --jobs > 1, else 2); "
+                   "use 1 when another experiment shares the cores")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="seed-aware comparison from the store")
     q.add_argument("spec")
