@@ -389,11 +389,15 @@ class GRPORecipe(Recipe):
     def _setup_data(self) -> None:
         from ..audio.noise import NoiseBank
         from ..data.manifest import read_manifest
+        from ..data.validate import usable_training_items
 
         cfg, t, acc = self.cfg, self.cfg.train, self.accelerator
         all_items = read_manifest(cfg.data.train_manifest, path_map=dict(cfg.data.path_map),
                                   columns=dict(cfg.data.columns))
         self.train_items = select_items(all_items, cfg, t.rl_items)  # label-free regime: RL on the unlabeled items
+        if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
+            self.train_items = usable_training_items(self.train_items, cfg, cfg.data.train_manifest,
+                                                     model_path=t.init_from or None, log=self._log)
         if not self.train_items:
             raise UserError(f"{cfg.data.train_manifest}: no training items for train.rl_items={t.rl_items}")
         if cfg.data.labeled_fraction < 1 and acc.is_main_process:
