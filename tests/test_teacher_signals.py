@@ -218,11 +218,12 @@ def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatc
 
     monkeypatch.setattr(T, "ItemStream", stream)
     cfg = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "rl", *split, "train.variant=echodistill-labelfree",
-                      "train.rl_items=unlabeled", "teacher.min_confidence=0.0", f"train.init_from={tmp_path}/warm/final")
+                      "train.rl_items=unlabeled", "teacher.min_confidence=0.0", f"train.init_from={tmp_path}/warm/final",
+                      "train.log_component_grad_norms=true", "train.lambda_clean=0.5")
     T.run_train(cfg)
     assert sorted(seen) == sheet["unlabeled_ids"]
     assert json.loads((tmp_path / "rl" / "labels.json").read_text())["stage_uses"] == "unlabeled"
     rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     for key in ("teacher_clean_acc", "target_coverage", "target_label_agreement", "frac_groups_all_wrong",
-                "teacher_adv_share"):
+                "teacher_adv_share", "grad_norm_policy", "grad_norm_clean", "clean_kl"):
         assert key in rows[0], key

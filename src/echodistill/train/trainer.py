@@ -286,8 +286,9 @@ def _answer_kd(model, batch, ta: TeacherAnswer, rows: Optional[torch.Tensor], cf
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0))
+    """L2 norm of one loss term's gradient alone (an extra backward; the graph is kept for the update)."""
+    grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
 
 
 def micro_loss(model, r: Rollout, cfg, *, first_iteration: bool, num_tokens: Optional[float]) -> tuple[torch.Tensor, dict]:
