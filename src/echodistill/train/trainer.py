@@ -134,18 +134,12 @@ def rollout(model, examples: list[Example], cfg, generator: torch.Generator) -> 
                    comp.logprobs)
 
 
-def completion_logits(model, batch, ids: torch.Tensor, mask: torch.Tensor, num_samples: int,
-                      with_grad: bool) -> torch.Tensor:
-    """Full next-token logits [N, T, V] at the completion positions (for KD and teacher argmax)."""
-    return model.completion_logits(batch, ids, mask, num_samples=num_samples, with_grad=with_grad)
-
-
 def teacher_answer(model, r: Rollout, cfg, with_logits: bool) -> TeacherAnswer:
     """The teacher's greedy answer on the clean clips (call inside ``model.teacher()``)."""
     y = model.generate(r.clean_batch, 1, max_new_tokens=cfg.train.max_completion_length, do_sample=False)
     confidence = (y.logprobs * _answer_mask(model, y.ids, y.mask)).sum(1).exp()
     choice = [R.extract_choice(text, e.choices) for text, e in zip(y.texts, r.examples)]
-    logits = completion_logits(model, r.clean_batch, y.ids, y.mask, 1, with_grad=False) if with_logits else None
+    logits = model.completion_logits(r.clean_batch, y.ids, y.mask, num_samples=1) if with_logits else None
     return TeacherAnswer(y.ids, y.mask, choice, confidence, logits)
 
 
@@ -157,7 +151,7 @@ def teacher_scoring(model, r: Rollout, cfg) -> None:
         if need.clean:
             r.clean_batch = model.build_inputs(prompts, [e.clean for e in r.examples])
         if need.argmax:
-            logits = completion_logits(model, r.clean_batch, r.ids, r.mask, G, with_grad=False)
+            logits = model.completion_logits(r.clean_batch, r.ids, r.mask, num_samples=G)
             r.teacher_logp = (logits.gather(-1, r.ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)) * r.mask
             r.teacher_argmax_match = (logits.argmax(-1) == r.ids) & r.mask.bool()
         elif need.scores:
@@ -280,7 +274,7 @@ def compute_advantages(r: Rollout, cfg) -> None:
 def _answer_kd(model, batch, ta: TeacherAnswer, rows: Optional[torch.Tensor], cfg) -> torch.Tensor:
     """KL(teacher on clean || student on ``batch``) on the teacher's answer, over ``rows`` [B] (None: all)."""
     mask = ta.mask if rows is None else ta.mask * rows.to(ta.mask.device, ta.mask.dtype).unsqueeze(1)
-    student = completion_logits(model, batch, ta.ids, ta.mask, 1, with_grad=True)
+    student = model.completion_logits(batch, ta.ids, ta.mask, num_samples=1, with_grad=True)
     return grpo.kd_loss(ta.logits, student, mask, num_items=ta.ids.shape[0],
                         max_completion_length=cfg.train.max_completion_length)
 
@@ -497,4 +491,4 @@ def run_train(cfg, resume: bool = False) -> Path:
 
 __all__ = ["run_train", "Rollout", "TeacherAnswer", "TeacherPasses", "rollout", "teacher_scoring",
            "reward_targets", "compute_rewards", "compute_advantages", "teacher_gate", "kd_rows", "micro_loss",
-           "rollout_metrics", "completion_logits", "GRPORecipe"]
+           "rollout_metrics", "GRPORecipe"]
