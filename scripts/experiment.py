@@ -2,14 +2,17 @@
 """Run an experiment spec (configs/experiments/*.yaml) into its results store, resumably.
 
     python scripts/experiment.py run configs/experiments/val_sweep.yaml [--jobs 2] [--only NAME ...]
-    python scripts/experiment.py report configs/experiments/val_sweep.yaml [--baseline grpo]
+    python scripts/experiment.py report configs/experiments/val_sweep.yaml [--baseline warmup] [--readme-table]
 
 ``run``: builds the benchmark and the embedded model if missing, trains each warm-up once, then for
 every (method, seed) trains, evaluates on the spec's split and writes the compact result to the store
 (``echodistill.eval.store``). Every unit is skipped when its store entry exists and resumes from its
 checkpoints otherwise, so a stopped run continues and a later session adds seeds by editing ``seeds``.
 With ``--jobs 2`` two units run at once, one torch thread each (two 2-thread runs on 2 cores slow each
-other 5-20x). ``report``: the seed-aware comparison (``echodistill.eval.seeds``) as Markdown.
+other 5-20x). ``report``: the seed-aware comparison (``echodistill.eval.seeds``) as Markdown in
+``<store>/report.md``, per regime (the spec's ``regimes:``; methods paired against their regime's
+baseline) with an accuracy-vs-SNR figure each (``snr_curves_<regime>.png``), and README's results table
+(``readme_table.md``; ``--readme-table`` prints only that).
 """
 
 from __future__ import annotations
@@ -174,12 +177,30 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from echodistill.eval.seeds import store_report
+    """report.md, one accuracy-vs-SNR figure per regime and readme_table.md in the store; with
+    ``--baseline`` only report_vs_<baseline>.md (``warmup``: each regime's warm-up)."""
+    from dataclasses import replace
+
+    from echodistill.eval.seeds import readme_table, regimes_from_spec, store_report
 
     spec = load_spec(args.spec)
-    text = store_report(spec.store, spec.split, baseline=args.baseline, strong_snr_max=0.0,
-                        title=spec.get("title", Path(args.spec).stem))
-    out = Path(spec.store) / "report.md"
+    store = Path(spec.store)
+    regimes = regimes_from_spec(spec)
+    title = spec.get("title", Path(args.spec).stem)
+    if args.readme_table:  # just the table, to paste into README
+        print(readme_table(spec.store, spec.split, regimes, strong_snr_max=0.0), end="")
+        return
+    if args.baseline:  # a side view: no figures, no shares (they are defined against the spec's baselines)
+        regimes = [replace(r, baseline=r.warmup if args.baseline == "warmup" else args.baseline, recovered=(),
+                           contrasts=()) for r in regimes]
+        text = store_report(spec.store, spec.split, strong_snr_max=0.0, regimes=regimes,
+                            title=f"{title}, each method against " + ("the warm-up it starts from"
+                                                                      if args.baseline == "warmup" else args.baseline))
+        out = store / f"report_vs_{args.baseline}.md"
+    else:
+        text = store_report(spec.store, spec.split, strong_snr_max=0.0, regimes=regimes, title=title, plot_dir=store)
+        out = store / "report.md"
+        (store / "readme_table.md").write_text(readme_table(spec.store, spec.split, regimes, strong_snr_max=0.0))
     out.write_text(text)
     print(text)
 
@@ -197,7 +218,10 @@ def main() -> None:
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="seed-aware comparison from the store")
     q.add_argument("spec")
-    q.add_argument("--baseline", default="grpo")
+    q.add_argument("--baseline", help="pair every method against this one instead (warmup: each regime's "
+                   "warm-up) -> report_vs_<baseline>.md; default: each regime's baseline from the spec")
+    q.add_argument("--readme-table", action="store_true", help="only print the Markdown table for README's "
+                   "Results section (report also writes it to readme_table.md)")
     q.set_defaults(fn=cmd_report)
     args = p.parse_args()
     args.fn(args)

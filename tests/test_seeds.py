@@ -109,3 +109,107 @@ def test_a_seedless_baseline_pairs_with_every_seed(tmp_path):
     pairs = paired_runs([r for r in runs if r.method == "grpo"], [r for r in runs if r.method == "warmup"])
     assert [(a.name, b.name) for a, b in pairs] == [("grpo-s0", "warmup"), ("grpo-s1", "warmup")]
     assert "Paired differences against `warmup`" in S.store_report(str(tmp_path), "val", baseline="warmup")
+
+
+# ------------------------------------------------------------------ regimes, shares recovered, figures
+TYPES = ("white", "pink", "babble", "music")
+
+
+def _graded_rows(n_items, k_strong):
+    """Every item clean-correct, right in ``k_strong`` of the four noise types at -5 dB and in all at +5 dB:
+    each item scores the same, so every bootstrap replicate has the same mean and the answer is exact."""
+    rows = []
+    for i in range(n_items):
+        base = {"id": f"i{i}", "task": "t", "target": "a"}
+        rows.append({**base, "condition": "clean", "noise_type": None, "snr": None, "answer": "a"})
+        for j, t in enumerate(TYPES):
+            strong = "a" if j < k_strong else "b"
+            rows.append({**base, "condition": "noisy", "noise_type": t, "snr": -5.0, "answer": strong})
+            rows.append({**base, "condition": "noisy", "noise_type": t, "snr": 5.0, "answer": "a"})
+    return rows
+
+
+# strong-noise accuracy per method: warm-up 25 %, GRPO with labels 75 %, distill 50 %, TTRL 25 %
+LABEL_FREE = {"lf-grpo-labels": 3, "lf-distill": 2, "lf-ttrl": 1}
+REGIMES = [S.Regime("labeled", "grpo", ("grpo", "ed"), "warmup-full"),
+           S.Regime("label-free", "lf-grpo-labels", tuple(LABEL_FREE), "warmup-frac30", ("StrongGSR", "StrongNoisy"),
+                    (("lf-distill", "lf-ttrl"),))]
+
+
+def _store(path, label_free=True, n_items=6):
+    """Two regimes from two warm-ups (different sha256), seeds 0 and 1."""
+    common = dict(split="test", final_sha256="f", eval_settings={"grid": 1})
+    write_run(path, "warmup-full", method="warmup-full", seed=None, start_sha256="wf",
+              rows=_graded_rows(n_items, 2), **common)
+    for s in (0, 1):
+        for m, k in (("grpo", 2), ("ed", 3)):
+            write_run(path, f"{m}-s{s}", method=m, seed=s, start_sha256="wf", rows=_graded_rows(n_items, k), **common)
+    if label_free:
+        write_run(path, "warmup-frac30", method="warmup-frac30", seed=None, start_sha256="w30",
+                  rows=_graded_rows(n_items, 1), **common)
+        for s in (0, 1):
+            for m, k in LABEL_FREE.items():
+                write_run(path, f"{m}-s{s}", method=m, seed=s, start_sha256="w30", rows=_graded_rows(n_items, k),
+                          **common)
+
+
+def test_gain_recovered_is_the_ratio_of_mean_gains_with_an_interval():
+    W = np.full(50, 0.25)
+    share = S.gain_recovered(np.full((3, 50), 0.5), np.full((3, 50), 0.75), W, n_boot=200)
+    assert share["share"] == pytest.approx(0.5) and share["low"] == pytest.approx(0.5) == share["high"]
+    rng = np.random.default_rng(0)
+    noisy = S.gain_recovered(W + 0.1 + rng.normal(0, 0.1, (5, 50)), W + 0.2 + rng.normal(0, 0.1, (5, 50)), W)
+    assert noisy["low"] < 0.5 < noisy["high"] and not noisy["unbounded"]
+    # the baseline gains nothing: a ratio over a denominator that may be zero has no finite interval
+    flat = S.gain_recovered(W + 0.1 + rng.normal(0, 0.1, (5, 50)), W + rng.normal(0, 0.1, (5, 50)), W)
+    assert flat["unbounded"] and flat["low"] is None
+
+
+def test_label_free_methods_pair_against_grpo_with_labels_and_report_the_share(tmp_path):
+    _store(tmp_path)
+    by = S._by_method(read_store(tmp_path))
+    g = S.recovered_share(REGIMES[1], by, "lf-distill", "StrongGSR", n_boot=100)
+    assert g["share"] == pytest.approx(0.5) and g["gain"] == pytest.approx(0.25) and g["n_seeds"] == 2
+    assert S.recovered_share(REGIMES[1], by, "lf-ttrl", "StrongNoisy", n_boot=100)["share"] == pytest.approx(0.0)
+    text = S.store_report(str(tmp_path), "test", regimes=REGIMES, n_boot=100)
+    assert "not paired" not in text  # nothing is paired across warm-ups
+    labeled, label_free = text.split("## Regime `label-free`")
+    assert "Paired differences against `grpo`" in labeled and "| ed | StrongGSR | +25.0 |" in labeled
+    assert "Paired differences against `lf-grpo-labels`" in label_free
+    assert "| lf-distill | StrongGSR | -25.0 |" in label_free and "| lf-ttrl | StrongGSR | -50.0 |" in label_free
+    assert "| lf-distill | StrongGSR | 2 | +25.0 | +50.0 | 50 % | [50 %, 50 %] |" in label_free
+    contrast = label_free.split("### `lf-distill` - `lf-ttrl`, paired")[1]
+    assert "| lf-distill | StrongGSR | +25.0 |" in contrast
+    table = S.readme_table(str(tmp_path), "test", REGIMES, n_boot=100)
+    assert ("| lf-distill | 2 | 100.0 ±0.0 | 75.0 ±0.0 | 50.0 ±0.0 | +0.0 [+0.0, +0.0] | -12.5 [-12.5, -12.5] | "
+            "-25.0 [-25.0, -25.0] |") in table
+    assert "`lf-distill` recovers 50 % of `lf-grpo-labels`'s Strong GSR gain" in table
+
+
+def test_the_snr_figure_is_written_and_an_empty_regime_is_skipped_with_a_note(tmp_path):
+    store, figs = tmp_path / "store", tmp_path / "figs"
+    figs.mkdir()
+    _store(store, label_free=False, n_items=3)
+    text = S.store_report(str(store), "test", regimes=REGIMES, n_boot=50, plot_dir=figs)
+    png = figs / "snr_curves_labeled.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "](snr_curves_labeled.png)" in text and "min–max over seeds" in text
+    assert not (figs / "snr_curves_label-free.png").exists()
+    assert "No runs of `lf-grpo-labels`, `lf-distill`, `lf-ttrl` in the store yet" in text
+    assert "label-free: no runs yet." in S.readme_table(str(store), "test", REGIMES, n_boot=50)
+
+
+def test_regimes_from_spec():
+    spec = {"warmups": {"full": {}, "frac30": {}},
+            "methods": {"grpo": {"warmup": "full"}, "ed": {"warmup": "full"}, "lf-a": {"warmup": "frac30"},
+                        "lf-b": {"warmup": "frac30"}}}
+    default = S.regimes_from_spec(spec)  # one per warm-up, against its first method
+    assert [(r.name, r.baseline, r.methods, r.warmup) for r in default] == \
+        [("full", "grpo", ("grpo", "ed"), "warmup-full"), ("frac30", "lf-a", ("lf-a", "lf-b"), "warmup-frac30")]
+    spec["regimes"] = {"lf": {"warmup": "frac30", "baseline": "lf-b", "recovered": ["StrongGSR"],
+                              "contrasts": [["lf-a", "lf-b"]]}}
+    (lf,) = S.regimes_from_spec(spec)
+    assert lf.baseline == "lf-b" and lf.recovered == ("StrongGSR",) and lf.contrasts == (("lf-a", "lf-b"),)
+    spec["regimes"]["lf"]["baseline"] = "grpo"  # another warm-up's method cannot be this regime's baseline
+    with pytest.raises(UserError, match="grpo not among its methods"):
+        S.regimes_from_spec(spec)

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ..errors import UserError
 
 METRICS = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency", "Invalid")
 
@@ -78,13 +82,19 @@ def score_matrix(row_sets: Sequence[Iterable[dict]], metric: str, strong_snr_max
 
 def two_level_bootstrap(D: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
     """Replicates of the mean of ``D [seeds, items]``, resampling seeds then items (returns ``[n_boot]``)."""
-    S, I = D.shape
+    return _two_level_means([D], n_boot, seed)[0]
+
+
+def _two_level_means(Ds: Sequence[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
+    """Replicate means of several ``[seeds, items]`` matrices under the *same* seed and item draws, so a
+    statistic of several of them (a ratio) is resampled with its parts' correlation kept."""
+    S, I = Ds[0].shape
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, S, size=(n_boot, S))
     # drawing I items with replacement = multinomial counts per item: weights [n_boot, I]
     item_w = rng.multinomial(I, np.full(I, 1.0 / I), size=n_boot) / I
-    per_seed = item_w @ D.T  # [n_boot, S]: each seed's mean over the drawn items
-    return np.take_along_axis(per_seed, seeds, axis=1).mean(1)
+    # item_w @ D.T: [n_boot, S], each seed's mean over the drawn items
+    return [np.take_along_axis(item_w @ D.T, seeds, axis=1).mean(1) for D in Ds]
 
 
 def two_level_interval(D: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -122,6 +132,34 @@ def compare(a: Sequence[Iterable[dict]], b: Sequence[Iterable[dict]], metric: st
             "var_items": float(D.var(1, ddof=1).mean()) if D.shape[1] > 1 else None}
 
 
+def gain_recovered(M: np.ndarray, B: np.ndarray, W: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> dict:
+    """Share of the baseline's gain over the warm-up that a method recovers: ``(M - W) / (B - W)``.
+
+    ``M``, ``B``: ``[seeds, items]`` of the method and the baseline, seed-paired rows; ``W``: the warm-up's
+    ``[items]`` (one run). The share is the ratio of the mean gains, not the mean of per-seed ratios: a
+    seed whose baseline gain is small would blow its ratio up. Its interval is the two-level bootstrap
+    (paired seeds, then items, the same draws for numerator and denominator) of that ratio, except when
+    the baseline's own gain is not above zero at that level (more than ``(1 - level) / 2`` of the
+    replicates <= 0): a ratio whose denominator may be zero has no finite interval, so ``low``/``high``
+    are None and ``unbounded`` is True. ``den_nonpositive``: that share of replicates.
+    """
+    num, den = M - W[None, :], B - W[None, :]
+    nb, db = _two_level_means([num, den], n_boot, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = nb / db
+        per_seed = num.mean(1) / den.mean(1)
+    g_m, g_b = float(num.mean()), float(den.mean())
+    den_nonpositive = float(np.mean(db <= 0))
+    unbounded = den_nonpositive > (1 - level) / 2
+    low = high = None
+    if not unbounded:
+        low, high = (float(np.percentile(ratio, q)) for q in (50 - 50 * level, 50 + 50 * level))
+    return {"share": g_m / g_b if g_b else None, "low": low, "high": high, "unbounded": unbounded, "gain": g_m,
+            "base_gain": g_b, "per_seed": [float(x) for x in per_seed], "n_seeds": M.shape[0],
+            "n_items": M.shape[1], "den_nonpositive": den_nonpositive}
+
+
 def seeds_needed(delta: float, var_between_seeds: float, var_items: float, n_items: int, power: float = 0.8,
                  alpha: float = 0.05, max_seeds: int = 200) -> Optional[int]:
     """Smallest number of paired seeds for which a seed-level two-sided t-test detects ``delta``.
@@ -143,67 +181,304 @@ def seeds_needed(delta: float, var_between_seeds: float, var_items: float, n_ite
 
 
 # ------------------------------------------------------------------ Markdown from a results store
+@dataclass(frozen=True)
+class Regime:
+    """Methods compared with each other: they start from one warm-up and are paired against ``baseline``.
+
+    ``methods``: the regime's trained methods (the baseline among them), in the order to list them;
+    ``warmup``: the warm-up's method name in the store (``warmup-<key>``), drawn and listed with them;
+    ``recovered``: metrics on which each method's share of the baseline's gain over the warm-up is
+    reported; ``contrasts``: further paired differences ``(a, b)``, read as a - b.
+    """
+    name: str
+    baseline: str
+    methods: tuple[str, ...]
+    warmup: Optional[str] = None
+    recovered: tuple[str, ...] = ()
+    contrasts: tuple[tuple[str, str], ...] = ()
+
+
+def regimes_from_spec(spec: Mapping) -> list[Regime]:
+    """The regimes of an experiment spec (``configs/experiments/*.yaml``).
+
+    Its ``regimes:`` section maps a name to ``{warmup: <warm-up key>, baseline: <method>, recovered:
+    [metrics], contrasts: [[a, b], ...]}``; a regime's methods are the spec's methods with that warm-up.
+    Without the section: one regime per warm-up, named after it and paired against its first method.
+    """
+    methods = spec["methods"]
+    sections = spec.get("regimes") or {w: {"warmup": w} for w in spec["warmups"]}
+    out = []
+    for name, r in sections.items():
+        own = tuple(m for m, cfg in methods.items() if cfg["warmup"] == r["warmup"])
+        base = r.get("baseline") or (own[0] if own else None)
+        if base is None:
+            continue
+        named = [base, *(m for c in r.get("contrasts") or () for m in c)]
+        if any(m not in own for m in named):
+            raise UserError(f"regime {name!r}: {', '.join(m for m in named if m not in own)} not among its methods "
+                            f"(the spec's methods with warm-up {r['warmup']!r}: {', '.join(own) or 'none'})")
+        out.append(Regime(str(name), base, own, f"warmup-{r['warmup']}", tuple(r.get("recovered") or ()),
+                          tuple(tuple(c) for c in r.get("contrasts") or ())))
+    return out
+
+
 def _pct(x: Optional[float], signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
+def _share(x: Optional[float]) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def _share_interval(g: dict, baseline: str) -> str:
+    if g["unbounded"]:
+        return f"unbounded: `{baseline}`'s own gain is not above 0 at 95 %"
+    return f"[{_share(g['low'])}, {_share(g['high'])}]"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cells: Sequence[str]) -> list[str]:
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
+def _by_method(runs) -> dict[str, list]:
+    out: dict[str, list] = defaultdict(list)
+    for r in runs:
+        out[r.method].append(r)
+    return out
+
+
+def _mean_sd(rs, metric: str, strong_snr_max: float) -> str:
+    """Mean over seeds of the item mean, with the seeds' standard deviation when there are several."""
+    S, _ = score_matrix([r.rows for r in rs], metric, strong_snr_max)
+    per_seed = S.mean(1)
+    spread = f" ±{100 * per_seed.std(ddof=1):.1f}" if len(per_seed) > 1 else ""
+    return _pct(float(per_seed.mean())) + spread
+
+
+def _paired(a, b, metric: str, strong_snr_max: float, n_boot: int) -> Optional[dict]:
+    """``compare`` of two methods' runs over their seed pairs (None: no common seed; UserError: not pairable)."""
+    from .store import paired_runs
+
+    pairs = paired_runs(a, b)
+    if not pairs:
+        return None
+    return compare([p[0].rows for p in pairs], [p[1].rows for p in pairs], metric, strong_snr_max, n_boot)
+
+
+def _diff_lines(label: str, a, b, metrics: Sequence[str], strong_snr_max: float, n_boot: int) -> list[str]:
+    """Rows of a paired-differences table for ``a - b``, one per metric (a note row when not pairable)."""
+    lines = []
+    for m in metrics:
+        try:
+            c = _paired(a, b, m, strong_snr_max, n_boot)
+        except UserError as e:  # different warm-ups: say so instead of pairing
+            return [f"| {label} | - | not paired: {e} | | | | |"]
+        if c is None:
+            return []
+        t = c["t"]
+        p = "-" if t["p"] is None else f"{t['p']:.2f}"
+        lines.append(f"| {label} | {m} | {_pct(c['diff'], True)} | [{_pct(c['boot_low'], True)}, "
+                     f"{_pct(c['boot_high'], True)}] | [{_pct(t['ci_low'], True)}, {_pct(t['ci_high'], True)}] "
+                     f"| {p} | " + ", ".join(_pct(x, True) for x in t["per_seed"]) + " |")
+    return lines
+
+
+PAIRED_HEAD = ("method", "metric", "diff", "boot 95 %", "t 95 %", "p", "per seed")
+PAIRED_NOTE = ("Same seeds, same warm-up (checked by its sha256), same items. `boot`: two-level bootstrap 95 % "
+               "interval (seeds, then items); `t`: seed-level paired t interval; per-seed values after.")
+RECOVERED_NOTE = ("(method - warm-up) / (baseline - warm-up) from the means over paired seeds and items: a ratio "
+                  "of means, since a per-seed ratio divides by one seed's small, noisy baseline gain; 95 %: the "
+                  "two-level bootstrap (paired seeds, then items, the same draws above and below the line) of "
+                  "that ratio. Gains in points.")
+
+
+def recovered_share(reg: Regime, by_method: Mapping[str, list], method: str, metric: str,
+                    strong_snr_max: float = 0.0, n_boot: int = 2000) -> Optional[dict]:
+    """``gain_recovered`` of ``method`` in ``reg`` on ``metric`` (None when a part has no run yet).
+
+    Raises ``UserError`` when the method, its baseline and the warm-up did not all start from the same weights.
+    """
+    from .store import paired_runs
+
+    warm, base, own = by_method.get(reg.warmup), by_method.get(reg.baseline), by_method.get(method)
+    if not (warm and base and own):
+        return None
+    paired_runs(own, warm)  # the method starts from this warm-up (raises otherwise)
+    pairs = paired_runs(own, base)
+    if not pairs:
+        return None
+    n = len(pairs)
+    # one score matrix over all three, so every part is scored on the same items
+    X, _ = score_matrix([*(a.rows for a, _ in pairs), *(b.rows for _, b in pairs), warm[0].rows], metric,
+                        strong_snr_max)
+    return gain_recovered(X[:n], X[n:2 * n], X[2 * n], n_boot)
+
+
+def _recovered_lines(reg: Regime, by_method: Mapping[str, list], strong_snr_max: float, n_boot: int) -> list[str]:
+    rows = []
+    for m in reg.methods:
+        if m == reg.baseline or not by_method.get(m):
+            continue
+        for metric in reg.recovered:
+            try:
+                g = recovered_share(reg, by_method, m, metric, strong_snr_max, n_boot)
+            except UserError as e:
+                rows.append(_row([m, metric, f"not paired: {e}", "", "", "", "", ""]))
+                break
+            if g is None:
+                continue
+            rows.append(_row([m, metric, str(g["n_seeds"]), _pct(g["gain"], True), _pct(g["base_gain"], True),
+                              _share(g["share"]), _share_interval(g, reg.baseline),
+                              ", ".join(_share(x) for x in g["per_seed"])]))
+    if not rows:
+        return []
+    return [f"### Share of `{reg.baseline}`'s gain over `{reg.warmup}` recovered", "", RECOVERED_NOTE, "",
+            *_head(["method", "metric", "seeds", "gain", f"`{reg.baseline}` gain", "share", "95 %", "per seed"]),
+            *rows, ""]
+
+
+def _figure_lines(reg: Regime, by_method: Mapping[str, list], present: Sequence[str], plot_dir: Path,
+                  strong_snr_max: float) -> list[str]:
+    from .store_plots import BAND, snr_curves
+
+    shown = ([reg.warmup] if by_method.get(reg.warmup) else []) + list(present)
+    name = f"snr_curves_{reg.name}.png"
+    snr_curves({m: by_method[m] for m in shown}, Path(plot_dir) / name, warmup=reg.warmup,
+               strong_snr_max=strong_snr_max, title=f"{reg.name} regime")
+    return [f"![accuracy vs SNR, {reg.name} regime]({name})", "",
+            f"Accuracy vs SNR (`{name}`): line = mean over seeds, band = {BAND}, dashed = the warm-up (one run), "
+            "square at the right = clean accuracy; top: mean over noise types, below: one panel per type.", ""]
+
+
+def _regime_lines(reg: Regime, by_method: Mapping[str, list], metrics: Sequence[str], strong_snr_max: float,
+                  n_boot: int, plot_dir: Optional[Path]) -> list[str]:
+    """One regime's section: its figure, paired differences against its baseline, shares, contrasts."""
+    present = [m for m in reg.methods if by_method.get(m)]
+    lines = [f"## Regime `{reg.name}`" + (f" (from `{reg.warmup}`)" if reg.warmup else ""), ""]
+    if not present:
+        return lines + [f"No runs of {', '.join(f'`{m}`' for m in reg.methods)} in the store yet: figure and "
+                        "comparisons skipped.", ""]
+    if plot_dir is not None:
+        lines += _figure_lines(reg, by_method, present, plot_dir, strong_snr_max)
+    base = by_method.get(reg.baseline)
+    if not base:
+        lines += [f"No `{reg.baseline}` run yet: no paired differences.", ""]
+    else:
+        lines += [f"### Paired differences against `{reg.baseline}`", "", PAIRED_NOTE, "", *_head(PAIRED_HEAD)]
+        for m in present:
+            if m != reg.baseline:
+                lines += _diff_lines(m, by_method[m], base, metrics, strong_snr_max, n_boot)
+        lines += [""]
+        lines += _recovered_lines(reg, by_method, strong_snr_max, n_boot)
+    for a, b in reg.contrasts:
+        if by_method.get(a) and by_method.get(b):
+            lines += [f"### `{a}` - `{b}`, paired", "", *_head(PAIRED_HEAD),
+                      *_diff_lines(a, by_method[a], by_method[b], metrics, strong_snr_max, n_boot), ""]
+    return lines
+
+
 def store_report(store: str, split: str, baseline: str = "grpo", strong_snr_max: float = 0.0,
                  title: str = "", metrics: Sequence[str] = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR"),
-                 n_boot: int = 2000) -> str:
-    """The seed-aware comparison of every method in ``store`` against ``baseline`` (Markdown)."""
-    from .store import paired_runs, read_store, train_log
+                 n_boot: int = 2000, regimes: Optional[Sequence[Regime]] = None,
+                 plot_dir: Optional[str | Path] = None) -> str:
+    """The seed-aware comparison of the methods in ``store`` (Markdown).
+
+    A table of every method, then per regime its paired differences against the regime's baseline, the
+    shares of the baseline's gain recovered, its contrasts, and (with ``plot_dir``) its accuracy-vs-SNR
+    figure written there and linked. Without ``regimes``: every method against ``baseline``.
+    """
+    from .store import read_store, train_log
 
     runs = read_store(store, split)
-    by_method: dict[str, list] = defaultdict(list)
-    for r in runs:
-        by_method[r.method].append(r)
+    by_method = _by_method(runs)
+    if regimes is None:
+        regimes = [Regime("all", baseline, tuple(sorted(by_method)))]
     lines = [f"# {title or store}", "", f"Split `{split}`; {len(runs)} runs from `{store}`. Values in %, mean over "
              f"seeds of the mean over items; strong noise = SNR <= {strong_snr_max:g} dB.", ""]
-    head = ["method", "seeds"] + list(metrics) + ["all-wrong groups", "teacher share", "teacher acc"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += _head(["method", "seeds"] + list(metrics) + ["all-wrong groups", "teacher share", "teacher acc"])
     for method, rs in sorted(by_method.items()):
         cells = [method, ",".join(str(r.seed) for r in rs if r.seed is not None) or "-"]
-        for m in metrics:
-            S, _ = score_matrix([r.rows for r in rs], m, strong_snr_max)
-            per_seed = S.mean(1)
-            spread = f" ±{100 * per_seed.std(ddof=1):.1f}" if len(per_seed) > 1 else ""
-            cells.append(_pct(float(per_seed.mean())) + spread)
+        cells += [_mean_sd(rs, m, strong_snr_max) for m in metrics]
         logs = [train_log(store, r.name) for r in rs]
         for key in ("frac_groups_all_wrong", "teacher_adv_share", "teacher_clean_acc"):
             vals = [row[key] for lg in logs for row in lg if key in row and row[key] is not None]
             vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
             cells.append(_pct(float(np.mean(vals))) if vals else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     lines += ["", "(± = standard deviation over seeds.)", ""]
-    base = by_method.get(baseline)
-    if base:
-        lines += [f"## Paired differences against `{baseline}`", "",
-                  "Same seeds, same warm-up (checked by its sha256), same items. `boot`: two-level bootstrap "
-                  "95 % interval (seeds, then items); `t`: seed-level paired t interval; per-seed values after.", ""]
-        head = ["method", "metric", "diff", "boot 95 %", "t 95 %", "p", "per seed"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for method, rs in sorted(by_method.items()):
-            if method == baseline:
-                continue
-            try:
-                pairs = paired_runs(rs, base)
-            except Exception as e:  # different warm-ups: say so instead of pairing
-                lines.append(f"| {method} | - | not paired: {e} | | | | |")
-                continue
-            if not pairs:
-                continue
-            for m in metrics:
-                c = compare([p[0].rows for p in pairs], [p[1].rows for p in pairs], m, strong_snr_max, n_boot)
-                t = c["t"]
-                p = "-" if t["p"] is None else f"{t['p']:.2f}"
-                lines.append(f"| {method} | {m} | {_pct(c['diff'], True)} | [{_pct(c['boot_low'], True)}, "
-                             f"{_pct(c['boot_high'], True)}] | [{_pct(t['ci_low'], True)}, {_pct(t['ci_high'], True)}] "
-                             f"| {p} | " + ", ".join(_pct(x, True) for x in t["per_seed"]) + " |")
+    for reg in regimes:
+        lines += _regime_lines(reg, by_method, metrics, strong_snr_max, n_boot, plot_dir)
     return "\n".join(lines) + "\n"
 
 
+README_METRICS = ("Acc", "Noisy", "StrongGSR")
+
+
+def _readme_diffs(rs, base, metrics: Sequence[str], strong_snr_max: float, n_boot: int) -> list[str]:
+    cells = []
+    for m in metrics:
+        try:
+            c = _paired(rs, base, m, strong_snr_max, n_boot)
+        except UserError:
+            return ["not paired"] * len(metrics)
+        cells.append("-" if c is None else
+                     f"{_pct(c['diff'], True)} [{_pct(c['boot_low'], True)}, {_pct(c['boot_high'], True)}]")
+    return cells
+
+
+def readme_table(store: str, split: str, regimes: Sequence[Regime], strong_snr_max: float = 0.0,
+                 metrics: Sequence[str] = README_METRICS, n_boot: int = 2000) -> str:
+    """The Markdown table README's Results section pastes, straight from the store.
+
+    Per regime: its warm-up, its baseline and its other methods, each with mean ± SD over seeds and
+    (not the baseline) the paired difference against the baseline with its two-level 95 % interval;
+    then one line per method and recovered metric with the share of the baseline's gain recovered.
+    """
+    from .store import read_store
+
+    by_method = _by_method(read_store(store, split))
+    names = {"Acc": "Acc (clean)", "StrongGSR": "Strong GSR", "StrongNoisy": "Strong noisy"}
+    lines = _head(["Method", "Seeds", *(names.get(m, m) for m in metrics),
+                   *(f"Δ {names.get(m, m)} [95 %]" for m in metrics)])
+    notes = []
+    for reg in regimes:
+        present = [m for m in reg.methods if by_method.get(m)]
+        if not present:
+            notes.append(f"{reg.name}: no runs yet.")
+            continue
+        base = by_method.get(reg.baseline)
+        lines.append(_row([f"*{reg.name}, Δ against {reg.baseline}*"] + [""] * (1 + 2 * len(metrics))))
+        order = [reg.warmup] * bool(by_method.get(reg.warmup)) + [reg.baseline] * bool(base) + \
+            [m for m in present if m != reg.baseline]
+        for m in order:
+            rs = by_method[m]
+            seeds = sum(r.seed is not None for r in rs)
+            diffs = (["(baseline)" if m == reg.baseline else "-"] * len(metrics) if m in (reg.baseline, reg.warmup)
+                     or not base else _readme_diffs(rs, base, metrics, strong_snr_max, n_boot))
+            lines.append(_row([m, str(seeds) if seeds else "-", *(_mean_sd(rs, x, strong_snr_max) for x in metrics),
+                               *diffs]))
+        for m in present:
+            for metric in reg.recovered if m != reg.baseline else ():
+                try:
+                    g = recovered_share(reg, by_method, m, metric, strong_snr_max, n_boot)
+                except UserError:
+                    g = None
+                if g is not None:
+                    notes.append(f"{reg.name}: `{m}` recovers {_share(g['share'])} of `{reg.baseline}`'s "
+                                 f"{names.get(metric, metric)} gain over `{reg.warmup}` (95 % "
+                                 f"{_share_interval(g, reg.baseline)}; {g['n_seeds']} paired seeds).")
+    lines += ["", f"Percent, mean over seeds ± SD over seeds; strong = SNR <= {strong_snr_max:g} dB. Δ: paired "
+              "difference against the regime's baseline over the seeds both have (same warm-up), 95 % two-level "
+              "bootstrap interval (seeds, then items)."]
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
 __all__ = ["METRICS", "item_scores", "score_matrix", "two_level_bootstrap", "two_level_interval", "seed_t_test",
-           "compare",
-           "seeds_needed", "store_report"]
+           "compare", "gain_recovered", "seeds_needed", "Regime", "regimes_from_spec", "recovered_share",
+           "store_report", "readme_table"]
