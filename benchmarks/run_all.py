@@ -163,15 +163,34 @@ def _clear(adapter) -> None:
         adapter.clear_feature_cache()
 
 
-def bench_step(adapter, backbone, path, window_s, name, a, rows):
+def real_examples(bench_dir: Path, n: int, window_s: float):
+    """``n`` training items of a built benchmark spread over its tasks, with their training noise draw."""
+    from echodistill.audio.noise import NoiseBank
+    from echodistill.config import load_config
+    from echodistill.data.manifest import read_manifest
+    from echodistill.train.data import load_examples
+
+    cfg = load_config(None, [f"data.bench_dir={bench_dir}", f"data.max_duration_s={window_s}"])
+    items = read_manifest(cfg.data.train_manifest)
+    items = items[:: max(1, len(items) // n)][:n]
+    examples, bad = load_examples(items, cfg, NoiseBank(cfg.noise.noise_dir), position=0)
+    if bad:
+        raise SystemExit(f"--real-bench {bench_dir}: unusable items: {bad[:3]}")
+    return examples
+
+
+def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, extra_variants=()):
+    """``examples``: the items stepped on (default: synthetic tones whose answers an untrained model
+    does not know, so all G samples differ: the teacher's worst case). ``extra_variants``: more
+    variants timed against grpo in the same interleaved repetitions."""
     import torch
 
     from echodistill.train import trainer as T
 
     G, B, L = a.G, a.B_step, a.T
-    cfgs = {v: model_cfg(backbone, path, G=G, B=B, T=L, variant=v, window_s=window_s)
-            for v in ("grpo", "echodistill")}
-    examples = make_examples(B, window_s * 0.75)
+    variants = ("grpo", "echodistill", *extra_variants)
+    cfgs = {v: model_cfg(backbone, path, G=G, B=B, T=L, variant=v, window_s=window_s) for v in variants}
+    examples = examples or make_examples(B, window_s * 0.75)
     params = adapter.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)  # lr 0: weights stay fixed across repetitions
 
@@ -201,18 +220,18 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
 
     def run_all(modes):
         """Interleaved: every repetition runs each (mode, variant) once, so load drift hits all alike."""
-        phases = {(o, v): [] for o in modes for v in ("grpo", "echodistill")}
+        phases = {(o, v): [] for o in modes for v in variants}
         clips = {}
         for o in modes:
             set_opt(o)
             _clear(adapter)
             for _ in range(a.warmup):
-                for v in ("grpo", "echodistill"):
+                for v in variants:
                     step(cfgs[v])
         for _ in range(a.reps):
             for o in modes:
                 set_opt(o)  # same batch each repetition: the per-clip teacher cache hits (as from epoch 2 on)
-                for v in ("grpo", "echodistill"):
+                for v in variants:
                     c0 = adapter.encoder_clips
                     phases[(o, v)].append(step(cfgs[v]))
                     clips[(o, v)] = adapter.encoder_clips - c0
@@ -220,7 +239,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
         out = {}
         for o in modes:
             out[o] = ({v: {k: med([p[k] for p in phases[(o, v)]]) for k in phases[(o, v)][0]}
-                       for v in ("grpo", "echodistill")}, {v: clips[(o, v)] for v in ("grpo", "echodistill")})
+                       for v in variants}, {v: clips[(o, v)] for v in variants})
         return out
 
     modes = (True, False) if hasattr(adapter, "clear_feature_cache") and not a.quick else (True,)
@@ -237,6 +256,9 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows):
                     teacher_share_echodistill=share, encoder_clips_per_step=clips, B=B, G=G, T=L))
     rows.append(row("1 step", name, "teacher phase / echodistill step", "teacher", e["teacher"], "step", e["total"],
                     "s", "(share)", True))
+    for v in extra_variants:
+        rows.append(row("1 step", name, f"step time {v} / grpo", v, res[v]["total"], "grpo", g["total"], "s",
+                        "(no target)", True, **{f"{v}_phases": res[v]}))
     if hasattr(adapter, "clear_feature_cache") and not a.quick:
         res0, clips0 = run(False)
         g0, e0 = res0["grpo"], res0["echodistill"]
@@ -566,6 +588,19 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         bench_trl(adapter, backbone, path, window_s, name, a, rows, row)
 
 
+def run_real(model_path: Path, bench_dir: Path, a, rows):
+    """Row 1 again on a trained model and real benchmark items: the completions are real answers,
+    so an item's G samples repeat each other as they do in training (what the teacher's cost
+    depends on). The window is the experiments' (2 s)."""
+    from echodistill.models import load_adapter
+
+    window_s = 2.0
+    cfg = model_cfg("embedded", model_path, G=a.G, B=a.B_step, T=a.T, variant="echodistill", window_s=window_s)
+    adapter = load_adapter(cfg.model, train=True)
+    bench_step(adapter, "embedded", model_path, window_s, "embedded, trained (real items)", a, rows,
+               examples=real_examples(bench_dir, a.B_step, window_s), extra_variants=("echodistill-rescue",))
+
+
 def fmt(x, unit) -> str:
     if isinstance(x, float) and x != x:
         return "n/a"
@@ -598,6 +633,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--embedded-path", default=str(ROOT / "models" / "embedded"))
+    ap.add_argument("--real-model", help="a trained embedded model (e.g. a warm-up's final/): row 1 again on "
+                                         "real items of --real-bench")
+    ap.add_argument("--real-bench", help="a built benchmark folder (echodistill data build) for --real-model")
     ap.add_argument("--_memory-probe", nargs=4, metavar=("BACKBONE", "PATH", "MODE", "WINDOW"), help=argparse.SUPPRESS)
     ap.add_argument("--_update-probe", nargs=7, help=argparse.SUPPRESS)  # backbone path layout G B T window
     args = ap.parse_args(argv)
@@ -639,6 +677,10 @@ def main(argv=None) -> int:
             else:
                 raise SystemExit(f"unknown model {m!r}: use embedded, omni")
             print(f"[bench] {m}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        if args.real_model and "step" in which:
+            if not args.real_bench:
+                raise SystemExit("--real-model needs --real-bench (the benchmark it was trained on)")
+            run_real(Path(args.real_model), Path(args.real_bench), a, rows)
         if "noise" in which:
             bench_noise(a, rows, tmp)
         if "memmodel" in which:

@@ -5,7 +5,8 @@
 * a run stopped at its step-2 sharded checkpoint and resumed ends exactly where the straight run ends;
 * the same with LoRA (the teacher is the sharded model with its adapter disabled);
 * ranks never hang: one rank's rollouts end at the first token (early EOS) while the other's run to the
-  length limit, and the validation shard is uneven (3 items on 2 ranks).
+  length limit, and the validation shard is uneven (3 items on 2 ranks); one rank distils (rescue KD)
+  while the other has no item to distil.
 
 Sampling runs at a tiny temperature so the draws do not depend on how items are split over ranks
 (the sampler's generator is seeded per rank); everything else (noise, items, teacher) already does not.
@@ -61,6 +62,12 @@ SCRIPT = textwrap.dedent('''
     # D: LoRA (teacher = adapter disabled) sharded
     d = [a for a in base if not a.startswith("run.output_dir=")] + [f"run.output_dir={out}_lora"]
     T.run_train(load_config(None, d + ["train.max_steps=2"] + LORA))
+    # E: rescue KD on rank 0's item only: rank 1's KD pass runs one row at weight 0 (same forward calls)
+    import torch
+    T.kd_rows = lambda r, cfg: torch.full((len(r.examples),), rank == 0)
+    e = [a for a in base if not a.startswith("run.output_dir=")] + [f"run.output_dir={out}_rescue"]
+    T.run_train(load_config(None, e + ["train.max_steps=2", "train.variant=echodistill-rescue"]))
+    open(os.path.join(out + "_rescue", f"done_rank{rank}"), "w").write("ok")
 ''')
 
 LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
@@ -95,6 +102,9 @@ def test_fsdp2_two_processes_equal_one_and_resume_exactly(tiny_qwen2_audio_dir, 
     assert (uneven / "final" / "config.json").is_file()
     rows = (uneven / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"val_items": 3.0' in rows[-1]
+    rescue = Path(f"{out}_rescue")
+    assert (rescue / "done_rank0").is_file() and (rescue / "done_rank1").is_file()
+    assert '"kd_items_frac": 0.5' in (rescue / "metrics.jsonl").read_text()  # one rank of two distilled
     one, two = load_weights(latest_checkpoint(ref_lora)), load_weights(latest_checkpoint(Path(f"{out}_lora")))
     assert set(one) == set(two) and all("lora_" in k for k in one)  # LoRA sharded: adapters only train
     assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5

@@ -163,7 +163,8 @@ def test_kd_normaliser_is_per_item_like_dr_grpo():
 def test_teacher_passes_follow_the_config():
     assert TeacherPasses.of(_cfg("train.variant=grpo")) == TeacherPasses(False, False, False, False, False, False)
     p = TeacherPasses.of(_cfg("train.variant=echodistill"))
-    assert p.scores and p.answer and not p.answer_logits and p.clean
+    assert p.scores and not p.answer and not p.answer_logits and p.clean  # no greedy answer it does not use
+    assert TeacherPasses.of(_cfg("train.variant=echodistill-decoupled", "teacher.gate=confidence")).answer
     p = TeacherPasses.of(_cfg("train.variant=ttrl"))
     assert not p.clean
     p = TeacherPasses.of(_cfg("train.variant=echodistill-rescue"))

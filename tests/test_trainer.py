@@ -63,7 +63,7 @@ def test_teacher_scores_clean_student_samples_noisy(data_dir, tiny_qwen2_audio_d
     from echodistill.models.base import AudioLLM
 
     calls = []
-    orig_build, orig_lp, orig_gen = AudioLLM.build_inputs, AudioLLM.token_logprobs, AudioLLM.generate
+    orig_build, orig_lp, orig_gen = AudioLLM.build_inputs, AudioLLM.completion_logits, AudioLLM.generate
 
     def build(self, prompts, waveforms):
         b = orig_build(self, prompts, waveforms)
@@ -79,7 +79,7 @@ def test_teacher_scores_clean_student_samples_noisy(data_dir, tiny_qwen2_audio_d
         return orig_gen(self, batch, *a, **k)
 
     monkeypatch.setattr(AudioLLM, "build_inputs", build)
-    monkeypatch.setattr(AudioLLM, "token_logprobs", lp)
+    monkeypatch.setattr(AudioLLM, "completion_logits", lp)  # every scoring pass goes through it
     monkeypatch.setattr(AudioLLM, "generate", gen)
     cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, tmp_path / "run", "train.variant=echodistill-token",
                       "train.max_steps=1", "train.eval_steps=0")

@@ -105,8 +105,9 @@ def _check_equal(a):
     adv = torch.randn(ids.shape[0], generator=torch.Generator().manual_seed(2))
     t_rep = _teacher_passes(a, False, noisy, clean, ids, mask)
     t_one = _teacher_passes(a, True, noisy, clean, ids, mask)
-    for k in t_rep:
-        torch.testing.assert_close(t_one[k], t_rep[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    real = {"ref": mask.bool(), "teacher_logits": mask.bool(), "kd_logits": mask[::G].bool()}
+    for k in t_rep:  # on real tokens: what a position after EOS sees differs by layout and is never used
+        torch.testing.assert_close(t_one[k][real[k]], t_rep[k][real[k]], **TOL, msg=lambda m, k=k: f"{k}: {m}")
     losses = []
     for it in range(2):  # num_iterations 2: the second pass scores an updated policy against `behaviour`
         rep = _grads(a, False, state, noisy, ids, mask, behaviour, adv, t_rep)
@@ -209,7 +210,7 @@ def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, pa
     assert counts[0] == (2 if packed else 3) * len(layers) and counts[1] == 2 * counts[0]
     calls.clear()
     a.token_logprobs(noisy, ids, mask, num_samples=G)  # no gradients: nothing to recompute
-    assert len(calls) == 2 * len(layers)
+    assert len(calls) == (1 if packed else 2) * len(layers)  # packed: one pass; KV cache: prompt + completions
 
 
 def test_train_config_keys_reach_the_model_and_the_stream(tiny_qwen2_audio_dir, tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ TRAIN_FILE = "train_metrics.jsonl.gz"
 # Training-log keys kept in the store (the full metrics.jsonl stays in the run folder).
 TRAIN_KEYS = ("step", "epoch", "loss", "reward_accuracy_mean", "reward_total_mean", "frac_groups_all_right",
               "frac_groups_all_wrong", "frac_groups_mixed", "teacher_adv_share", "teacher_clean_acc",
+              "teacher_clean_acc_kd_scope", "teacher_answered_frac",
               "target_coverage", "target_label_agreement", "kd", "kd_items_frac", "clean_kl", "entropy",
               "grad_norm", "grad_norm_policy", "grad_norm_kd", "grad_norm_clean", "time_step")
 

@@ -38,6 +38,7 @@ from .data import Example, ItemStream, load_examples, prompt_length_proxy
 from .loop import PhaseTimer, Recipe, any_rank, val_examples
 from .plugins import add_plugin_rewards
 from .rollout_backends import rollout_backend
+from .scoring import GreedyPath, distinct_logits, distinct_logprobs, greedy_from_scores, logprobs_of
 
 
 # ================================================================== one micro-batch, phase by phase
@@ -50,6 +51,8 @@ class TeacherAnswer:
     choice: list[Optional[int]]  # [B] the offered choice it names (None: names none)
     confidence: torch.Tensor  # [B] p_T(answer tokens | clean clip), EOS excluded
     logits: Optional[torch.Tensor] = None  # [B, T', V] its logits on that answer (KD, clean retention)
+    answered: Optional[torch.Tensor] = None  # [B] bool: items answered (None: all); the others have
+    # choice None, confidence 0 and an all-0 mask (``answer_items``: only the KD scope is read)
 
 
 @dataclass
@@ -89,7 +92,7 @@ class TeacherPasses:
     argmax: bool  # + its full logits, for argmax agreement
     silent: bool  # l0: the same on silent audio (grounding)
     reference: bool  # the initial model on the noisy clip (beta KL)
-    answer: bool  # its greedy answer on the clean clip (pseudo-label, gate, KD, instrumentation)
+    answer: bool  # its greedy answer on the clean clip (pseudo-label, confidence gate, KD)
     answer_logits: bool  # + its logits on that answer (KD, clean retention)
 
     @classmethod
@@ -97,7 +100,8 @@ class TeacherPasses:
         tc, t = cfg.teacher, cfg.train
         scores = bool(tc.enabled or tc.token_credit or tc.lambda_g > 0)
         answer_logits = tc.lambda_kd > 0 or t.lambda_clean > 0
-        answer = scores or answer_logits or t.reward_source == "teacher"
+        # the greedy answer only where the method reads it (its accuracy is logged when it is there)
+        answer = answer_logits or t.reward_source == "teacher" or tc.gate == "confidence"
         return cls(scores=scores, argmax=scores and tc.consistency == "argmax_agree",
                    silent=bool(tc.enabled and tc.lambda_g > 0), reference=t.beta > 0, answer=answer,
                    answer_logits=answer_logits)
@@ -134,35 +138,129 @@ def rollout(model, examples: list[Example], cfg, generator: torch.Generator) -> 
                    comp.logprobs)
 
 
-def teacher_answer(model, r: Rollout, cfg, with_logits: bool) -> TeacherAnswer:
-    """The teacher's greedy answer on the clean clips (call inside ``model.teacher()``)."""
-    y = model.generate(r.clean_batch, 1, max_new_tokens=cfg.train.max_completion_length, do_sample=False)
-    confidence = (y.logprobs * _answer_mask(model, y.ids, y.mask)).sum(1).exp()
-    choice = [R.extract_choice(text, e.choices) for text, e in zip(y.texts, r.examples)]
-    logits = model.completion_logits(r.clean_batch, y.ids, y.mask, num_samples=1) if with_logits else None
-    return TeacherAnswer(y.ids, y.mask, choice, confidence, logits)
+def _decode_answers(model, r: Rollout, cfg, items: list[int], with_logits: bool) -> GreedyPath:
+    """The teacher's greedy decode on the clean clips of ``items`` (all of the batch, or a few)."""
+    batch = (r.clean_batch if len(items) == len(r.examples) else
+             model.build_inputs([r.examples[i].prompt for i in items], [r.examples[i].clean for i in items]))
+    y = model.generate(batch, 1, max_new_tokens=cfg.train.max_completion_length, do_sample=False)
+    logits = model.completion_logits(batch, y.ids, y.mask, num_samples=1) if with_logits else None
+    return GreedyPath(y.ids, y.mask, y.logprobs, logits, torch.ones(len(items), dtype=torch.bool))
+
+
+def _pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
+    """Right-pad dim 1 of ``x`` [B, T, ...] to ``length``."""
+    if x.shape[1] >= length:
+        return x[:, :length]
+    pad = x.new_full((x.shape[0], length - x.shape[1], *x.shape[2:]), value)
+    return torch.cat([x, pad], dim=1)
+
+
+def answer_items(r: Rollout, cfg) -> Optional[list[int]]:
+    """The items whose teacher answer the method reads; None = all.
+
+    When the answer serves only distillation limited to all-wrong (or all-equal) groups, and the
+    accuracy targets do not come from the teacher, the scope is known from the labels before the
+    teacher runs: only those items are answered (in the rescue variant most steps have none or one).
+    """
+    tc, t, G = cfg.teacher, cfg.train, cfg.train.num_generations
+    if (tc.kd_scope == "all" or tc.lambda_kd <= 0 or t.lambda_clean > 0 or t.reward_source == "teacher"
+            or (tc.advantage == "decoupled" and tc.gate == "confidence")):
+        return None
+    acc = R.accuracy_rewards(r.texts, [e.choices for e in r.examples], reward_targets(r, cfg), G,
+                             wrong=t.wrong_answer_reward)
+    equal, wrong = _group_kinds(acc.view(-1, G))
+    scope = equal & wrong if tc.kd_scope == "all_wrong" else equal
+    return scope.nonzero().flatten().tolist()
+
+
+def _scatter_answers(part: GreedyPath, items: list[int], b: int, pad_id: int) -> GreedyPath:
+    """``part`` (rows = ``items``) placed into B rows; the others empty (mask 0, pad ids)."""
+    t = part.ids.shape[1]
+    ids = part.ids.new_full((b, t), pad_id)
+    mask, lp = part.mask.new_zeros((b, t)), part.logprobs.new_zeros((b, t))
+    ids[items], mask[items], lp[items] = part.ids, part.mask, part.logprobs
+    logits = None
+    if part.logits is not None:
+        logits = part.logits.new_zeros((b, *part.logits.shape[1:]))
+        logits[items] = part.logits
+    covered = torch.zeros(b, dtype=torch.bool)
+    covered[items] = True
+    return GreedyPath(ids, mask, lp, logits, covered)
+
+
+def teacher_answer(model, r: Rollout, cfg, with_logits: bool, scored: Optional[tuple] = None,
+                   items: Optional[list[int]] = None) -> TeacherAnswer:
+    """The teacher's greedy answer on the clean clips (call inside ``model.teacher()``).
+
+    ``scored`` = (logits, Distinct) of the teacher's scoring pass: the answer is read off it for
+    every item where a sampled completion follows the greedy path (``scoring.greedy_from_scores``,
+    the same tokens ``generate`` picks); only the other items are decoded. ``items``: answer only
+    these (``answer_items``); the others stay empty and ``answered`` says which.
+    """
+    b = len(r.examples)
+    if items is not None:
+        empty = GreedyPath(torch.zeros(b, 1, dtype=torch.long), torch.zeros(b, 1, dtype=torch.long),
+                           torch.zeros(b, 1), None, torch.zeros(b, dtype=torch.bool))
+        path = (_scatter_answers(_decode_answers(model, r, cfg, items, with_logits), items, b, model.pad_token_id)
+                if items else empty)
+    elif scored is None:
+        path = _decode_answers(model, r, cfg, list(range(b)), with_logits)
+    else:
+        logits, d = scored
+        suppress = torch.tensor([i for i in model.suppress_token_ids if i < logits.shape[-1]], dtype=torch.long)
+        path = greedy_from_scores(logits, d, eos_ids=model.eos_token_ids, suppress=suppress,
+                                  pad_id=model.pad_token_id)
+        todo = [i for i in range(b) if not bool(path.covered[i])]
+        if todo:
+            dec = _decode_answers(model, r, cfg, todo, with_logits)
+            t = max(path.ids.shape[1], dec.ids.shape[1])
+            fill = {"ids": model.pad_token_id, "mask": 0, "logprobs": 0.0, "logits": 0.0}
+            merged = {}
+            for k, v in fill.items():
+                whole, part = _pad_to(getattr(path, k), t, v), getattr(dec, k)
+                if part is not None:
+                    whole[todo] = _pad_to(part, t, v).to(whole.device, whole.dtype)
+                merged[k] = whole
+            path = GreedyPath(**merged, covered=torch.ones(b, dtype=torch.bool))
+        t = int(path.mask.sum(1).max())  # as generate: as many steps as the longest answer
+        path = GreedyPath(path.ids[:, :t], path.mask[:, :t], path.logprobs[:, :t], path.logits[:, :t], path.covered)
+    confidence = (path.logprobs * _answer_mask(model, path.ids, path.mask)).sum(1).exp()
+    texts = model.decode(path.ids, path.mask)
+    choice = [R.extract_choice(text, e.choices) for text, e in zip(texts, r.examples)]
+    answered = None
+    if items is not None:
+        answered = path.covered.cpu()
+        confidence = confidence * answered.to(confidence.device, confidence.dtype)
+        choice = [c if ok else None for c, ok in zip(choice, answered.tolist())]
+    return TeacherAnswer(path.ids, path.mask, choice, confidence, path.logits if with_logits else None, answered)
 
 
 def teacher_scoring(model, r: Rollout, cfg) -> None:
-    """The frozen teacher scores every candidate under the CLEAN clip (+ the passes the config needs)."""
+    """The frozen teacher scores every candidate under the CLEAN clip (+ the passes the config needs).
+
+    Each item's distinct candidates are scored once (``scoring.py``); the greedy clean answer is read
+    off that pass where a candidate follows it.
+    """
     need, G = TeacherPasses.of(cfg), cfg.train.num_generations
     prompts = [e.prompt for e in r.examples]
+    scored = None
     with model.teacher():
         if need.clean:
             r.clean_batch = model.build_inputs(prompts, [e.clean for e in r.examples])
-        if need.argmax:
-            logits = model.completion_logits(r.clean_batch, r.ids, r.mask, num_samples=G)
-            r.teacher_logp = (logits.gather(-1, r.ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)) * r.mask
-            r.teacher_argmax_match = (logits.argmax(-1) == r.ids) & r.mask.bool()
-        elif need.scores:
-            r.teacher_logp = model.token_logprobs(r.clean_batch, r.ids, r.mask, num_samples=G)
+        if need.scores:
+            scored = distinct_logits(model, r.clean_batch, r.ids, r.mask, G)
+            logits, d = scored
+            r.teacher_logp = logprobs_of(logits, d.ids, d.mask)[d.inverse] * r.mask
+            if need.argmax:
+                r.teacher_argmax_match = (logits.argmax(-1)[d.inverse] == r.ids) & r.mask.bool()
         if need.silent:  # text prior: the same teacher with the audio silenced
             silent = model.build_inputs(prompts, [np.zeros_like(e.clean) for e in r.examples])
-            r.noaudio_logp = model.token_logprobs(silent, r.ids, r.mask, num_samples=G)
+            r.noaudio_logp = distinct_logprobs(model, silent, r.ids, r.mask, G)
         if need.reference:  # reference = the initial model on the NOISY clip (the student's input)
-            r.ref_logp = model.token_logprobs(r.noisy_batch, r.ids, r.mask, num_samples=G)
+            r.ref_logp = distinct_logprobs(model, r.noisy_batch, r.ids, r.mask, G)
         if need.answer:
-            r.teacher_answer = teacher_answer(model, r, cfg, with_logits=need.answer_logits)
+            r.teacher_answer = teacher_answer(model, r, cfg, with_logits=need.answer_logits, scored=scored,
+                                              items=None if scored is not None else answer_items(r, cfg))
 
 
 def reward_targets(r: Rollout, cfg) -> list[Optional[int]]:
@@ -271,12 +369,26 @@ def compute_advantages(r: Rollout, cfg) -> None:
     r.kd_items = kd_rows(r, cfg)
 
 
-def _answer_kd(model, batch, ta: TeacherAnswer, rows: Optional[torch.Tensor], cfg) -> torch.Tensor:
-    """KL(teacher on clean || student on ``batch``) on the teacher's answer, over ``rows`` [B] (None: all)."""
-    mask = ta.mask if rows is None else ta.mask * rows.to(ta.mask.device, ta.mask.dtype).unsqueeze(1)
-    student = model.completion_logits(batch, ta.ids, ta.mask, num_samples=1, with_grad=True)
-    return grpo.kd_loss(ta.logits, student, mask, num_items=ta.ids.shape[0],
-                        max_completion_length=cfg.train.max_completion_length)
+def _answer_kd(model, r: Rollout, rows: Optional[torch.Tensor], cfg, *, clean: bool = False) -> torch.Tensor:
+    """KL(teacher on clean || student on the noisy clip, or the clean one) on the teacher's answer,
+    over ``rows`` [B] (None: all), normalised per item of the whole micro-batch.
+
+    Only the selected items run through the student. When none is, one item still runs with weight
+    0: every rank then makes the same forward calls (FSDP2 all-gathers per call), at 1/B of the cost.
+    """
+    ta, b = r.teacher_answer, len(r.examples)
+    sel = list(range(b)) if rows is None else rows.nonzero().flatten().tolist()
+    weight = 1.0 if sel else 0.0
+    sel = sel or [0]
+    if len(sel) == b:
+        batch = r.clean_batch if clean else r.noisy_batch
+    else:
+        batch = model.build_inputs([r.examples[i].prompt for i in sel],
+                                   [r.examples[i].clean if clean else r.examples[i].noisy for i in sel])
+    student = model.completion_logits(batch, ta.ids[sel], ta.mask[sel], num_samples=1, with_grad=True)
+    teacher = ta.logits[sel].to(student.device) if weight else student.detach()  # weight 0: KL 0 exactly
+    return weight * grpo.kd_loss(teacher, student, ta.mask[sel], num_items=b,
+                                 max_completion_length=cfg.train.max_completion_length)
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -300,11 +412,11 @@ def micro_loss(model, r: Rollout, cfg, *, first_iteration: bool, num_tokens: Opt
                                      t.max_completion_length, t.beta, r.ref_logp, num_tokens)
     terms = {"policy": policy}
     if r.kd_items is not None:
-        terms["kd"] = tc.lambda_kd * _answer_kd(model, r.noisy_batch, r.teacher_answer, r.kd_items, cfg)
+        terms["kd"] = tc.lambda_kd * _answer_kd(model, r, r.kd_items, cfg)
         stats["kd"] = float(terms["kd"].detach())
         stats["kd_items_frac"] = float(r.kd_items.float().mean())
     if t.lambda_clean > 0:  # clean retention: the student on CLEAN audio stays with the teacher
-        terms["clean"] = t.lambda_clean * _answer_kd(model, r.clean_batch, r.teacher_answer, None, cfg)
+        terms["clean"] = t.lambda_clean * _answer_kd(model, r, None, cfg, clean=True)
         stats["clean_kl"] = float(terms["clean"].detach())
     if first_iteration:
         m = r.mask.float()
@@ -354,8 +466,17 @@ def rollout_metrics(rolls: list[Rollout], cfg) -> dict[str, float]:
     labels = [e.target for r in rolls for e in r.examples]
     if rolls[0].teacher_answer is not None:
         ta_choice = [c for r in rolls for c in r.teacher_answer.choice]
-        out["teacher_clean_acc"] = float(np.mean([c == y for c, y in zip(ta_choice, labels)]))
-        out["teacher_confidence"] = float(torch.cat([r.teacher_answer.confidence for r in rolls]).mean())
+        answered = torch.cat([r.teacher_answer.answered if r.teacher_answer.answered is not None
+                              else torch.ones(len(r.examples), dtype=torch.bool) for r in rolls])
+        conf = torch.cat([r.teacher_answer.confidence.cpu() for r in rolls])
+        # answered only in the KD scope (``answer_items``): its accuracy there is another quantity
+        scope = "_kd_scope" if any(r.teacher_answer.answered is not None for r in rolls) else ""
+        some = bool(answered.any())  # the same keys on every rank (NaN when none answered here)
+        out[f"teacher_clean_acc{scope}"] = (float(np.mean([c == y for c, y, ok in zip(ta_choice, labels,
+                                                                                     answered.tolist()) if ok]))
+                                            if some else float("nan"))
+        out[f"teacher_confidence{scope}"] = float(conf[answered].mean()) if some else float("nan")
+        out["teacher_answered_frac"] = float(answered.float().mean())
     targets = [tg for r in rolls for tg in r.targets]
     have = [tg is not None for tg in targets]
     out["target_coverage"] = float(np.mean(have))
