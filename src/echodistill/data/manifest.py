@@ -339,59 +339,98 @@ def _split_from_name(path: Path) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where one required text field comes from in a row: keys tried in order, then the message words."""
+
+    keys: tuple[str, ...]  # the first key present with a non-null value wins
+    what: str  # "missing required field 'a' | 'b' (<what>)"
+    name: str  # "field '<name>' must be a string, ..."
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """How one row format maps onto ``Item``. ``choices`` and ``split`` are read alike in every format."""
+
+    id: _Source
+    audio: _Source
+    question: _Source
+    target: _Source
+    task_keys: tuple[str, ...]  # optional; the first non-null one, else task_default
+    task_default: str
+    noisy_key: Optional[str] = None  # the pre-mixed noisy clip; a format with one also reads noise_type and snr
+    own_meta: bool = False  # the row's "meta" object is ours (our format); elsewhere it is dropped
+
+    def used_keys(self) -> set[str]:
+        """The keys read into Item fields; every other key (but "meta") is kept in item.meta."""
+        used = {"choices", "split", *self.task_keys}
+        for src in (self.id, self.audio, self.question, self.target):
+            used.update(src.keys)
+        if self.noisy_key:
+            used.update((self.noisy_key, "noise_type", "snr"))
+        return used
+
+
+# One table instead of one Item(...) block per format, so that the three readers cannot drift
+# apart; the keys, their order and the words of every error message are the readers' contract
+# (tests compare the messages word for word).
+_SCHEMAS = {
+    "release": _Schema(  # the paper release's rows
+        id=_Source(("id",), "item id", "id"),
+        audio=_Source(("clean_audio_path",), "the clean clip", "clean_audio_path"),
+        question=_Source(("prompt", "question"), "the question text", "prompt"),
+        target=_Source(("target",), "the correct choice text", "target"),
+        task_keys=("task",), task_default="release",
+        noisy_key="noisy_audio_path",
+    ),
+    "mmau": _Schema(  # MMAU/MMAR JSON
+        id=_Source(("id", "question_id"), "item id", "id"),
+        audio=_Source(("audio_id", "audio_path", "audio"), "the audio clip", "audio_id"),
+        question=_Source(("question",), "the question text", "question"),
+        target=_Source(("answer",), "the correct choice text", "answer"),
+        task_keys=("task", "category", "sub-category"), task_default="default",
+    ),
+    "echodistill": _Schema(  # ours (also any other row format name: the fallback)
+        id=_Source(("id",), "item id", "id"),
+        audio=_Source(("audio",), "the clean clip", "audio"),
+        question=_Source(("question",), "the question text", "question"),
+        target=_Source(("target",), "the correct choice text", "target"),
+        task_keys=("task",), task_default="default",
+        noisy_key="noisy_audio", own_meta=True,
+    ),
+}
+
+
 def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Item:
+    s = _SCHEMAS.get(rfmt, _SCHEMAS["echodistill"])
     base = path.parent
     default_split = _split_from_name(path) or ("test" if rfmt == "mmau" else "unspecified")
-    if rfmt == "release":
-        used = {"id", "prompt", "question", "noisy_audio_path", "clean_audio_path", "choices", "target",
-                "noise_type", "snr", "task", "split"}
-        noisy = _first(d, ("noisy_audio_path",), "the pre-mixed noisy clip", required=False)
-        item = Item(
-            id=_as_str(_first(d, ("id",), "item id"), "id", allow_int=True),
-            audio=resolve_path(_as_str(_first(d, ("clean_audio_path",), "the clean clip"), "clean_audio_path"),
-                               base, path_map),
-            question=_as_str(_first(d, ("prompt", "question"), "the question text"), "prompt"),
-            choices=_as_choices(_first(d, ("choices",), "the answer options")),
-            target=_as_str(_first(d, ("target",), "the correct choice text"), "target").strip(),
-            task=_as_str(d.get("task") or "release", "task"),
-            split=_as_str(d.get("split") or default_split, "split"),
-            noisy_audio=resolve_path(_as_str(noisy, "noisy_audio_path"), base, path_map) if noisy else None,
-            noise_type=_as_str(d["noise_type"], "noise_type") if d.get("noise_type") is not None else None,
-            snr=_as_snr(d.get("snr")),
-        )
-    elif rfmt == "mmau":
-        used = {"id", "question_id", "audio_id", "audio_path", "audio", "question", "choices", "answer",
-                "task", "category", "sub-category", "split"}
-        item = Item(
-            id=_as_str(_first(d, ("id", "question_id"), "item id"), "id", allow_int=True),
-            audio=resolve_path(_as_str(_first(d, ("audio_id", "audio_path", "audio"), "the audio clip"), "audio_id"),
-                               base, path_map),
-            question=_as_str(_first(d, ("question",), "the question text"), "question"),
-            choices=_as_choices(_first(d, ("choices",), "the answer options")),
-            target=_as_str(_first(d, ("answer",), "the correct choice text"), "answer").strip(),
-            task=_as_str(_first(d, ("task", "category", "sub-category"), "", required=False) or "default", "task"),
-            split=_as_str(d.get("split") or default_split, "split"),
-        )
-    else:
-        used = set(Item.__dataclass_fields__)
-        noisy = d.get("noisy_audio")
+    meta = {}
+    if s.own_meta:  # checked before the fields: a bad meta is the error reported
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise _Bad(f"field 'meta' must be an object, got {type(meta).__name__}")
-        item = Item(
-            id=_as_str(_first(d, ("id",), "item id"), "id", allow_int=True),
-            audio=resolve_path(_as_str(_first(d, ("audio",), "the clean clip"), "audio"), base, path_map),
-            question=_as_str(_first(d, ("question",), "the question text"), "question"),
-            choices=_as_choices(_first(d, ("choices",), "the answer options")),
-            target=_as_str(_first(d, ("target",), "the correct choice text"), "target").strip(),
-            task=_as_str(d.get("task") or "default", "task"),
-            split=_as_str(d.get("split") or default_split, "split"),
-            noisy_audio=resolve_path(_as_str(noisy, "noisy_audio"), base, path_map) if noisy else None,
-            noise_type=_as_str(d["noise_type"], "noise_type") if d.get("noise_type") is not None else None,
-            snr=_as_snr(d.get("snr")),
-            meta=dict(meta),
-        )
+
+    def text(src: _Source, allow_int: bool = False) -> str:
+        return _as_str(_first(d, src.keys, src.what), src.name, allow_int=allow_int)
+
+    noisy = d.get(s.noisy_key) if s.noisy_key else None
+    noise_type = d.get("noise_type") if s.noisy_key else None
+    item = Item(  # keyword order = check order: the first bad field is the one reported
+        id=text(s.id, allow_int=True),
+        audio=resolve_path(text(s.audio), base, path_map),
+        question=text(s.question),
+        choices=_as_choices(_first(d, ("choices",), "the answer options")),
+        target=text(s.target).strip(),
+        task=_as_str(_first(d, s.task_keys, "", required=False) or s.task_default, "task"),
+        split=_as_str(d.get("split") or default_split, "split"),
+        noisy_audio=resolve_path(_as_str(noisy, s.noisy_key), base, path_map) if noisy else None,
+        noise_type=_as_str(noise_type, "noise_type") if noise_type is not None else None,
+        snr=_as_snr(d.get("snr")) if s.noisy_key else None,
+        meta=dict(meta),
+    )
     # Unknown keys are kept (a release's or benchmark's extra columns are often useful in reports).
+    used = s.used_keys()
     item.meta.update({k: v for k, v in d.items() if k not in used and k != "meta"})
     return item
 
