@@ -231,8 +231,9 @@ class VLLMServerBackend(RolloutBackend):
             folder.mkdir(parents=True)
             if model.peft is not None:
                 # named_parameters, not state_dict(): under FSDP2 (inside Engine.inference) the parameters
-                # are the gathered full weights while state_dict() would answer with shards
-                model.peft.save_pretrained(str(folder), state_dict={n: p.detach() for n, p in
+                # are the gathered full weights while state_dict() would answer with shards. Copies: a
+                # numpy view kept by safetensors would pin the gathered storage so FSDP2 cannot reshard.
+                model.peft.save_pretrained(str(folder), state_dict={n: p.detach().clone() for n, p in
                                                                     model.peft.named_parameters()})
                 name = f"{self.lora_name}-v{version}"
                 self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder.resolve())})
@@ -244,7 +245,7 @@ class VLLMServerBackend(RolloutBackend):
             else:
                 from safetensors.torch import save_file
 
-                state = {k: v.detach().cpu().contiguous() for k, v in model.hf.named_parameters()}
+                state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.hf.named_parameters()}
                 save_file(state, str(folder / "model.safetensors"))
                 self._post("/collective_rpc", {"method": "echodistill_load_weights", "args": [str(folder.resolve())]})
                 self._post("/reset_prefix_cache", {})

@@ -493,7 +493,7 @@ class GRPORecipe(Recipe):
     """GRPO with a clean-audio teacher on ``train/loop.py``'s skeleton: a step is
     ``gradient_accumulation_steps`` micro-batches of phases 1-4, then ``num_iterations`` updates."""
 
-    summed_keys = ("skipped_items",)  # counts: summed over ranks, not averaged
+    summed_keys = ("skipped_items", "encoder_clips")  # counts: summed over ranks, not averaged
 
     def __init__(self, cfg: Any, resume: bool = False, progress: bool = True):
         super().__init__(cfg, cfg.train, resume=resume, progress=progress)
