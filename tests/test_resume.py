@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,32 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]  # optimizer state restored, not restarted
     assert json.loads((latest_checkpoint(resumed) / "trainer_state.json").read_text())["step"] == 4
     assert (resumed / "final" / "config.json").is_file()
+
+
+def test_kill_during_the_final_save_leaves_no_final_folder(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    """final/ appears only complete (written as final.partial/, renamed last); a resume writes it."""
+    from echodistill.models.base import AudioLLM
+
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, "train.max_steps=2")
+    orig = AudioLLM.save
+
+    def half_save(self, out_dir):
+        if Path(out_dir).parent != out:  # a checkpoint's model/ folder: saved as usual
+            return orig(self, out_dir)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.json").write_text("{}")  # one file written, then the process dies
+        raise Killed(out_dir)
+
+    monkeypatch.setattr(AudioLLM, "save", half_save)
+    with pytest.raises(Killed):
+        T.run_train(cfg)
+    assert not (out / "final").exists() and (out / "final.partial").is_dir()
+    monkeypatch.setattr(AudioLLM, "save", orig)
+    T.run_train(cfg, resume=True)
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "README.md").is_file()
+    assert not (out / "final.partial").exists()
+    assert json.loads((out / "final" / "config.json").read_text()) != {}
 
 
 WARMUP_ARGS = ("warmup.noisy=true", "warmup.noise_versions=2", "warmup.prompts_per_device=3", "warmup.max_steps=6",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -401,12 +402,14 @@ class Recipe:
 
     def _finish(self) -> Path:
         """The final loadable model dir (adapter or full weights, HF format) and summary.json."""
-        final = self.out / "final"
+        # written aside and renamed when complete: a kill during the save never leaves a partial final/
+        final, partial = self.out / "final", self.out / "final.partial"
         acc = self.accelerator
         self.final_summary = None  # summary.json's content, on the main process (other ranks: None)
         with self.engine.full_weights():  # FSDP2: every rank gathers, the main process writes
             if acc.is_main_process:
-                self.model.save(final)
+                shutil.rmtree(partial, ignore_errors=True)
+                self.model.save(partial)
         if acc.is_main_process:
             wall = time.time() - self.started
             summary = {"mode": self.name, "steps": self.step, "stopped": self.stopped, "wall_s": round(wall, 1),
@@ -414,9 +417,12 @@ class Recipe:
                        "trainable_params": int(sum(p.numel() for p in self.params)),
                        "lora": self.model.peft is not None, **self.summary(),
                        "final_eval": self.history[-1] if self.history else None, "checkpoint": str(final)}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             from ..card import write_model_card
-            write_model_card(final, self.cfg, summary)  # final/README.md: base model as given, data, budget
+            write_model_card(partial, self.cfg, summary)  # final/README.md: base model as given, data, budget
+            if final.exists():  # a rerun's final/ (os.replace cannot replace a non-empty folder)
+                shutil.rmtree(final)
+            partial.rename(final)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             self.final_summary = summary
         acc.wait_for_everyone()
         acc.end_training()
