@@ -121,6 +121,11 @@ def test_eval_skips_and_counts_exactly_what_check_reports(corpus, tiny_qwen2_aud
         else:
             assert k["id"] not in by_id, name
     assert meta["metrics"]["counts"]["items"] == len({r["id"] for r in rows})
+    # a resume with every row done still reports what was skipped and cut (bad items are retried, cut
+    # clips are read off their rows)
+    assert main(_eval_args(corpus["items"], out, tiny_qwen2_audio_dir)) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["bad_items"] == meta["bad_items"] and again["truncated"] == meta["truncated"]
 
 
 def test_eval_stops_on_structural_and_file_problems_with_one_line(corpus, tiny_qwen2_audio_dir, tmp_path, capsys):

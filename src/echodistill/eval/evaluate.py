@@ -269,6 +269,10 @@ def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, bat
             return
         res = predict([p[1] for p in pending], [p[2] for p in pending], [p[3] for p in pending])
         rows = [make_row(job, ch, resp, idx, split) for (job, _, ch, _), (resp, idx) in zip(pending, res)]
+        cut = getattr(loader, "truncated", ())
+        for r in rows:  # recorded per row, so a resumed evaluation still reports the clips it cut earlier
+            if r["id"] in cut:
+                r["truncated"] = True
         out.extend(rows)
         if on_rows is not None:
             on_rows(rows)
@@ -697,6 +701,7 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
                         f"{next(iter(bad.values()))['message'] if bad else '-'}); run `echodistill data check`")
     metrics = compute_metrics(rows, float(cfg.eval.strong_snr_max), int(cfg.eval.bootstrap), int(cfg.run.seed))
     n_new_items = len({r["id"] for r in new_rows})
+    truncated = set(loader.truncated) | {r["id"] for r in rows if r.get("truncated")}
     bad_list = [{"id": k, "kind": v["kind"], "message": v["message"], "conditions": v["conditions"]}
                 for k, v in bad.items()]
     from omegaconf import OmegaConf
@@ -708,8 +713,8 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
         "manifest": state["manifest"],
         "metrics": metrics,
         "bad_items": {"count": len(bad_list), "items": bad_list},
-        # clean clips longer than the window, cut to it (data.long_audio=truncate); this run's new clips only
-        "truncated": {"count": len(loader.truncated), "ids": sorted(loader.truncated)[:100],
+        # clean clips longer than the window, cut to it (data.long_audio=truncate), earlier runs' rows included
+        "truncated": {"count": len(truncated), "ids": sorted(truncated)[:100],
                       "window_s": float(cfg.data.max_duration_s)},
         "skipped_tasks": skipped_tasks,
         "n_items": len(groups),
