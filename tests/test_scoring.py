@@ -71,7 +71,8 @@ def test_greedy_answer_read_off_the_scoring_pass_equals_decoding(tiny_qwen2_audi
         assert len(set(scored[1].inverse[:G].tolist())) == 1  # item 0: one distinct candidate
         fast = teacher_answer(a, r, cfg, with_logits=True, scored=scored)
         suppress = torch.tensor([i for i in a.suppress_token_ids if i < scored[0].shape[-1]])
-        path = greedy_from_scores(*scored, eos_ids=a.eos_token_ids, suppress=suppress, pad_id=a.pad_token_id)
+        path = greedy_from_scores(*scored, eos_ids=a.eos_token_ids, suppress=suppress, pad_id=a.pad_token_id,
+                                  max_new_tokens=T)
     assert path.covered.tolist() == [True, True, False]  # read off for items 0, 1; item 2 decoded
     torch.testing.assert_close(fast.ids, plain.ids)
     torch.testing.assert_close(fast.mask, plain.mask)
@@ -104,8 +105,10 @@ def test_greedy_path_stops_at_eos_skips_suppressed_and_flags_uncovered_items():
     for (b, t), tok in prefer.items():
         logits[b, t, tok] = 2.0
     logits[1, 0, 4] = 9.0  # suppressed: never chosen although largest
-    path = greedy_from_scores(logits, d, eos_ids=[5], suppress=torch.tensor([4]), pad_id=0)
+    path = greedy_from_scores(logits, d, eos_ids=[5], suppress=torch.tensor([4]), pad_id=0, max_new_tokens=3)
     assert path.covered.tolist() == [True, True, False]  # item 2's greedy token 2 starts no completion
+    longer = greedy_from_scores(logits, d, eos_ids=[5], suppress=torch.tensor([4]), pad_id=0, max_new_tokens=5)
+    assert longer.covered.tolist() == [True, False, False]  # item 1 would decode past the 3 scored tokens
     assert path.ids[:2].tolist() == [[2, 5, 0], [3, 1, 1]] and path.mask[:2].tolist() == [[1, 1, 0], [1, 1, 1]]
     torch.testing.assert_close(path.logprobs[0, :2], logits[0, :2].log_softmax(-1)[[0, 1], [2, 5]])
     assert float(path.logprobs[0, 2]) == 0.0

@@ -99,13 +99,14 @@ class GreedyPath:
 
 
 def greedy_from_scores(logits: torch.Tensor, d: Distinct, *, eos_ids: list[int], suppress: torch.Tensor,
-                       pad_id: int) -> GreedyPath:
+                       pad_id: int, max_new_tokens: int) -> GreedyPath:
     """Follow the argmax through the distinct completions' logits ``logits`` [B*U, T, V].
 
     At step t an item's greedy prefix (t tokens) is known; any completion whose first t real tokens
     equal it holds the logits for token t. The next token is their argmax with the special tokens
     ``suppress`` masked, exactly as ``model.generate(do_sample=False)`` picks it. An item is covered
-    when its path reaches EOS (or T tokens) that way.
+    when its path reaches EOS that way, or ``max_new_tokens`` tokens (the scored completions may be
+    shorter than that: then a path still running at T is not covered).
     """
     bu, t, v = logits.shape
     b, u = bu // d.per_item, d.per_item
@@ -133,6 +134,8 @@ def greedy_from_scores(logits: torch.Tensor, d: Distinct, *, eos_ids: list[int],
             break
         # position step+1's logits need tokens 0..step real and on the path (not token step+1 itself)
         follows = follows & (cid[:, :, step] == tok[:, None]) & cmask[:, :, step]
+    if len(toks) < max_new_tokens:  # decoding would go on past the scored length
+        covered &= finished
     ids = torch.stack(toks, 1)
     is_eos = torch.isin(ids, eos)
     after = (is_eos.long().cumsum(1) - is_eos.long()) > 0

@@ -209,7 +209,7 @@ def teacher_answer(model, r: Rollout, cfg, with_logits: bool, scored: Optional[t
         logits, d = scored
         suppress = torch.tensor([i for i in model.suppress_token_ids if i < logits.shape[-1]], dtype=torch.long)
         path = greedy_from_scores(logits, d, eos_ids=model.eos_token_ids, suppress=suppress,
-                                  pad_id=model.pad_token_id)
+                                  pad_id=model.pad_token_id, max_new_tokens=cfg.train.max_completion_length)
         todo = [i for i in range(b) if not bool(path.covered[i])]
         if todo:
             dec = _decode_answers(model, r, cfg, todo, with_logits)
