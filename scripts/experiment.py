@@ -93,7 +93,7 @@ def run_warmup(spec, name: str, threads: int) -> Path:
 
 def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, threads: int,
                run_dir: Path | None = None, eval_args: tuple = ()) -> None:
-    from echodistill.eval.report import read_predictions
+    from echodistill.eval.predictions import read_predictions
     from echodistill.eval.store import sha256_weights, write_run
 
     store = Path(spec.store)

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .manifest import Issue, Item, ManifestError, Row, item_issues, resolve_path
+from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path
 
 FIELDS = ("id", "audio", "question", "choices", "answer", "task", "split")
 DEFAULT_NAMES = {

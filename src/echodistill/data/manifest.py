@@ -1,4 +1,7 @@
-"""Manifests: the item schema, three readers (ours, the paper release's rows, MMAU/MMAR JSON), a writer.
+"""Manifests: three readers (ours, the paper release's rows, MMAU/MMAR JSON) and a writer.
+
+The item schema they yield (``Item``, ``Row``, ``Issue``, ``ManifestError``, ``resolve_path``,
+``item_issues``) is in ``data/items.py`` and re-exported here.
 
 Our format is JSONL, one item per line::
 
@@ -23,11 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
-from ..errors import UserError
+from . import hf
+# The item schema lives in data/items.py (hf.py builds the same Items); its names stay importable from here.
+from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path
 
 T = TypeVar("T")
 
@@ -47,86 +52,7 @@ def seeded_subset(entries: Sequence[T], n: int, seed: int, key: Callable[[T], st
 FORMATS = ("auto", "echodistill", "release", "mmau", "hf")  # hf: a Hugging Face dataset (data/hf.py)
 
 
-class ManifestError(UserError, ValueError):
-    """A manifest that cannot be used; the message names ``file:line`` and the fix."""
-
-
-@dataclass
-class Item:
-    """One multiple-choice audio question (clean clip; optionally a pre-mixed noisy version)."""
-
-    id: str
-    audio: str  # clean clip, resolved path
-    question: str
-    choices: list[str]
-    target: str  # the text of the correct choice (never an index: stored order is not trusted)
-    task: str = "default"
-    split: str = "unspecified"
-    noisy_audio: Optional[str] = None  # pre-mixed noisy clip (same length as the clean one)
-    noise_type: Optional[str] = None
-    snr: Optional[float] = None  # dB
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """Our schema as a dict; optional fields are left out when unset (keeps files small)."""
-        d = asdict(self)
-        for k in ("noisy_audio", "noise_type", "snr"):
-            if d[k] is None:
-                del d[k]
-        if not d["meta"]:
-            del d["meta"]
-        return d
-
-    def to_json(self) -> str:
-        """One JSONL line (no newline), UTF-8 text kept readable."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Item":
-        """Build from our schema as is (no path resolution, no validation: see ``iter_rows``)."""
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
-
-
-@dataclass
-class Issue:
-    """A problem found while reading. ``line`` is 1-based; ``item_id`` when the row had one."""
-
-    kind: str
-    line: int
-    message: str
-    fix: str
-    item_id: Optional[str] = None
-
-
-@dataclass
-class Row:
-    """One line (JSONL) or list element (JSON) with its parsed item (None when unusable)."""
-
-    line: int
-    item: Optional[Item]
-    issues: list[Issue] = field(default_factory=list)
-    stored_target_index: Optional[int] = None  # position of the target as stored (position-bias check)
-
-
 # ---------------------------------------------------------------- paths
-def resolve_path(p: str, base_dir: str | Path, path_map: Optional[dict] = None) -> str:
-    """Rewrite the longest matching ``path_map`` prefix, expand ``~``, then anchor relative paths at ``base_dir``.
-
-    The map is applied first so that a release's absolute paths (``/root/data/...``) can be mapped to
-    a local folder, or to a relative one that is then anchored at the manifest's folder.
-    """
-    p = str(p)
-    for old in sorted(path_map or {}, key=len, reverse=True):
-        if old and p.startswith(old):
-            p = str(path_map[old]) + p[len(old):]
-            break
-    p = os.path.expanduser(p)
-    if not os.path.isabs(p):
-        p = os.path.abspath(os.path.join(str(base_dir), p))  # absolute: immune to a later chdir
-    return p
-
-
 def _relative_if_under(p: str, base_dir: Path) -> str:
     """``p`` relative to ``base_dir`` when it lies under it, else unchanged (portable manifests)."""
     try:
@@ -435,32 +361,6 @@ def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Ite
     return item
 
 
-def item_issues(item: Item, line: int) -> list[Issue]:
-    """Problems that make an item unusable for training or scoring, whatever its audio."""
-    out = []
-    if len(item.choices) < 2:
-        out.append(Issue("too_few_choices", line, f"{len(item.choices)} choice(s); a multiple-choice item needs >= 2",
-                         "add the missing options or drop the item", item.id))
-    folded = [c.casefold() for c in item.choices]
-    dups = sorted({c for c, f in zip(item.choices, folded) if folded.count(f) > 1})
-    if dups:
-        out.append(Issue("duplicate_choices", line, f"choices repeat {dups} (ignoring case); the answer is ambiguous",
-                         "make every choice distinct", item.id))
-    if item.target not in item.choices:
-        near = [c for c in item.choices if c.casefold() == item.target.casefold()]
-        hint = f" (it matches {near[0]!r} only when ignoring case)" if near else ""
-        out.append(Issue("target_not_in_choices", line, f"target {item.target!r} is not one of the choices "
-                         f"{item.choices}{hint}", "set the target to the exact text of one choice", item.id))
-    if any(not c for c in item.choices):
-        out.append(Issue("empty_choice", line, "a choice is empty (\"\"): no answer can be matched to it",
-                         "remove the empty choice or give it its text", item.id))
-    if item.noisy_audio and (item.noise_type is None or item.snr is None):
-        missing = " and ".join(k for k, v in (("noise_type", item.noise_type), ("snr", item.snr)) if v is None)
-        out.append(Issue("noisy_without_snr", line, f"a pre-mixed noisy_audio without {missing}: evaluation reports "
-                         "accuracy per noise type and SNR", f"add {missing} to the item, or drop noisy_audio", item.id))
-    return out
-
-
 def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = None,
               columns: Optional[dict] = None) -> Iterator[Row]:
     """Lenient reader: one ``Row`` per line/element, never raising for bad content.
@@ -469,8 +369,6 @@ def iter_rows(path: str | Path, fmt: str = "auto", path_map: Optional[dict] = No
     A Hugging Face dataset (``fmt="hf"``, a save_to_disk folder, .parquet/.arrow) goes to ``data/hf.py``
     with ``columns`` (``data.columns``: our field -> its column).
     """
-    from . import hf
-
     path = Path(path)
     if fmt not in FORMATS:
         raise ManifestError(f"unknown manifest format {fmt!r}; use one of {', '.join(FORMATS)}")

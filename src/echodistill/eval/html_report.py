@@ -34,7 +34,8 @@ import numpy as np
 
 from ..audio.io import SAMPLE_RATE
 from ..errors import UserError
-from .report import _cell, _pct  # the Markdown report's number formatting: the page shows the same strings
+from .formatting import cell, pct  # the Markdown report's number formatting: the page shows the same strings
+from .predictions import read_predictions
 
 PAGE = "report.html"
 SELFTEST_JS = """
@@ -74,10 +75,10 @@ def _e(x: Any) -> str:
 def _diff(d: dict) -> str:
     if d.get("diff") is None:
         return "–"
-    s = _pct(d["diff"], True)
+    s = pct(d["diff"], True)
     sig = False
     if d.get("ci_low") is not None:
-        s += f" [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]"
+        s += f" [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}]"
         sig = d["ci_low"] > 0 or d["ci_high"] < 0
     return f'<span class="sig">{_e(s)}</span>' if sig else _e(s)
 
@@ -115,8 +116,6 @@ def _png_data_uri(path: Path) -> Optional[str]:
 
 # ------------------------------------------------------------------ examples
 def _rows_by_key(run_dir: Path) -> dict:
-    from .report import read_predictions
-
     p = Path(run_dir) / "predictions.jsonl"
     if not p.is_file():
         return {}
@@ -263,7 +262,7 @@ def write_html_report(report: dict, out_dir: str | Path, per_type: int = 3,
             ("Retention", "Retention"), ("NoAudio", "NoAudio"), ("Invalid", "Invalid")]
     summary = [[r["name"] + (" (baseline)" if r["name"] == report.get("baseline") else "")
                 + (f" — {len(r['seeds'])} seeds" if r.get("seeds") else "")]
-               + [_cell((r.get("metrics") or {}).get(k)) for k, _ in cols]
+               + [cell((r.get("metrics") or {}).get(k)) for k, _ in cols]
                + [str(((r.get("metrics") or {}).get("Acc") or {}).get("n", "–"))] for r in runs]
     body = [f"<h1>EchoDistill evaluation report</h1>",
             "<p class='note'>Percent; <code>value [low, high]</code> is the estimate with its 95 % bootstrap "
@@ -285,7 +284,7 @@ def write_html_report(report: dict, out_dir: str | Path, per_type: int = 3,
             names = sorted(names, key=lambda k: float(k) if _is_num(k) else float("inf"))
         if names:
             rows = [[f"{k} dB" if key == "noisy_by_snr" else k]
-                    + [_cell(((r.get("metrics") or {}).get(key) or {}).get(k)) for r in runs] for k in names]
+                    + [cell(((r.get("metrics") or {}).get(key) or {}).get(k)) for r in runs] for k in names]
             body += [f"<h2>{title}</h2>", _table(["" ] + [r["name"] for r in runs], rows)]
     for png, alt in (("accuracy_vs_snr.png", "accuracy vs SNR"), ("accuracy_by_noise_type.png", "accuracy per noise type")):
         uri = _png_data_uri(out_dir / png)

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from .formatting import cell, pct
 from .metrics import (CONSISTENCY_DEFINITION, DEFINITIONS, GSR_DEFINITION, HEADLINE, combine_seeds,
                       compute_metrics, paired_differences)
+from .predictions import read_predictions  # also re-exported: callers may import it from here
 
 REPORT_PAIRED = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency")
 _SEED_RE = re.compile(r"^(?P<base>.+)[-_](?:s|seed)(?P<seed>\d+)$")
@@ -49,27 +51,6 @@ class _Entry:
 
 
 # ------------------------------------------------------------------ loading
-def read_predictions(path: Path) -> list:
-    """Rows of a predictions.jsonl; a bad line raises UserError naming file:line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{k}: not valid JSON ({e.msg}); re-run `echodistill eval` to "
-                                "rewrite this file") from None
-            if isinstance(row, dict):
-                row["_where"] = f"{path}:{k}"
-            rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no prediction rows; re-run `echodistill eval --out {path.parent}`")
-    return rows
-
-
 def _load_run(d: Path, n_boot: int, seed: int, strong: Optional[float]) -> _Run:
     d = Path(d)
     if not d.is_dir():
@@ -173,27 +154,12 @@ def _seed_spread(e: _Entry) -> dict:
 
 
 # ------------------------------------------------------------------ formatting
-def _pct(v: Optional[float], signed: bool = False) -> str:
-    if v is None:
-        return "–"
-    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
-
-
-def _cell(fig: Optional[dict]) -> str:
-    if not isinstance(fig, dict) or fig.get("value") is None:
-        return "–"
-    s = _pct(fig["value"])
-    if fig.get("ci_low") is not None and fig.get("ci_high") is not None:
-        s += f" [{_pct(fig['ci_low'])}, {_pct(fig['ci_high'])}]"
-    return s
-
-
 def _diff_cell(d: dict) -> str:
     if d.get("diff") is None:
         return "–"
-    s = _pct(d["diff"], signed=True)
+    s = pct(d["diff"], signed=True)
     if d.get("ci_low") is not None:
-        s += f" [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]"
+        s += f" [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}]"
         if d["ci_low"] > 0 or d["ci_high"] < 0:
             s = f"**{s}**"
     if d.get("p_boot") is not None:
@@ -372,7 +338,7 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str]
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     (out_dir / "report.md").write_text(_markdown(entries, base, paired, notes, strong_snr_max, n_boot),
                                        encoding="utf-8")
-    from .html_report import write_html_report
+    from .html_report import write_html_report  # here: it loads the audio stack (soundfile, soxr)
     write_html_report(report, out_dir)  # the same tables and plots as one page, with clips to listen to
     return report
 
@@ -422,7 +388,7 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
         if len(e.runs) > 1:
             label += f" — {len(e.runs)} seeds"
         m = e.metrics
-        rows.append([label] + [_cell(m.get(k)) for k, _ in cols]
+        rows.append([label] + [cell(m.get(k)) for k, _ in cols]
                     + [str((m.get("Acc") or {}).get("n", "–")), str((m.get("GSR") or {}).get("n_obs", "–"))])
     md += [_table(["Run"] + [h for _, h in cols] + ["n", "pairs"], rows), ""]
 
@@ -436,8 +402,8 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
             rows = []
             for k, h in cols:
                 sp = spread[k]
-                ms = _pct(sp["mean"]) + (f" ± {100 * sp['sd']:.1f}" if sp["sd"] is not None else "")
-                rows.append([h] + [_pct(v) for v in sp["per_seed"]] + [ms])
+                ms = pct(sp["mean"]) + (f" ± {100 * sp['sd']:.1f}" if sp["sd"] is not None else "")
+                rows.append([h] + [pct(v) for v in sp["per_seed"]] + [ms])
             md += [f"### {e.name}", "", _table(hdr, rows), ""]
 
     if paired:
@@ -456,8 +422,8 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
         md += ["## Accuracy per SNR", "",
                "Accuracy on noisy audio at each SNR (mean over noise types); the first row is clean audio.",
                "", "![accuracy vs SNR](accuracy_vs_snr.png)", ""]
-        rows = [["clean"] + [_cell(e.metrics.get("Acc")) for e in entries]]
-        rows += [[f"{k} dB"] + [_cell(e.metrics.get("noisy_by_snr", {}).get(k)) for e in entries]
+        rows = [["clean"] + [cell(e.metrics.get("Acc")) for e in entries]]
+        rows += [[f"{k} dB"] + [cell(e.metrics.get("noisy_by_snr", {}).get(k)) for e in entries]
                  for k in snr_keys]
         md += [_table(["SNR"] + [e.name for e in entries], rows), ""]
     types = []
@@ -466,7 +432,7 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
     if types:
         md += ["## Accuracy per noise type", "", "Mean over SNR levels.", "",
                "![accuracy per noise type](accuracy_by_noise_type.png)", ""]
-        rows = [[t] + [_cell(e.metrics.get("noisy_by_noise_type", {}).get(t)) for e in entries] for t in types]
+        rows = [[t] + [cell(e.metrics.get("noisy_by_noise_type", {}).get(t)) for e in entries] for t in types]
         md += [_table(["Noise type"] + [e.name for e in entries], rows), ""]
     tasks = []
     for e in entries:
@@ -474,13 +440,13 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
     if tasks:
         md += ["## Per task", "", "Acc / Noisy per task.", ""]
         hdr = ["Task"] + [f"{e.name} {k}" for e in entries for k in ("Acc", "Noisy")]
-        rows = [[t] + [_cell((e.metrics.get("by_task") or {}).get(t, {}).get(k))
+        rows = [[t] + [cell((e.metrics.get("by_task") or {}).get(t, {}).get(k))
                        for e in entries for k in ("Acc", "Noisy")] for t in tasks]
         md += [_table(hdr, rows), ""]
     inv = [e for e in entries if e.metrics.get("invalid_by_condition")]
     if inv:
         md += ["## Invalid answers per condition", ""]
-        rows = [[c] + [_cell(e.metrics["invalid_by_condition"].get(c)) for e in inv]
+        rows = [[c] + [cell(e.metrics["invalid_by_condition"].get(c)) for e in inv]
                 for c in ("clean", "noisy", "silent")]
         md += [_table(["Condition"] + [e.name for e in inv], rows), ""]
     if notes:
