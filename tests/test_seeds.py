@@ -213,3 +213,20 @@ def test_regimes_from_spec():
     spec["regimes"]["lf"]["baseline"] = "grpo"  # another warm-up's method cannot be this regime's baseline
     with pytest.raises(UserError, match="grpo not among its methods"):
         S.regimes_from_spec(spec)
+
+
+def test_noaudio_is_accuracy_on_silent_audio_and_absent_without_it():
+    from echodistill.eval.seeds import compare, item_scores
+
+    def rows(silent_right):
+        out = []
+        for i, ok in enumerate(silent_right):
+            out.append({"id": f"i{i}", "condition": "clean", "correct": True, "invalid": False, "answer": "a"})
+            out.append({"id": f"i{i}", "condition": "silent", "correct": ok, "invalid": False, "answer": "a"})
+        return out
+
+    assert item_scores(rows([True, False, False]), "NoAudio") == {"i0": 1.0, "i1": 0.0, "i2": 0.0}
+    c = compare([rows([True, False, False])] * 2, [rows([False, False, False])] * 2, "NoAudio", n_boot=50)
+    assert abs(c["diff"] - 1 / 3) < 1e-9
+    no_silent = [[r for r in rows([True]) if r["condition"] == "clean"]] * 2
+    assert compare(no_silent, no_silent, "NoAudio", n_boot=50) is None

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 
-METRICS = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency", "Invalid")
+METRICS = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency", "NoAudio", "Invalid")
 
 
 def item_scores(rows: Iterable[dict], metric: str, strong_snr_max: float = 0.0) -> dict[str, float]:
@@ -40,17 +40,23 @@ def item_scores(rows: Iterable[dict], metric: str, strong_snr_max: float = 0.0) 
     ``Acc``: clean correct. ``Noisy``/``StrongNoisy``: mean noisy correctness (all / SNR <= strong).
     ``GSR``/``StrongGSR``: mean over noisy cells of (noisy correct and clean correct).
     ``Consistency``: mean over noisy cells of (noisy answer == clean answer, both valid).
+    ``NoAudio``: correct on silent audio (the text-prior control; items evaluated silent only).
     ``Invalid``: share of clean+noisy answers naming no choice.
     """
     clean: dict[str, dict] = {}
     noisy: dict[str, list[dict]] = defaultdict(list)
+    silent: dict[str, dict] = {}
     for r in rows:
-        if r["condition"] == "clean":
+        if r["condition"] == "silent":
+            silent[r["id"]] = r
+        elif r["condition"] == "clean":
             clean[r["id"]] = r
         elif r["condition"] == "noisy":
             if metric.startswith("Strong") and float(r["snr"]) > strong_snr_max:
                 continue
             noisy[r["id"]].append(r)
+    if metric == "NoAudio":
+        return {i: float(r["correct"]) for i, r in silent.items()}
     out = {}
     for i, c in clean.items():
         cells = noisy.get(i, [])
@@ -120,9 +126,12 @@ def seed_t_test(D: np.ndarray) -> dict:
 
 
 def compare(a: Sequence[Iterable[dict]], b: Sequence[Iterable[dict]], metric: str, strong_snr_max: float = 0.0,
-            n_boot: int = 2000, seed: int = 0) -> dict:
-    """Paired difference a - b (runs given seed by seed, same order) with both kinds of interval."""
+            n_boot: int = 2000, seed: int = 0) -> Optional[dict]:
+    """Paired difference a - b (runs given seed by seed, same order) with both kinds of interval; None
+    when no item has the metric (e.g. NoAudio on an evaluation without the silent condition)."""
     A, ids = score_matrix(a, metric, strong_snr_max)
+    if not ids:
+        return None
     B, _ = score_matrix(b, metric, strong_snr_max, ids)
     D = A - B
     low, high = two_level_interval(D, n_boot, seed)
@@ -255,7 +264,9 @@ def _by_method(runs) -> dict[str, list]:
 
 def _mean_sd(rs, metric: str, strong_snr_max: float) -> str:
     """Mean over seeds of the item mean, with the seeds' standard deviation when there are several."""
-    S, _ = score_matrix([r.rows for r in rs], metric, strong_snr_max)
+    S, ids = score_matrix([r.rows for r in rs], metric, strong_snr_max)
+    if not ids:  # e.g. NoAudio without the silent condition
+        return "-"
     per_seed = S.mean(1)
     spread = f" ±{100 * per_seed.std(ddof=1):.1f}" if len(per_seed) > 1 else ""
     return _pct(float(per_seed.mean())) + spread
@@ -279,8 +290,8 @@ def _diff_lines(label: str, a, b, metrics: Sequence[str], strong_snr_max: float,
             c = _paired(a, b, m, strong_snr_max, n_boot)
         except UserError as e:  # different warm-ups: say so instead of pairing
             return [f"| {label} | - | not paired: {e} | | | | |"]
-        if c is None:
-            return []
+        if c is None:  # no common seed, or no item with this metric
+            continue
         t = c["t"]
         p = "-" if t["p"] is None else f"{t['p']:.2f}"
         lines.append(f"| {label} | {m} | {_pct(c['diff'], True)} | [{_pct(c['boot_low'], True)}, "
@@ -384,7 +395,8 @@ def _regime_lines(reg: Regime, by_method: Mapping[str, list], metrics: Sequence[
 
 
 def store_report(store: str, split: str, baseline: str = "grpo", strong_snr_max: float = 0.0,
-                 title: str = "", metrics: Sequence[str] = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR"),
+                 title: str = "", metrics: Sequence[str] = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR",
+                                                             "Consistency", "NoAudio"),
                  n_boot: int = 2000, regimes: Optional[Sequence[Regime]] = None,
                  plot_dir: Optional[str | Path] = None) -> str:
     """The seed-aware comparison of the methods in ``store`` (Markdown).
