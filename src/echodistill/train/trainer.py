@@ -148,9 +148,9 @@ def _decode_answers(model, r: Rollout, cfg, items: list[int], with_logits: bool)
 
 
 def _pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
-    """Right-pad dim 1 of ``x`` [B, T, ...] to ``length``."""
+    """Right-pad dim 1 of ``x`` [B, T, ...] to ``length`` (>= T)."""
     if x.shape[1] >= length:
-        return x[:, :length]
+        return x
     pad = x.new_full((x.shape[0], length - x.shape[1], *x.shape[2:]), value)
     return torch.cat([x, pad], dim=1)
 
@@ -173,19 +173,25 @@ def answer_items(r: Rollout, cfg) -> Optional[list[int]]:
     return scope.nonzero().flatten().tolist()
 
 
-def _scatter_answers(part: GreedyPath, items: list[int], b: int, pad_id: int) -> GreedyPath:
-    """``part`` (rows = ``items``) placed into B rows; the others empty (mask 0, pad ids)."""
-    t = part.ids.shape[1]
-    ids = part.ids.new_full((b, t), pad_id)
-    mask, lp = part.mask.new_zeros((b, t)), part.logprobs.new_zeros((b, t))
-    ids[items], mask[items], lp[items] = part.ids, part.mask, part.logprobs
-    logits = None
-    if part.logits is not None:
-        logits = part.logits.new_zeros((b, *part.logits.shape[1:]))
-        logits[items] = part.logits
-    covered = torch.zeros(b, dtype=torch.bool)
+def _place_answers(whole: GreedyPath, part: GreedyPath, items: list[int], pad_id: int) -> GreedyPath:
+    """``whole`` (B rows) with rows ``items`` replaced by ``part`` (one row per item), both right-padded
+    to the longer answer; those rows become covered."""
+    t = max(whole.ids.shape[1], part.ids.shape[1])
+    fill = {"ids": pad_id, "mask": 0, "logprobs": 0.0, "logits": 0.0}
+    placed = {}
+    for k, v in fill.items():
+        w, p = getattr(whole, k), getattr(part, k)
+        if p is None:  # no logits asked for
+            placed[k] = w
+            continue
+        if w is None:
+            w = p.new_zeros((len(whole.covered), 1, *p.shape[2:]))
+        w = _pad_to(w, t, v)
+        w[items] = _pad_to(p, t, v).to(w.device, w.dtype)
+        placed[k] = w
+    covered = whole.covered.clone()
     covered[items] = True
-    return GreedyPath(ids, mask, lp, logits, covered)
+    return GreedyPath(**placed, covered=covered)
 
 
 def teacher_answer(model, r: Rollout, cfg, with_logits: bool, scored: Optional[tuple] = None,
@@ -197,31 +203,22 @@ def teacher_answer(model, r: Rollout, cfg, with_logits: bool, scored: Optional[t
     the same tokens ``generate`` picks); only the other items are decoded. ``items``: answer only
     these (``answer_items``); the others stay empty and ``answered`` says which.
     """
-    b = len(r.examples)
-    if items is not None:
-        empty = GreedyPath(torch.zeros(b, 1, dtype=torch.long), torch.zeros(b, 1, dtype=torch.long),
-                           torch.zeros(b, 1), None, torch.zeros(b, dtype=torch.bool))
-        path = (_scatter_answers(_decode_answers(model, r, cfg, items, with_logits), items, b, model.pad_token_id)
-                if items else empty)
+    b, pad = len(r.examples), model.pad_token_id
+    if items is not None:  # only these; the others stay empty (one pad token, mask 0)
+        path = GreedyPath(torch.full((b, 1), pad), torch.zeros(b, 1, dtype=torch.long), torch.zeros(b, 1), None,
+                          torch.zeros(b, dtype=torch.bool))
+        if items:
+            path = _place_answers(path, _decode_answers(model, r, cfg, items, with_logits), items, pad)
     elif scored is None:
         path = _decode_answers(model, r, cfg, list(range(b)), with_logits)
     else:
         logits, d = scored
         suppress = torch.tensor([i for i in model.suppress_token_ids if i < logits.shape[-1]], dtype=torch.long)
         path = greedy_from_scores(logits, d, eos_ids=model.eos_token_ids, suppress=suppress,
-                                  pad_id=model.pad_token_id, max_new_tokens=cfg.train.max_completion_length)
+                                  pad_id=pad, max_new_tokens=cfg.train.max_completion_length)
         todo = [i for i in range(b) if not bool(path.covered[i])]
         if todo:
-            dec = _decode_answers(model, r, cfg, todo, with_logits)
-            t = max(path.ids.shape[1], dec.ids.shape[1])
-            fill = {"ids": model.pad_token_id, "mask": 0, "logprobs": 0.0, "logits": 0.0}
-            merged = {}
-            for k, v in fill.items():
-                whole, part = _pad_to(getattr(path, k), t, v), getattr(dec, k)
-                if part is not None:
-                    whole[todo] = _pad_to(part, t, v).to(whole.device, whole.dtype)
-                merged[k] = whole
-            path = GreedyPath(**merged, covered=torch.ones(b, dtype=torch.bool))
+            path = _place_answers(path, _decode_answers(model, r, cfg, todo, with_logits), todo, pad)
         t = int(path.mask.sum(1).max())  # as generate: as many steps as the longest answer
         path = GreedyPath(path.ids[:, :t], path.mask[:, :t], path.logprobs[:, :t], path.logits[:, :t], path.covered)
     confidence = (path.logprobs * _answer_mask(model, path.ids, path.mask)).sum(1).exp()
