@@ -92,7 +92,8 @@ def run_warmup(spec, name: str, threads: int) -> Path:
 
 
 def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, threads: int,
-               run_dir: Path | None = None, eval_args: tuple = ()) -> None:
+               run_dir: Path | None = None, eval_args: tuple = (), eval_extra: tuple = ()) -> None:
+    """Evaluate ``ckpt`` on the spec's split (its ``eval`` overrides, then ``eval_extra``) into the store."""
     from echodistill.eval.predictions import read_predictions
     from echodistill.eval.store import sha256_weights, write_run
 
@@ -102,7 +103,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     ev = runs_dir(spec) / "eval" / spec.split / name
     sh(ED + ["eval", *eval_args, "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
              "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
-             f"run.num_threads={threads}", *spec.get("eval", [])], ev.parent / f"{name}.log", threads)
+             f"run.num_threads={threads}", *spec.get("eval", []), *eval_extra], ev.parent / f"{name}.log", threads)
     extra = {}
     if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
         import json
@@ -111,15 +112,16 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
         extra["train_steps"] = rows[-1].get("step") if rows else 0
     write_run(store, name, method=method, seed=seed, split=spec.split, rows=read_predictions(ev / "predictions.jsonl"),
               start_sha256=sha256_weights(start), final_sha256=sha256_weights(ckpt),
-              eval_settings={"overrides": list(spec.get("eval", [])), "manifest": f"{spec.split}.jsonl"},
+              eval_settings={"overrides": [*spec.get("eval", []), *eval_extra], "manifest": f"{spec.split}.jsonl"},
               config_path=(run_dir / "config.yaml") if run_dir else None,
               train_metrics_path=(run_dir / "metrics.jsonl") if run_dir else None, extra=extra)
     say(f"stored {name}")
 
 
-def run_unit(spec, method: str, seed: int, threads: int, warmup_done) -> None:
+def run_unit(spec, method: str, seed: int | None, threads: int, warmup_done) -> None:
+    """Train (unless ``kind: enhance``) one method with one seed, evaluate it, store it; seed None: seedless."""
     m = spec.methods[method]
-    name = f"{method}-s{seed}"
+    name = method if seed is None else f"{method}-s{seed}"
     if (Path(spec.store) / name / "run.json").is_file():
         return
     warmup_done.result()  # its starting point (submitted before every unit, so never queued behind it)
@@ -134,8 +136,9 @@ def run_unit(spec, method: str, seed: int, threads: int, warmup_done) -> None:
     elif kind == "sft":  # supervised training from the warm-up (sft-noisy), its own budget keys
         sh(ED + ["warmup", "--resume", *common, f"warmup.init_from={start}", *m.get("train", [])],
            run_dir.parent / f"{name}.log", threads)
-    elif kind == "enhance":  # no training: a denoising front-end before the warm-up model
-        store_eval(spec, name, method, seed, start, start, threads, None, ["--method", "enhance"])
+    elif kind == "enhance":  # no training: a denoising front-end before the warm-up model (seedless)
+        store_eval(spec, name, method, None, start, start, threads, None, ["--method", "enhance"],
+                   tuple(m.get("eval", [])))
         return
     else:
         raise RuntimeError(f"{name}: unknown kind {kind!r} (train | sft | enhance)")
@@ -156,14 +159,15 @@ def cmd_run(args) -> None:
     methods = [m for m in spec.methods if not args.only or m in args.only]
     # units whose warm-up exists first, so no worker idles while another warm-up trains
     seeds = [s for s in spec.seeds if not args.seeds or s in args.seeds]
-    units = sorted(((m, s) for s in seeds for m in methods),
-                   key=lambda u: (not ready[spec.methods[u[0]].warmup], seeds.index(u[1])))
+    # a method without training (kind: enhance) is one seedless unit, listed with the first seed
+    units = sorted({(m, None if spec.methods[m].get("kind") == "enhance" else s) for s in seeds for m in methods},
+                   key=lambda u: (not ready[spec.methods[u[0]].warmup], seeds.index(u[1]) if u[1] is not None else 0))
     failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
         # units wait for their warm-up's training only; its evaluation is one more unit
         warm = {w: pool.submit(run_warmup, spec, w, threads) for w in spec.warmups}
-        futures = {pool.submit(run_unit, spec, m, s, threads, warm[spec.methods[m].warmup]): f"{m}-s{s}"
-                   for m, s in units}
+        futures = {pool.submit(run_unit, spec, m, s, threads, warm[spec.methods[m].warmup]):
+                   m if s is None else f"{m}-s{s}" for m, s in units}
         futures.update({pool.submit(warmup_eval, spec, w, threads, f): f"warmup-{w} eval" for w, f in warm.items()})
         for name, f in [*((f"warmup-{w}", f) for w, f in warm.items()), *((n, f) for f, n in futures.items())]:
             try:

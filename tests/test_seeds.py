@@ -111,6 +111,28 @@ def test_a_seedless_baseline_pairs_with_every_seed(tmp_path):
     assert "Paired differences against `warmup`" in S.store_report(str(tmp_path), "val", baseline="warmup")
 
 
+def test_a_seedless_method_pairs_on_the_items_both_evaluated(tmp_path):
+    """An untrained front-end (one seedless run) evaluated on a subset of items, without the silent
+    condition, pairs with every seed of the baseline on the common items; a different grid is refused."""
+    grid = ["eval.snr_levels=[-5]", "eval.no_audio=true"]
+    full = _rows([("a", "a"), ("a", "b"), ("b", "b"), ("a", "a")])
+    write_run(tmp_path, "enhance", method="enhance", seed=None, split="val", rows=full[:4], final_sha256="w1",
+              start_sha256="w1", eval_settings={"overrides": grid + ["eval.max_items=2", "eval.no_audio=false"]})
+    for s in (0, 1):
+        write_run(tmp_path, f"grpo-s{s}", method="grpo", seed=s, split="val", rows=full, final_sha256="f",
+                  start_sha256="w1", eval_settings={"overrides": grid})
+    runs = read_store(tmp_path)
+    enhance, grpo = [r for r in runs if r.method == "enhance"], [r for r in runs if r.method == "grpo"]
+    pairs = paired_runs(enhance, grpo)
+    assert [(a.name, b.name) for a, b in pairs] == [("enhance", "grpo-s0"), ("enhance", "grpo-s1")]
+    c = S.compare([p[0].rows for p in pairs], [p[1].rows for p in pairs], "Noisy", n_boot=50)
+    assert c["diff"] == 0.0  # the same answers on the two items both runs have (i0, i1)
+    write_run(tmp_path, "other", method="other", seed=None, split="val", rows=full, final_sha256="w1",
+              start_sha256="w1", eval_settings={"overrides": ["eval.snr_levels=[0]", "eval.no_audio=true"]})
+    with pytest.raises(UserError, match="different settings"):
+        paired_runs([r for r in read_store(tmp_path) if r.method == "other"], grpo)
+
+
 # ------------------------------------------------------------------ regimes, shares recovered, figures
 TYPES = ("white", "pink", "babble", "music")
 

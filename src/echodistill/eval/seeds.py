@@ -128,10 +128,14 @@ def seed_t_test(D: np.ndarray) -> dict:
 def compare(a: Sequence[Iterable[dict]], b: Sequence[Iterable[dict]], metric: str, strong_snr_max: float = 0.0,
             n_boot: int = 2000, seed: int = 0) -> Optional[dict]:
     """Paired difference a - b (runs given seed by seed, same order) with both kinds of interval; None
-    when no item has the metric (e.g. NoAudio on an evaluation without the silent condition)."""
-    A, ids = score_matrix(a, metric, strong_snr_max)
+    when no item has the metric (e.g. NoAudio on an evaluation without the silent condition). On the
+    items every run of both has (one side may have evaluated a subset)."""
+    _, ids_a = score_matrix(a, metric, strong_snr_max)
+    _, ids_b = score_matrix(b, metric, strong_snr_max)
+    ids = sorted(set(ids_a) & set(ids_b))
     if not ids:
         return None
+    A, _ = score_matrix(a, metric, strong_snr_max, ids)
     B, _ = score_matrix(b, metric, strong_snr_max, ids)
     D = A - B
     low, high = two_level_interval(D, n_boot, seed)

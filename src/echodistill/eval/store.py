@@ -143,11 +143,26 @@ def train_log(store: str | Path, name: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# Evaluation keys that only choose which items or conditions are evaluated: runs that differ in them
+# still pair, on what both have (``score_matrix`` keeps the common items; a metric reads its conditions).
+SUBSET_KEYS = ("eval.max_items", "eval.no_audio")
+
+
+def _conditions(eval_meta: Optional[dict]) -> Optional[dict]:
+    """A run's evaluation settings without ``SUBSET_KEYS``: what decides an (item, condition) row's meaning."""
+    if not eval_meta:
+        return eval_meta
+    kept = [o for o in eval_meta.get("overrides", []) if str(o).split("=", 1)[0] not in SUBSET_KEYS]
+    return {**eval_meta, "overrides": kept}
+
+
 def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[StoredRun, StoredRun]]:
     """Pairs (a_s, b_s) of two methods' runs with the same seed; refuses runs from different weights.
 
-    A baseline with one seedless run (a warm-up, an untrained front-end) pairs with every run of ``a``.
+    A side with one seedless run (a warm-up, an untrained front-end) pairs with every run of the other.
     """
+    if len(a) == 1 and a[0].seed is None and not (len(b) == 1 and b[0].seed is None):
+        return [(a[0], r) for r, _ in paired_runs(b, a)]
     by_seed = {r.seed: r for r in b}
     single = b[0] if len(b) == 1 and b[0].seed is None else None
     pairs = []
@@ -159,7 +174,7 @@ def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[St
             raise UserError(f"{r.name} and {other.name} started from different weights "
                             f"({r.meta['start_sha256'][:12]} vs {other.meta['start_sha256'][:12]}): a paired "
                             "comparison needs the same warm-up; rebuild it or compare within one store")
-        if r.meta.get("eval") != other.meta.get("eval"):
+        if _conditions(r.meta.get("eval")) != _conditions(other.meta.get("eval")):
             raise UserError(f"{r.name} and {other.name} were evaluated with different settings: re-evaluate one")
         pairs.append((r, other))
     return pairs
