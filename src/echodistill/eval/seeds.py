@@ -130,14 +130,11 @@ def compare(a: Sequence[Iterable[dict]], b: Sequence[Iterable[dict]], metric: st
     """Paired difference a - b (runs given seed by seed, same order) with both kinds of interval; None
     when no item has the metric (e.g. NoAudio on an evaluation without the silent condition). On the
     items every run of both has (one side may have evaluated a subset)."""
-    _, ids_a = score_matrix(a, metric, strong_snr_max)
-    _, ids_b = score_matrix(b, metric, strong_snr_max)
-    ids = sorted(set(ids_a) & set(ids_b))
+    a, b = list(a), list(b)
+    X, ids = score_matrix([*a, *b], metric, strong_snr_max)  # one pass, on the items all runs have
     if not ids:
         return None
-    A, _ = score_matrix(a, metric, strong_snr_max, ids)
-    B, _ = score_matrix(b, metric, strong_snr_max, ids)
-    D = A - B
+    D = X[:len(a)] - X[len(a):]
     low, high = two_level_interval(D, n_boot, seed)
     return {"metric": metric, "diff": float(D.mean()), "boot_low": low, "boot_high": high,
             "t": seed_t_test(D), "n_items": len(ids),
