@@ -55,7 +55,7 @@ def test_loading_and_config_checks(plugin_file, tmp_path, monkeypatch):
                              "train.reward_weights={accuracy: 1.0, prefers_white: 0.5}"])
     assert list(cfg.train.reward_funcs) == [f"{plugin_file}:prefers_white"]
     for overrides, needle in [
-        (["train.reward_funcs=[nope_module_xyz:f]"], "reward plug-in nope_module_xyz:f: cannot import"),
+        (["train.reward_funcs=[nope_module_xyz:f]"], "reward plug-in nope_module_xyz:f: module .nope_module_xyz. not found"),
         ([f"train.reward_funcs=[{plugin_file}:missing]"], "has no function 'missing'"),
         (["train.reward_funcs=[no_colon]"], "must look like module:function"),
         ([f"train.reward_funcs=[{tmp_path}/gone.py:f]"], "gone.py not found"),

@@ -157,11 +157,14 @@ class TrainedModel:
         return predict_queries(self.adapter, queries, self.config, noise_type=noise, snr=snr, batch_size=batch_size)
 
 
-def load_model(checkpoint: str | Path, config: Any = None, **groups: Any) -> TrainedModel:
+def load_model(checkpoint: str | Path, config: Any = None, *, trust_remote_code: bool = False,
+               **groups: Any) -> TrainedModel:
     """Load a trained folder (``.../final``) or a base model folder for prediction (frozen, eval mode).
 
     ``config``: a config, a YAML path or a dict; by default the run's ``config.yaml`` beside the
     checkpoint (the training window and seeds), else the defaults. ``groups`` as in ``make_config``.
+    ``trust_remote_code=True``: allow a saved config that asks to run the model folder's own Python
+    code (refused otherwise: a run folder is data).
     """
     import torch
 
@@ -169,7 +172,7 @@ def load_model(checkpoint: str | Path, config: Any = None, **groups: Any) -> Tra
     from .inference import config_for_checkpoint
 
     if config is None:
-        cfg = config_for_checkpoint(checkpoint, overrides=_group_items(groups))
+        cfg = config_for_checkpoint(checkpoint, overrides=_group_items(groups), trust_remote_code=trust_remote_code)
     elif _is_source(config):
         cfg = make_config(config, **groups)
     else:
@@ -184,9 +187,10 @@ def load_model(checkpoint: str | Path, config: Any = None, **groups: Any) -> Tra
 
 def predict(checkpoint: str | Path | TrainedModel, audio: str | Path, question: Optional[str] = None,
             choices: Optional[Sequence[str]] = None, *, noise: Optional[str] = None, snr: Optional[float] = None,
-            config: Any = None) -> list[dict]:
+            config: Any = None, trust_remote_code: bool = False) -> list[dict]:
     """One call: load ``checkpoint`` (or use a ``TrainedModel``) and answer per file of ``audio``."""
-    model = checkpoint if isinstance(checkpoint, TrainedModel) else load_model(checkpoint, config)
+    model = checkpoint if isinstance(checkpoint, TrainedModel) else \
+        load_model(checkpoint, config, trust_remote_code=trust_remote_code)
     return model.predict(audio, question, choices, noise=noise, snr=snr)
 
 

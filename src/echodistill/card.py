@@ -214,7 +214,7 @@ def _final_and_run(path: Path) -> tuple[Path, Path]:
 
 
 def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optional[str] = None,
-                 eval_dirs: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+                 eval_dirs: Sequence[str | Path] = (), overwrite: bool = False, trust_remote_code: bool = False) -> Path:
     """A push_to_hub-ready folder from a run's final model (nothing is uploaded); returns ``out_dir``."""
     from .config import load_config, save_config
     from .models.base import META_FILE
@@ -224,7 +224,7 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     if not cfg_path.is_file():
         raise UserError(f"{run}: no config.yaml (the run's resolved config); export a folder made by "
                         "`echodistill train` or `echodistill warmup`")
-    cfg = load_config(cfg_path)
+    cfg = load_config(cfg_path, saved=True, trust_remote_code=trust_remote_code)  # data: runs no code
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:

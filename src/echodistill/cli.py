@@ -140,7 +140,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .inference import config_for_checkpoint, run_predict
-    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, trust_remote_code=args.trust_remote_code)
     run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise, snr=args.snr,
                 out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))
     return 0
@@ -149,7 +149,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .card import export_model
     export_model(Path(args.source), Path(args.out), base_model_id=args.base_model_id, eval_dirs=args.eval or [],
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     return 0
 
 
@@ -168,8 +168,13 @@ def cmd_demo(args) -> int:
 def cmd_config_show(args) -> int:
     from omegaconf import OmegaConf
 
-    from .config import to_dict
-    print(OmegaConf.to_yaml(OmegaConf.create(to_dict(_cfg(args)))))  # oc.env values (secrets) masked
+    from .config import code_requests, to_dict
+    cfg = _cfg(args)  # reading runs no code: plug-ins are found, not imported
+    print(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))  # oc.env values (secrets) masked
+    for line in code_requests(cfg):
+        print(f"echodistill: note: this config asks to run code: {line}; `predict`/`export`/`load_model` refuse "
+              "it from a run folder unless given --trust-remote-code (Python: trust_remote_code=True)",
+              file=sys.stderr)
     return 0
 
 
@@ -285,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, metavar="FILE.jsonl", help="also write one JSON row per file here")
     pr.add_argument("--batch-size", type=int, default=None, help="clips per forward (default: eval.batch_size)")
     pr.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
+    pr.add_argument("--trust-remote-code", action="store_true",
+                    help="allow a run folder whose config.yaml asks to run the model's own Python code "
+                         "(model.trust_remote_code); refused without it")
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="a push_to_hub-ready folder from a trained run: weights, card, config (no upload)",
@@ -300,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--eval", nargs="+", default=None, metavar="DIR",
                    help="`echodistill eval --out` folders whose metrics go into the card's table")
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    x.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a run whose config.yaml asks for the model's own Python code (model.trust_remote_code)")
     x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="compare evaluated runs: Markdown + HTML page (with clips to listen to), "

@@ -340,7 +340,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {cfg.data.labeled_fraction}")
     if cfg.train.rl_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
         raise ConfigError("train.rl_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
-    from .train.plugins import check_reward_config  # imports each plug-in: a bad one fails before the run
+    from .train.plugins import check_reward_config  # reads each plug-in's source (imports none): a typo fails early
     check_reward_config(list(cfg.train.reward_funcs), dict(cfg.train.reward_weights))
 
 
@@ -357,13 +357,18 @@ def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, *,
-                saved: bool = False) -> Any:
+                saved: bool = False, trust_remote_code: bool = False) -> Any:
     """Defaults <- variant preset <- YAML file <- CLI overrides; validated; interpolations resolved.
 
     The variant preset is applied first so that explicit YAML or CLI values always win. A renamed
     key (``RENAMED``) is a ConfigError naming the new one, except with ``saved=True`` (``path`` is a
     run's own saved config.yaml, possibly written before the rename): then it is read as the new key.
     Returns an OmegaConf DictConfig typed by ``Config`` (attribute access, type-checked assignment).
+
+    Reading a config runs no code (plug-ins are checked by reading their source). A saved config is
+    data from a run folder, possibly downloaded: one asking for the model's own code
+    (``model.trust_remote_code: true``) is refused unless ``trust_remote_code=True`` (the user's
+    ``--trust-remote-code``), which also turns it on.
     """
     overrides = list(overrides or [])
     base = OmegaConf.structured(Config)
@@ -393,7 +398,23 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid config{where}: {_short(e)}") from None
     validate(cfg)
+    if trust_remote_code:
+        cfg.model.trust_remote_code = True
+    elif saved and cfg.model.trust_remote_code:
+        raise ConfigError(f"{path} asks to run Python code shipped with the model (model.trust_remote_code: true); "
+                          "a run folder is data, so nothing was loaded: pass --trust-remote-code (Python: "
+                          "trust_remote_code=True) only if you trust where this folder came from")
     return cfg
+
+
+def code_requests(cfg: Any) -> list[str]:
+    """What in ``cfg`` would run code beyond this library: lines naming the key (empty: nothing)."""
+    out = []
+    if cfg.model.trust_remote_code:
+        out.append(f"model.trust_remote_code: true (the .py files in {cfg.model.path} run when it loads)")
+    for spec in cfg.train.reward_funcs or []:
+        out.append(f"train.reward_funcs: {spec} (imported when `echodistill train` runs)")
+    return out
 
 
 def _dotlist_value(value: Any) -> str:
@@ -462,4 +483,5 @@ def to_dict(cfg: Any) -> dict:
     return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "load_config", "save_config", "validate", "to_dict"]
+__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "load_config", "save_config", "validate", "to_dict",
+           "code_requests"]

@@ -147,10 +147,11 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
 
 
 def config_for_checkpoint(checkpoint: str | Path, config: Optional[str | Path] = None,
-                          overrides: Sequence[str] = ()) -> Any:
+                          overrides: Sequence[str] = (), *, trust_remote_code: bool = False) -> Any:
     """The config to predict with: ``config`` if given, else the run's saved ``config.yaml`` beside
     the checkpoint (``<run>/final`` -> ``<run>/config.yaml``: same window and seeds as training),
-    else the defaults; ``overrides`` last."""
+    else the defaults; ``overrides`` last. A saved config asking for the model's own code is refused
+    without ``trust_remote_code`` (a run folder is data: ``config.load_config``)."""
     from .config import load_config
 
     saved = config is None
@@ -160,7 +161,7 @@ def config_for_checkpoint(checkpoint: str | Path, config: Optional[str | Path] =
             if cand.is_file():
                 config = cand
                 break
-    return load_config(config, list(overrides), saved=saved)
+    return load_config(config, list(overrides), saved=saved, trust_remote_code=trust_remote_code)
 
 
 def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: Optional[str] = None,

@@ -17,10 +17,15 @@ Weights come from ``train.reward_weights[<function name>]`` (default 1.0, TRL's 
 accuracy and format, the weighted reward is added to the task reward and the total; each is logged as
 ``reward_<function name>_mean/_std``. Any error inside a plug-in, or a malformed return, stops the run
 with one line naming the plug-in and where it failed.
+
+Trust: a plug-in is code. Reading or validating a config never imports it (``check_reward_config``
+finds the file and the function's definition without running anything); only ``echodistill train`` /
+``run_train`` imports the plug-ins of the config it was given (``load_reward_plugins``).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import math
@@ -28,7 +33,7 @@ import sys
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConfigError
 
@@ -39,15 +44,84 @@ class PluginError(ConfigError):
     """A reward plug-in that cannot be loaded or misbehaved; the message names it."""
 
 
-@lru_cache(maxsize=None)
-def load_reward_func(spec: str) -> Callable:
-    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the function."""
+def _split_spec(spec: Any) -> tuple[str, str]:
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise PluginError(f"train.reward_funcs entry {spec!r} must look like module:function "
                           "(e.g. my_rewards:short_answer) or path/to/file.py:function")
     where, name = spec.split(":")
+    return where, name
+
+
+def _is_file_spec(where: str) -> bool:
+    return where.endswith(".py") or "/" in where
+
+
+def _search_path() -> list[str]:
+    """sys.path plus the cwd, as `python -m` would see modules."""
+    cwd = str(Path.cwd())
+    return list(sys.path) + ([cwd] if "" not in sys.path and cwd not in sys.path else [])
+
+
+def _module_source(where: str) -> Optional[Path]:
+    """The source file of module ``where`` found on the search path without importing it or its parents
+    (None: found, but not a plain .py file, e.g. an extension or namespace package). PluginError if absent."""
+    from importlib.machinery import PathFinder
+
+    search: Optional[list[str]] = _search_path()
+    spec = None
+    parts = where.split(".")
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        if spec is None:
+            raise PluginError(f"module {where!r} not found on PYTHONPATH or in the current folder; "
+                              "check the module name or give a file path (path/to/file.py:function)")
+        search = list(spec.submodule_search_locations or [])
+    origin = getattr(spec, "origin", None)
+    return Path(origin) if origin and origin.endswith(".py") else None
+
+
+def _defines(source: Path, name: str) -> bool:
+    """Whether ``source`` binds ``name`` at module level (def, class, assignment or import), read as text."""
     try:
-        if where.endswith(".py") or "/" in where:
+        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
+        raise PluginError(f"reward plug-in file {source} cannot be read as Python ({type(e).__name__}: {e})") from None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+                return True
+    return False
+
+
+def check_reward_spec(spec: str) -> None:
+    """The plug-in's file (or module) exists and defines the function -- found by reading, never imported."""
+    where, name = _split_spec(spec)
+    if _is_file_spec(where):
+        source: Optional[Path] = Path(where).expanduser()
+        if not source.is_file():
+            raise PluginError(f"reward plug-in {spec}: file {source} not found; fix train.reward_funcs")
+    else:
+        try:
+            source = _module_source(where)
+        except PluginError as e:
+            raise PluginError(f"reward plug-in {spec}: {e}") from None
+    if source is not None and not _defines(source, name):
+        raise PluginError(f"reward plug-in {spec}: {source} has no function {name!r}; fix train.reward_funcs")
+
+
+@lru_cache(maxsize=None)
+def load_reward_func(spec: str) -> Callable:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the function (imports it: runs
+    the plug-in's module code; only training calls this)."""
+    where, name = _split_spec(spec)
+    try:
+        if _is_file_spec(where):
             path = Path(where).expanduser()
             if not path.is_file():
                 raise PluginError(f"reward plug-in {spec}: file {path} not found; fix train.reward_funcs")
@@ -75,10 +149,11 @@ def plugin_name(spec: str) -> str:
 
 
 def check_reward_config(reward_funcs: Sequence[str], reward_weights: dict) -> None:
-    """Config validation: every plug-in loads, names are unique, every weight names a reward."""
+    """Config validation, running no code: every plug-in's file and function exist (read, not imported),
+    names are unique, every weight names a reward."""
     names = []
     for spec in reward_funcs:
-        load_reward_func(str(spec))
+        check_reward_spec(str(spec))
         name = plugin_name(str(spec))
         if name in BUILTIN_REWARDS or name in names:
             raise PluginError(f"reward plug-in {spec}: the name {name!r} is already taken (built-ins: "
@@ -89,6 +164,13 @@ def check_reward_config(reward_funcs: Sequence[str], reward_weights: dict) -> No
         if key not in known:
             raise PluginError(f"train.reward_weights has unknown reward {key!r}; known: {', '.join(known)} "
                               "(plug-ins are listed in train.reward_funcs as module:function)")
+
+
+def load_reward_plugins(cfg: Any) -> None:
+    """Import every ``train.reward_funcs`` plug-in now (training start): an import-time error fails
+    before the model loads. The only place plug-in code first runs."""
+    for spec in cfg.train.get("reward_funcs") or []:
+        load_reward_func(str(spec))
 
 
 def item_columns(examples: Sequence[Any], num_generations: int) -> dict[str, list]:
@@ -165,5 +247,5 @@ def add_plugin_rewards(r: Any, cfg: Any) -> None:
                 r.rewards[key] = r.rewards[key] + w * reward.to(r.rewards[key].device)
 
 
-__all__ = ["load_reward_func", "plugin_name", "check_reward_config", "item_columns", "call_reward_func",
+__all__ = ["load_reward_func", "load_reward_plugins", "check_reward_spec", "plugin_name", "check_reward_config", "item_columns", "call_reward_func",
            "add_plugin_rewards", "PluginError", "BUILTIN_REWARDS"]

@@ -604,6 +604,8 @@ class GRPORecipe(Recipe):
 
 def run_train(cfg, resume: bool = False) -> Path:
     """Train ``cfg.train.variant`` on ``cfg.data.train_manifest``; return ``<output_dir>/final``."""
+    from .plugins import load_reward_plugins
+    load_reward_plugins(cfg)  # the one command that runs plug-in code: import now, fail before the model loads
     return GRPORecipe(cfg, resume=resume).setup().train()
 
 

@@ -1,0 +1,84 @@
+"""The trust boundary: a run folder is data. Reading, showing or validating its config runs no code;
+code it asks for (``model.trust_remote_code``, reward plug-ins) runs only when the user opts in."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pytest
+
+from echodistill import api
+from echodistill.audio.io import write_audio
+from echodistill.cli import main
+from echodistill.config import ConfigError, load_config
+
+from train_helpers import tone
+
+EVIL = textwrap.dedent('''
+    import pathlib
+    pathlib.Path(__file__).with_name("RAN").write_text("plug-in code ran")
+
+    def reward(completions, **kwargs):
+        return [0.0 for _ in completions]
+''')
+
+
+@pytest.fixture
+def downloaded_run(tmp_path, tiny_qwen2_audio_dir):
+    """A run folder as someone else made it: final/ holds a real model, config.yaml asks for remote
+    code and names a plug-in shipped inside the folder that leaves a marker file when imported."""
+    run = tmp_path / "downloaded"
+    shutil.copytree(tiny_qwen2_audio_dir, run / "final")
+    (run / "rewards.py").write_text(EVIL)
+    (run / "config.yaml").write_text(textwrap.dedent(f'''
+        model: {{path: {tiny_qwen2_audio_dir}, trust_remote_code: true}}
+        data: {{max_duration_s: 1.0}}
+        eval: {{max_new_tokens: 2}}
+        run: {{num_threads: 1, output_dir: {run}}}
+        train: {{reward_funcs: ["{run}/rewards.py:reward"]}}
+    '''))
+    write_audio(tmp_path / "clip.wav", tone(300.0, seconds=0.5))
+    return run
+
+
+def test_run_folder_runs_no_code_and_says_how_to_opt_in(downloaded_run, tmp_path, capsys):
+    run, marker = downloaded_run, downloaded_run / "RAN"
+    rc = main(["predict", "--checkpoint", str(run / "final"), "--audio", str(tmp_path / "clip.wav"),
+               "--question", "What is it?"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--trust-remote-code" in err and "model.trust_remote_code" in err and "Traceback" not in err
+    rc = main(["export", str(run), "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--trust-remote-code" in err and not (tmp_path / "export").exists()
+    with pytest.raises(ConfigError, match="trust_remote_code=True"):
+        api.load_model(run / "final")
+    assert main(["config", "show", "-c", str(run / "config.yaml")]) == 0
+    shown = capsys.readouterr()
+    assert "trust_remote_code: true" in shown.out and "--trust-remote-code" in shown.err
+    assert "rewards.py:reward" in shown.err
+    assert not marker.exists(), "reading a run folder's config ran the plug-in it names"
+
+
+def test_opting_in_loads_the_model(downloaded_run, tmp_path, capsys):
+    rc = main(["predict", "--checkpoint", str(downloaded_run / "final"), "--audio", str(tmp_path / "clip.wav"),
+               "--question", "What is it?", "--trust-remote-code"])
+    assert rc == 0 and capsys.readouterr().out.startswith("clip.wav\t")
+    model = api.load_model(downloaded_run / "final", trust_remote_code=True)
+    assert model.config.model.trust_remote_code is True
+    assert not (downloaded_run / "RAN").exists(), "predicting imported a reward plug-in"
+
+
+def test_validating_a_config_imports_no_plugin(tmp_path, monkeypatch):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(EVIL.replace("def reward", "def unused"))
+    (pkg / "scores.py").write_text(EVIL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, ["train.reward_funcs=[mypkg.scores:reward]"])
+    assert list(cfg.train.reward_funcs) == ["mypkg.scores:reward"]
+    with pytest.raises(ConfigError, match="has no function 'nope'"):
+        load_config(None, ["train.reward_funcs=[mypkg.scores:nope]"])
+    with pytest.raises(ConfigError, match="module 'mypkg.missing' not found"):
+        load_config(None, ["train.reward_funcs=[mypkg.missing:reward]"])
+    assert not (pkg / "RAN").exists(), "config validation imported the plug-in"
