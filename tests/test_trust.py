@@ -82,3 +82,43 @@ def test_validating_a_config_imports_no_plugin(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="module 'mypkg.missing' not found"):
         load_config(None, ["train.reward_funcs=[mypkg.missing:reward]"])
     assert not (pkg / "RAN").exists(), "config validation imported the plug-in"
+
+
+@pytest.fixture
+def plain_run(tmp_path, tiny_qwen2_audio_dir):
+    """A run folder of the user's own (no code asked for), beside other work in the same parent."""
+    run = tmp_path / "runs" / "ed"
+    shutil.copytree(tiny_qwen2_audio_dir, run / "final")
+    (run / "config.yaml").write_text(f"model: {{path: {tiny_qwen2_audio_dir}}}\nrun: {{output_dir: {run}}}\n")
+    (tmp_path / "runs" / "other_work.txt").write_text("keep me")
+    return run
+
+
+def test_export_never_deletes_its_source(plain_run, tmp_path, capsys):
+    for out in (plain_run.parent, plain_run, plain_run / "final", plain_run / "final" / "sub"):
+        rc = main(["export", str(plain_run), "--out", str(out), "--overwrite"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "export reads from" in err, (out, err)
+    assert (plain_run / "final" / "config.json").is_file() and (tmp_path / "runs" / "other_work.txt").is_file()
+    assert main(["export", str(plain_run), "--out", str(tmp_path / "exports" / "ed")]) == 0  # outside: fine
+
+
+def test_export_copies_only_what_the_model_owns(plain_run, tmp_path, capsys):
+    import json
+
+    secret = tmp_path / "home" / ".ssh"
+    secret.mkdir(parents=True)
+    (secret / "id_rsa").write_text("PRIVATE KEY")
+    meta_path = plain_run / "final" / "echodistill_model.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    for stages, needle in (([str(secret)], "not a LoRA adapter folder"), (["../../../home/.ssh"], "leaves the model folder")):
+        meta_path.write_text(json.dumps({**meta, "merged_adapters": stages}))
+        rc = main(["export", str(plain_run), "--out", str(tmp_path / "export")])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and not (tmp_path / "export").exists(), err
+    meta_path.write_text(json.dumps(meta))
+    (plain_run / "final" / "notes.txt").symlink_to(secret / "id_rsa")  # a link out of the folder
+    assert main(["export", str(plain_run), "--out", str(tmp_path / "export")]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not any("PRIVATE KEY" in p.read_text(errors="ignore") for p in (tmp_path / "export").rglob("*")
+                   if p.is_file() and p.stat().st_size < 10_000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,6 +27,7 @@ from .errors import UserError
 
 CARD = "README.md"
 CONFIG_COPY = "echodistill_config.yaml"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what a LoRA stage ships
 TABLE_KEYS = ("Acc", "Noisy", "StrongNoisy", "GSR", "Consistency", "NoAudio", "Invalid")
 
 
@@ -226,18 +228,24 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
                         "`echodistill train` or `echodistill warmup`")
     cfg = load_config(cfg_path, saved=True, trust_remote_code=trust_remote_code)  # data: runs no code
     out = Path(out_dir)
+    meta_path = final / META_FILE
+    stage_dirs = [_stage_folder(final, s) for s in (json.loads(meta_path.read_text()).get("merged_adapters", [])
+                                                   if meta_path.is_file() else [])]
+    _check_out_folder(out, [run, final, *stage_dirs, *map(Path, eval_dirs)])
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
         shutil.rmtree(out)
-    shutil.copytree(final, out, ignore=shutil.ignore_patterns("*.pt", "trainer_state*", "*.tmp"))
+    shutil.copytree(final, out, ignore=_unowned(final, "*.pt", "trainer_state*", "*.tmp"))
     base = base_model_id or str(cfg.model.path)
     meta_path = out / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     stages = []
-    for i, stage in enumerate(meta.get("merged_adapters", [])):  # earlier LoRA stages: ship them along
+    for i, stage in enumerate(stage_dirs):  # earlier LoRA stages: ship their adapter files along
         dst = out / "stages" / str(i)
-        shutil.copytree(stage, dst, ignore=shutil.ignore_patterns("*.pt", "*.tmp"))
+        dst.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(stage / name, dst / name)
         _set_base(dst / "adapter_config.json", base)
         stages.append(f"stages/{i}")
     if meta:
@@ -255,6 +263,49 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     print(f"export: wrote {out} (base model {base}); upload with huggingface_hub.upload_folder(folder_path="
           f"'{out}', repo_id=...) -- nothing was uploaded")
     return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved: links and .. followed)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_out_folder(out: Path, sources: Sequence[Path]) -> None:
+    """Export writes (and with --overwrite first deletes) ``out``: it must neither hold nor lie inside
+    anything export reads from."""
+    for src in sources:
+        if _inside(src, out) or _inside(out, src):
+            raise UserError(f"--out {out} {'holds' if _inside(src, out) else 'lies inside'} {src}, which export "
+                            "reads from; choose an --out folder outside the run (e.g. exports/<name>)")
+
+
+def _stage_folder(final: Path, stage: str) -> Path:
+    """An earlier LoRA stage named in ``echodistill_model.json``: a relative name must stay inside the
+    model folder, and any stage must be a PEFT adapter folder (only its adapter files are shipped)."""
+    path = final / stage  # an absolute stage (the warm-up run's adapter) replaces final
+    if not Path(stage).is_absolute() and not _inside(path, final):
+        raise UserError(f"{final / 'echodistill_model.json'}: merged_adapters entry {stage!r} leaves the model "
+                        "folder; refusing to export it")
+    missing = [n for n in ADAPTER_FILES if not (path / n).is_file()]
+    if missing:
+        raise UserError(f"{final / 'echodistill_model.json'}: merged_adapters entry {stage} is not a LoRA adapter "
+                        f"folder (no {', '.join(missing)}); restore that stage or retrain from the base model")
+    return path
+
+
+def _unowned(folder: Path, *patterns: str):
+    """copytree ``ignore``: the patterns, plus links that point outside ``folder`` (never copied along)."""
+    base = shutil.ignore_patterns(*patterns)
+
+    def ignore(src: str, names: list[str]) -> set[str]:
+        skip = set(base(src, names))
+        for n in names:
+            p = Path(src) / n
+            if p.is_symlink() and not _inside(p, folder):
+                print(f"export: skipped {p}: a link to {p.resolve()} outside the model folder", file=sys.stderr)
+                skip.add(n)
+        return skip
+    return ignore
 
 
 def _set_base(adapter_config: Path, base: Optional[str]) -> bool:
