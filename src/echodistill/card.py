@@ -228,13 +228,15 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
                         "`echodistill train` or `echodistill warmup`")
     cfg = load_config(cfg_path, saved=True, trust_remote_code=trust_remote_code)  # data: runs no code
     out = Path(out_dir)
+    _check_out_folder(out, [run, final, *map(Path, eval_dirs)])
+    not_empty = out.exists() and any(out.iterdir())
+    if not_empty and not overwrite:
+        raise UserError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
     meta_path = final / META_FILE
     stage_dirs = [_stage_folder(final, s) for s in (json.loads(meta_path.read_text()).get("merged_adapters", [])
                                                    if meta_path.is_file() else [])]
-    _check_out_folder(out, [run, final, *stage_dirs, *map(Path, eval_dirs)])
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
+    _check_out_folder(out, stage_dirs)
+    if not_empty:
         shutil.rmtree(out)
     shutil.copytree(final, out, ignore=_unowned(final, "*.pt", "trainer_state*", "*.tmp"))
     base = base_model_id or str(cfg.model.path)
