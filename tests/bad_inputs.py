@@ -96,7 +96,12 @@ def make_bad_corpus(d: Path) -> tuple[Path, dict[str, list[tuple[int, str | None
     add(item("leak_b", c["good2"], question="What pitch?", split="val"), "leakage", "leak_b")
     add(item("leak_c", c["copy_of_good2"], question="what  pitch?", split="test"), "leakage", "leak_c")
     add(b"{not json at all", "malformed_json", None)
-    add({"id": "nofield", "audio": str(c["good"]), "question": "q?", "choices": ["a", "b"]}, "malformed_json", "nofield")
+    add({"id": "nofield", "audio": str(c["good"]), "choices": ["a", "b"], "target": "a"}, "malformed_json", "nofield")
+    # unlabeled and open-ended items are valid (must NOT be reported); an empty target is not
+    add({"id": "unlab", "audio": str(c["good"]), "question": "unlabeled?", "choices": ["a", "b"]})
+    add({"id": "openq", "audio": str(c["good"]), "question": "what is said?", "target": "a tone"})
+    add({"id": "openunlab", "audio": str(c["good"]), "question": "describe it", "choices": []})
+    add(item("emptytarget", c["good"], question="empty target?", target=""), "empty_target", "emptytarget")
     add({"id": "wrongtype", "audio": str(c["good"]), "question": "q?", "choices": "a,b", "target": "a"},
         "malformed_json", "wrongtype")
     add(b'{"id": "latin1", "audio": "x.wav", "question": "caf\xe9?", "choices": ["a","b"], "target": "a"}',
@@ -265,8 +270,8 @@ def make_cli_corpus(d: Path) -> dict:
     # ---- structural kinds: one manifest each (a good row first, the bad row on line 2)
     structural: dict[str, tuple[bytes, str, Optional[str]]] = {
         "malformed_json": (b'{"id": "x", "audio": ', "malformed_json", None),
-        "missing_field": (json.dumps({"id": "nofield", "audio": str(c["good"]), "question": "q?",
-                                      "choices": ["a", "b"]}).encode(), "malformed_json", "nofield"),
+        "missing_field": (json.dumps({"id": "nofield", "audio": str(c["good"]), "choices": ["a", "b"],
+                                      "target": "a"}).encode(), "malformed_json", "nofield"),
         "choices_not_a_list": (json.dumps(item("strchoices", c["good"], choices="a,b", target="a")).encode(),
                                "malformed_json", "strchoices"),
         "choice_is_null": (json.dumps(item("nullchoice", c["good"], choices=["a", None], target="a")).encode(),
@@ -291,8 +296,11 @@ def make_cli_corpus(d: Path) -> dict:
                                  "target_not_in_choices", "casetarget"),
         "too_few_choices": (json.dumps(item("one", c["good"], choices=["only"], target="only")).encode(),
                             "too_few_choices", "one"),
-        "no_choices": (json.dumps(item("none", c["good"], choices=[], target="x")).encode(),
-                       "too_few_choices", "none"),
+        "empty_target": (json.dumps(item("emptytarget", c["good"], target="")).encode(), "empty_target",
+                         "emptytarget"),
+        "unlabeled_open_ended_target_not_a_string": (
+            json.dumps({"id": "numtarget", "audio": str(c["good"]), "question": "how many?", "target": 3}).encode(),
+            "malformed_json", "numtarget"),
         "duplicate_choices": (json.dumps(item("twice", c["good"], choices=["same", "Same", "o"], target="o")).encode(),
                               "duplicate_choices", "twice"),
         "empty_choice": (json.dumps(item("emptych", c["good"], choices=["a", "", "b"], target="a")).encode(),

@@ -95,3 +95,23 @@ def launch_two_processes(script: str, overrides: list[str], cwd: Path, timeout: 
         pytest.fail(f"2-process run hung ({what}): {(stderr or '')[-3000:]}")
     assert proc.returncode == 0, stderr[-4000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+OPEN_QUESTIONS = ["Describe the sound.", "Is the tone high or low?"]
+
+
+def make_unlabeled_dataset(root: Path, n_train: int = 8, n_val: int = 4) -> Path:
+    """``make_dataset``'s clips and noise, but the manifests have no ``target`` and mix multiple-choice
+    items (even index) with open-ended ones (odd index: no ``choices``)."""
+    root = make_dataset(root, n_train, n_val)
+    for split in ("train", "val"):
+        rows = []
+        for i, line in enumerate((root / f"{split}.jsonl").read_text().splitlines()):
+            row = json.loads(line)
+            del row["target"]
+            if i % 2:
+                del row["choices"]
+                row["question"] = OPEN_QUESTIONS[(i // 2) % len(OPEN_QUESTIONS)]
+            rows.append(row)
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -170,7 +170,8 @@ class TrainConfig:
     max_completion_length: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})  # + plug-ins by name
+    # + plug-ins by name; or TRL's list, one weight per reward in order: accuracy, format, then reward_funcs
+    reward_weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
     reward_funcs: list = field(default_factory=list)  # plug-in rewards "module:function" (TRL signature; train/plugins.py)
     wrong_answer_reward: float = 0.0  # 0 or -1
     answer_format: str = "choice"  # choice: the completion is exactly one offered choice
@@ -257,6 +258,86 @@ RENAMED: dict[str, tuple[Optional[str], str]] = {
 }
 
 
+# TRL's GRPOConfig / TrainingArguments names whose idea lives under another key here: key -> (our key,
+# how to write it). Set in a YAML file or an override (at the top level or in train:/warmup:) it is a
+# ConfigError naming ours, never an "unknown key". ``{value}`` and ``{G}`` are filled in (``_trl_hint``).
+TRL_HINTS: dict[str, tuple[str, str]] = {
+    "per_device_train_batch_size": ("train.prompts_per_device", "train.prompts_per_device={prompts} (TRL counts "
+                                    "completions: per_device_train_batch_size = prompts_per_device x num_generations "
+                                    "= {value} here with train.num_generations={G})"),
+    "report_to": ("run.log_with", "run.log_with={value} (tensorboard | wandb | trackio, comma-separated; null = none)"),
+    "use_vllm": ("train.rollout_backend", "train.rollout_backend=vllm (or builtin) with train.vllm_server_url"),
+    "vllm_mode": ("train.rollout_backend", "train.rollout_backend=vllm: a vLLM server (TRL's server mode; no "
+                                           "colocate mode) at train.vllm_server_url"),
+    "vllm_server_base_url": ("train.vllm_server_url", "train.vllm_server_url={value} with train.rollout_backend=vllm"),
+    "vllm_server_host": ("train.vllm_server_url", "train.vllm_server_url=http://<host>:<port> with "
+                                                  "train.rollout_backend=vllm"),
+    "vllm_server_port": ("train.vllm_server_url", "train.vllm_server_url=http://<host>:<port> with "
+                                                  "train.rollout_backend=vllm"),
+    "bf16": ("model.dtype", "model.dtype=bfloat16 (float32 | bfloat16 | float16)"),
+    "fp16": ("model.dtype", "model.dtype=float16 (float32 | bfloat16 | float16)"),
+    "per_device_eval_batch_size": ("eval.batch_size", "eval.batch_size={value}"),
+    "num_train_epochs": ("train.max_steps", "train.max_steps (training is counted in steps of "
+                                            "train.prompts_per_device items per process)"),
+    "max_prompt_length": ("data.max_prompt_tokens", "data.max_prompt_tokens={value}"),
+    "model_init_kwargs": ("model.dtype", "the model: keys (model.dtype, model.attn_implementation, model.device_map)"),
+    "output_dir": ("run.output_dir", "run.output_dir={value}"),
+    "seed": ("run.seed", "run.seed={value}"),
+    "run_name": ("run.run_name", "run.run_name={value}"),
+    "gradient_checkpointing_kwargs": ("train.gradient_checkpointing", "train.gradient_checkpointing=true"),
+}
+
+
+def _trl_hint(key: str, value: Any, layers: list) -> str:
+    num_generations = next((g for g in (_select(x, "train.num_generations") for x in reversed(layers)) if g is not None),
+                           TrainConfig.num_generations)
+    prompts = "?"
+    if key == "per_device_train_batch_size" and isinstance(value, int) and not isinstance(value, bool):
+        prompts = str(value // num_generations) if value % num_generations == 0 else f"{value}/{num_generations}?"
+    value = str(value).lower() if isinstance(value, bool) else value
+    return TRL_HINTS[key][1].format(value=value, G=num_generations, prompts=prompts)
+
+
+def _check_trl_names(layer: Any, where: str, layers: list) -> None:
+    """ConfigError for a TRL key name (``TRL_HINTS``), at the top level or in train:/warmup:, and for a top-level
+    key that is a train: key (TRL's configs are flat)."""
+    if layer is None:
+        return
+    top = list(layer.keys())
+    sections = set(Config.__dataclass_fields__)
+    for key in top:
+        if key in sections:
+            continue
+        if key in TRL_HINTS:
+            raise ConfigError(f"{key}{where} is TRL's name: use {_trl_hint(key, layer[key], layers)}")
+        if key in TrainConfig.__dataclass_fields__:
+            raise ConfigError(f"{key}{where}: our keys are grouped in sections (run, data, noise, model, warmup, "
+                              f"teacher, train, eval); use train.{key}")
+    for section in ("train", "warmup", "run", "model"):
+        node = layer.get(section) if hasattr(layer, "get") else None
+        if node is None or not hasattr(node, "keys"):
+            continue
+        for key in node.keys():
+            if key in TRL_HINTS and TRL_HINTS[key][0] != f"{section}.{key}":
+                raise ConfigError(f"{section}.{key}{where} is TRL's name: use {_trl_hint(key, node[key], layers)}")
+
+
+def _weights_from_list(layers: list, where: list[str]) -> Optional[list]:
+    """TRL's ``reward_weights`` list, in reward order, taken out of the layers (the last one wins); None if none.
+
+    The order is ``accuracy, format`` then the plug-ins of ``train.reward_funcs`` in their order."""
+    found = None
+    for layer, w in zip(layers, where):
+        node = _select(layer, "train.reward_weights")
+        if node is not None and OmegaConf.is_list(node):
+            values = list(node)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"train.reward_weights{w}: a list must hold numbers, got {values}")
+            found = values
+            layer.train.pop("reward_weights")
+    return found
+
+
 def _check_renamed(layer: Any, where: str, migrate: bool = False) -> None:
     """Raise ConfigError on a renamed key; with ``migrate`` (a run's saved config.yaml written before
     the rename) move its value to the new key instead, or drop it when no key replaces it."""
@@ -336,8 +417,8 @@ def validate(cfg: Any) -> None:
     if cfg.teacher.gate != "none" and cfg.teacher.advantage != "decoupled":
         raise ConfigError(f"teacher.gate={cfg.teacher.gate} needs teacher.advantage=decoupled (a joint z-score "
                           "cannot gate the teacher term)")
-    if not 0 < cfg.data.labeled_fraction <= 1:
-        raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {cfg.data.labeled_fraction}")
+    if not 0 <= cfg.data.labeled_fraction <= 1:
+        raise ConfigError(f"data.labeled_fraction must be in [0, 1], got {cfg.data.labeled_fraction}")
     if cfg.train.rl_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
         raise ConfigError("train.rl_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
     from .train.plugins import check_reward_config  # reads each plug-in's source (imports none): a typo fails early
@@ -384,7 +465,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     cli, cli_variant = _parse_overrides(overrides)
     if layers:
         _check_renamed(layers[0], f" (in {path})", migrate=saved)
+        _check_trl_names(layers[0], f" (in {path})", layers + [cli])
     _check_renamed(cli, " (command-line override)")
+    _check_trl_names(cli, " (command-line override)", layers + [cli])
+    weight_list = _weights_from_list(layers + [cli], [f" (in {path})"] * len(layers) + [" (command-line override)"])
     variant = cli_variant or (_select(layers[0], "train.variant") if layers else None) or base.train.variant
     if variant not in VARIANTS:
         raise ConfigError(f"train.variant={variant!r} is not one of {sorted(VARIANTS)}")
@@ -397,6 +481,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     except OmegaConfBaseException as e:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid config{where}: {_short(e)}") from None
+    if weight_list is not None:
+        _set_weight_list(cfg, weight_list)
     validate(cfg)
     if trust_remote_code:
         cfg.model.trust_remote_code = True
@@ -415,6 +501,18 @@ def code_requests(cfg: Any) -> list[str]:
     for spec in cfg.train.reward_funcs or []:
         out.append(f"train.reward_funcs: {spec} (imported when `echodistill train` runs)")
     return out
+
+
+def _set_weight_list(cfg: Any, weights: list) -> None:
+    """``train.reward_weights`` given as TRL's list: one weight per reward, in reward order."""
+    from .train.plugins import reward_names
+
+    names = reward_names(list(cfg.train.reward_funcs))
+    if len(weights) != len(names):
+        raise ConfigError(f"train.reward_weights has {len(weights)} weight(s) for {len(names)} rewards; as a list it "
+                          f"gives one per reward in this order: {', '.join(names)} (or write a mapping: "
+                          f"{{{', '.join(f'{n}: ...' for n in names)}}})")
+    cfg.train.reward_weights = dict(zip(names, (float(w) for w in weights)))
 
 
 def _dotlist_value(value: Any) -> str:
@@ -483,5 +581,5 @@ def to_dict(cfg: Any) -> dict:
     return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "load_config", "save_config", "validate", "to_dict",
-           "code_requests"]
+__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "TRL_HINTS", "load_config", "save_config", "validate",
+           "to_dict", "code_requests"]

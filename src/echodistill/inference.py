@@ -76,7 +76,7 @@ def gather_queries(source: str | Path, question: Optional[str] = None, choices: 
 def _prompt(q: Query, choice_seed: int) -> tuple[str, list[str]]:
     """(user text, choices in shown order): the training prompt, or the bare question for a free answer."""
     if not q.choices:
-        return q.question.strip(), []
+        return format_question(q.question, []), []  # the bare question
     shown = ordered_choices(Item(q.id, q.audio, q.question, list(q.choices), q.choices[0]), choice_seed)
     return format_question(q.question, shown), shown
 

@@ -1,6 +1,7 @@
 """``echodistill data check``: validate a manifest and report every problem with its location and a fix.
 
-Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``, ``line_too_long``), the labels
+Items may be open-ended (no ``choices``) and unlabeled (no ``target``): both are valid, and counted in one
+summary line. Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``, ``line_too_long``), the labels
 (``target_not_in_choices``, ``too_few_choices``, ``duplicate_choices``, ``empty_choice``, ``duplicate_id``,
 ``noisy_without_snr``), the prompt (``prompt_too_long``), the clean clip (``missing_audio``, ``not_a_file``,
 ``unreadable_audio``, ``empty_audio``, ``nonfinite_audio``, ``silent_audio``, ``too_short``, ``too_long``;
@@ -228,6 +229,22 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
     return problems
 
 
+def composition(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
+                columns: Optional[dict] = None) -> str:
+    """What kinds of items the manifest holds, when it is not all labeled multiple-choice ("" then)."""
+    from .labels import label_free_variants
+
+    items = [r.item for r in iter_rows(path, fmt, path_map, columns) if r.item is not None]
+    open_ended, unlabeled = sum(it.open_ended for it in items), sum(not it.labeled for it in items)
+    if not open_ended and not unlabeled:
+        return ""
+    text = f"{len(items)} items: {len(items) - open_ended} multiple-choice, {open_ended} open-ended"
+    if unlabeled:
+        text += (f"; {unlabeled} without a target (unlabeled: they train with a variant that needs no label, "
+                 f"{', '.join(label_free_variants())}, and evaluate with the label-free metrics)")
+    return text
+
+
 def run_check(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",
               max_duration_s: Optional[float] = None, columns: Optional[dict] = None,
               limits: Optional[Limits] = None, choice_seed: int = 1234) -> int:
@@ -237,6 +254,9 @@ def run_check(path: str | Path, path_map: Optional[dict] = None, fmt: str = "aut
     try:
         for p in problems:
             print(p)
+        kinds = composition(path, path_map, fmt, columns)
+        if kinds:
+            print(f"{path}: {kinds}")
         real = [p for p in problems if p.severity != "note"]
         notes = Counter(p.kind for p in problems if p.severity == "note")
         noted = ("; notes: " + ", ".join(f"{k}: {n}" for k, n in sorted(notes.items()))) if notes else ""

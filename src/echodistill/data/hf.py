@@ -12,7 +12,12 @@ decoding and soxr resampling to 16 kHz mono as every other clip, whatever rate t
 
 Columns: ``data.columns`` maps our fields to the dataset's names (``{question: prompt, answer: label}``);
 unmapped fields are found by their usual names (below), the audio column by its ``Audio`` type. The
-answer may be the choice's text or its index (an int or a ``ClassLabel``). Rows become ``Row``/``Item``
+answer may be the choice's text or its index (an int or a ``ClassLabel``); without a choices column (or
+with ``[]`` in a row) the question is open-ended and the answer its reference text; without an answer
+column (or with null in a row) the item is unlabeled. TRL's conventions are read too: a conversational
+``prompt`` column (``[{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": ...}]}]``:
+the user text is the question, the audio part names the clip when there is no audio column; system
+messages are ignored) and a ``solution`` column (``<answer>...</answer>`` tags are stripped). Rows become ``Row``/``Item``
 exactly like manifest lines (``line`` = 1-based row number), so ``data check``, ``train`` and ``eval``
 take a dataset wherever they take a manifest.
 """
@@ -21,22 +26,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path
+from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path, stored_index
 
-FIELDS = ("id", "audio", "question", "choices", "answer", "task", "split")
+FIELDS = ("id", "question", "audio", "choices", "answer", "task", "split")  # question first: see resolve_columns
 DEFAULT_NAMES = {
     "id": ("id", "question_id", "uid", "qid"),
     "audio": ("audio", "audio_path", "file", "path"),
     "question": ("question", "prompt", "instruction", "query"),
     "choices": ("choices", "options", "candidates"),
-    "answer": ("answer", "target", "label", "correct_answer"),
+    "answer": ("answer", "target", "label", "correct_answer", "solution"),  # solution: TRL's reasoning datasets
     "task": ("task", "category", "subset"),
     "split": ("split",),
 }
-REQUIRED = ("audio", "question", "choices", "answer")
+REQUIRED = ("audio", "question")  # no choices: open-ended; no answer: unlabeled
 HF_FILE_SUFFIXES = (".parquet", ".arrow")
 _AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -111,12 +117,64 @@ def resolve_columns(features: dict, columns: Optional[dict], source: Path) -> di
         if f == "audio":  # the Audio-typed column first: its name varies ("audio", "clip", "speech", ...)
             found = next((n for n in names if type(features[n]).__name__ == "Audio"), None)
         found = found or next((n for n in DEFAULT_NAMES[f] if n in features), None)
+        if found is None and f == "audio" and out.get("question") and _is_list(features[out["question"]]):
+            out[f] = None  # a conversational prompt: its audio part names the clip (checked per row)
+            continue
         if found is None and f in REQUIRED:
             raise ManifestError(f"{source}: no column for {f} (looked for {', '.join(DEFAULT_NAMES[f])}"
                                 f"{' or an Audio column' if f == 'audio' else ''}; columns: {', '.join(names)}); "
                                 f"map it in the config: data.columns.{f}=<column>")
         out[f] = found
     return out
+
+
+def _is_list(feature: Any) -> bool:
+    """A list-valued column (``datasets`` List / Sequence, or a plain list in older versions)."""
+    return isinstance(feature, list) or type(feature).__name__ in ("List", "Sequence", "LargeList")
+
+
+_CHAT_AUDIO_KEYS = ("audio", "audio_url", "path", "url")
+
+
+def read_conversation(messages: Any) -> tuple[str, Optional[Any]]:
+    """TRL's conversational prompt -> (question text, the audio part's clip or None).
+
+    ``messages``: ``[{"role": "system"|"user", "content": str | [{"type": "text"|"audio", ...}]}]``.
+    The user messages' text parts are the question; system messages are ignored (the backbone's own
+    template applies); an assistant turn (a few-shot prompt) and a second clip are refused."""
+    if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("a conversational prompt must be a list of {role, content} messages")
+    texts, clips = [], []
+    for m in messages:
+        role = m.get("role")
+        if role == "system":
+            continue
+        if role != "user":
+            raise ValueError(f"a {role!r} turn in the prompt: only user turns (and system) are read; "
+                             "put one question per row")
+        content = m.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(parts, (list, tuple)):
+            raise ValueError(f"message content must be a string or a list of parts, got {type(content).__name__}")
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"].strip())
+            elif kind == "audio":
+                clips.append(next((part[k] for k in _CHAT_AUDIO_KEYS if part.get(k)), None))
+            elif kind is not None and kind != "text":
+                raise ValueError(f"a {kind!r} part in the prompt: only text and audio parts are read")
+    if len(clips) > 1:
+        raise ValueError(f"{len(clips)} audio parts in the prompt: one clip per item")
+    if not clips:
+        raise ValueError("the conversational prompt has no audio part ({\"type\": \"audio\"})")
+    question = " ".join(t for t in texts if t)
+    if not question:
+        raise ValueError("the conversational prompt has no text part: no question to ask")
+    return question, clips[0]
+
+
+_ANSWER_TAG = re.compile(r"^\s*<answer>(.*?)</answer>\s*$", re.S)
 
 
 def _ext(name: Optional[str]) -> str:
@@ -147,18 +205,24 @@ def materialize_audio(value: Any, base_dir: Path, path_map: Optional[dict]) -> s
     raise ValueError("audio value has neither bytes nor a path")
 
 
-def _answer_text(value: Any, choices: list[str], names: Optional[list]) -> str:
-    """The answer as a choice's text: a string as is; an int is an index (into ClassLabel names when the
-    column is one, else into the choices)."""
+def _answer_text(value: Any, choices: list[str], names: Optional[list]) -> Optional[str]:
+    """The answer as a choice's text: a string as is (TRL's ``<answer>...</answer>`` tags stripped); an int
+    is an index (into ClassLabel names when the column is one, else into the choices; the number itself
+    for an open-ended question); None: unlabeled."""
+    if value is None:
+        return None
     if isinstance(value, bool):
         raise ValueError(f"answer must be a choice's text or index, got {value!r}")
     if isinstance(value, int):
+        if not names and not choices:
+            return str(value)  # an open-ended question's numeric answer ("how many speakers?" -> 3)
         pool = names if names else choices
         if not 0 <= value < len(pool):
             raise ValueError(f"answer index {value} is out of range for {len(pool)} choices")
         return str(pool[value]).strip()
     if isinstance(value, str):
-        return value.strip()
+        tagged = _ANSWER_TAG.match(value)
+        return (tagged.group(1) if tagged else value).strip()
     raise ValueError(f"answer must be a choice's text or index, got {type(value).__name__}")
 
 
@@ -170,9 +234,9 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
 
     cols = resolve_columns(ds.features, columns, path)
     audio_col = cols["audio"]
-    if isinstance(ds.features[audio_col], Audio):
+    if audio_col and isinstance(ds.features[audio_col], Audio):
         ds = ds.cast_column(audio_col, Audio(decode=False))  # bytes/path only: our loader decodes and resamples
-    answer_feat = ds.features.get(cols["answer"])
+    answer_feat = ds.features.get(cols["answer"]) if cols["answer"] else None
     label_names = list(answer_feat.names) if isinstance(answer_feat, ClassLabel) else None
     base_dir = path if path.is_dir() else path.parent
     split_default = path.name if path.is_dir() else path.stem
@@ -180,19 +244,26 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
         raw_id = rec.get(cols["id"]) if cols["id"] else None
         iid = str(raw_id) if raw_id is not None else f"{split_default}-{i - 1}"
         try:
-            choices = rec[cols["choices"]]
+            choices = rec[cols["choices"]] if cols["choices"] else None
+            choices = [] if choices is None else choices  # none: an open-ended question
             if not isinstance(choices, (list, tuple)) or not all(isinstance(c, (str, int, float)) for c in choices):
                 raise ValueError(f"choices must be a list of strings, got {choices!r:.60}")
             choices = [str(c).strip() for c in choices]
-            question = rec[cols["question"]]
+            question, clip = rec[cols["question"]], None
+            if isinstance(question, (list, tuple)):  # TRL's conversational prompt
+                question, clip = read_conversation(question)
             if not isinstance(question, str):
                 raise ValueError(f"question must be a string, got {type(question).__name__}")
+            audio = rec[audio_col] if audio_col else clip
+            if audio is None:
+                raise ValueError("no audio: the dataset has no audio column and the prompt's audio part names "
+                                 "no clip (add {\"type\": \"audio\", \"audio\": <path>} or an Audio column)")
             item = Item(
                 id=iid,
-                audio=materialize_audio(rec[audio_col], base_dir, path_map),
+                audio=materialize_audio(audio, base_dir, path_map),
                 question=question,
                 choices=choices,
-                target=_answer_text(rec[cols["answer"]], choices, label_names),
+                target=_answer_text(rec[cols["answer"]], choices, label_names) if cols["answer"] else None,
                 task=str(rec.get(cols["task"]) or "default") if cols["task"] else "default",
                 split=str(rec.get(cols["split"]) or split_default) if cols["split"] else split_default,
                 meta={"source_row": i - 1},
@@ -201,8 +272,9 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
             yield Row(i, None, [Issue("malformed_row", i, f"row index {i - 1}: {e}",
                                       "fix the row, or map the right columns with data.columns", iid)])
             continue
-        yield Row(i, item, item_issues(item, i), item.choices.index(item.target) if item.target in item.choices else None)
+        yield Row(i, item, item_issues(item, i), stored_index(item))
 
 
 __all__ = ["is_hf_source", "iter_hf_rows", "load_dataset_any", "resolve_columns", "materialize_audio", "cache_root",
+           "read_conversation",
            "FIELDS", "DEFAULT_NAMES"]

@@ -23,13 +23,20 @@ class ManifestError(UserError, ValueError):
 
 @dataclass
 class Item:
-    """One multiple-choice audio question (clean clip; optionally a pre-mixed noisy version)."""
+    """One audio question (clean clip; optionally a pre-mixed noisy version).
+
+    Multiple-choice when ``choices`` holds >= 2 options, open-ended when it is empty (the answer is free
+    text). Labeled when ``target`` is set; an unlabeled item (``target`` None) trains only with methods
+    that need no label (``data/labels.py``: ``needs_labels``) and is evaluated with label-free metrics.
+    """
 
     id: str
     audio: str  # clean clip, resolved path
     question: str
-    choices: list[str]
-    target: str  # the text of the correct choice (never an index: stored order is not trusted)
+    choices: list[str]  # [] = an open-ended question
+    # the text of the correct choice (never an index: stored order is not trusted), or of the reference
+    # answer of an open-ended question; None = unlabeled
+    target: Optional[str] = None
     task: str = "default"
     split: str = "unspecified"
     noisy_audio: Optional[str] = None  # pre-mixed noisy clip (same length as the clean one)
@@ -40,7 +47,7 @@ class Item:
     def to_dict(self) -> dict:
         """Our schema as a dict; optional fields are left out when unset (keeps files small)."""
         d = asdict(self)
-        for k in ("noisy_audio", "noise_type", "snr"):
+        for k in ("target", "noisy_audio", "noise_type", "snr"):
             if d[k] is None:
                 del d[k]
         if not d["meta"]:
@@ -50,6 +57,14 @@ class Item:
     def to_json(self) -> str:
         """One JSONL line (no newline), UTF-8 text kept readable."""
         return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @property
+    def labeled(self) -> bool:
+        return self.target is not None
+
+    @property
+    def open_ended(self) -> bool:
+        return not self.choices
 
     @classmethod
     def from_dict(cls, d: dict) -> "Item":
@@ -79,6 +94,11 @@ class Row:
     stored_target_index: Optional[int] = None  # position of the target as stored (position-bias check)
 
 
+def stored_index(item: Item) -> Optional[int]:
+    """Where the target is stored among the choices (the position-bias check); None when it is not one."""
+    return item.choices.index(item.target) if item.target is not None and item.target in item.choices else None
+
+
 # ---------------------------------------------------------------- paths
 def resolve_path(p: str, base_dir: str | Path, path_map: Optional[dict] = None) -> str:
     """Rewrite the longest matching ``path_map`` prefix, expand ``~``, then anchor relative paths at ``base_dir``.
@@ -101,15 +121,18 @@ def resolve_path(p: str, base_dir: str | Path, path_map: Optional[dict] = None) 
 def item_issues(item: Item, line: int) -> list[Issue]:
     """Problems that make an item unusable for training or scoring, whatever its audio."""
     out = []
-    if len(item.choices) < 2:
-        out.append(Issue("too_few_choices", line, f"{len(item.choices)} choice(s); a multiple-choice item needs >= 2",
-                         "add the missing options or drop the item", item.id))
+    if len(item.choices) == 1:  # none at all is an open-ended question
+        out.append(Issue("too_few_choices", line, "1 choice; a multiple-choice item needs >= 2",
+                         "add the missing options, or drop `choices` for an open-ended question", item.id))
     folded = [c.casefold() for c in item.choices]
     dups = sorted({c for c, f in zip(item.choices, folded) if folded.count(f) > 1})
     if dups:
         out.append(Issue("duplicate_choices", line, f"choices repeat {dups} (ignoring case); the answer is ambiguous",
                          "make every choice distinct", item.id))
-    if item.target not in item.choices:
+    if item.target is not None and not item.target.strip():
+        out.append(Issue("empty_target", line, "target is empty (\"\"): nothing to compare an answer with",
+                         "give the answer's text, or leave `target` out (an unlabeled item)", item.id))
+    elif item.target is not None and item.choices and item.target not in item.choices:
         near = [c for c in item.choices if c.casefold() == item.target.casefold()]
         hint = f" (it matches {near[0]!r} only when ignoring case)" if near else ""
         out.append(Issue("target_not_in_choices", line, f"target {item.target!r} is not one of the choices "

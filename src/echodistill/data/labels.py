@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import UserError
 from .manifest import Item
 
 LABEL_SHEET = "labels.json"
@@ -26,27 +27,78 @@ def _rank_key(seed: int, item_id: str) -> str:
 
 
 def split_labeled(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """(labeled, unlabeled): per task, the ``round(fraction * n)`` items (at least 1) ranked first by a
+    """(labeled, unlabeled): per task, the ``round(fraction * n)`` items with a target ranked first by a
     seeded hash of their id. Independent of file order; the same (items, fraction, seed) always
-    gives the same split. ``fraction >= 1``: every item is labeled."""
+    gives the same split. ``fraction >= 1``: every item that has a target is labeled; 0: none is.
+    Items without a target are always unlabeled."""
+    have = [it for it in items if it.labeled]
     if fraction >= 1:
-        return list(items), []
-    by_task: dict[str, list[Item]] = defaultdict(list)
-    for it in items:
-        by_task[it.task].append(it)
-    keep: set[str] = set()
-    for task_items in by_task.values():
-        ranked = sorted(task_items, key=lambda it: _rank_key(seed, it.id))
-        keep.update(it.id for it in ranked[: max(1, round(fraction * len(ranked)))])
+        keep = {it.id for it in have}
+    else:
+        by_task: dict[str, list[Item]] = defaultdict(list)
+        for it in have:
+            by_task[it.task].append(it)
+        keep = set()
+        for task_items in by_task.values():
+            ranked = sorted(task_items, key=lambda it: _rank_key(seed, it.id))
+            keep.update(it.id for it in ranked[: round(fraction * len(ranked))])
     return [it for it in items if it.id in keep], [it for it in items if it.id not in keep]
 
 
+# ---------------------------------------------------------------- which methods read labels
+def needs_labels(cfg) -> bool:
+    """Whether the configured training method reads an item's label (the one place this is decided).
+
+    It does when the accuracy reward is checked against the label (``train.reward_source=label``) and
+    something uses it: a nonzero accuracy weight, distillation limited to all-wrong / all-equal groups
+    (``teacher.kd_scope``), or a teacher term gated to all-equal groups. Label-free methods take their
+    targets from the clean teacher (``reward_source=teacher``), the samples' majority (``majority``) or
+    use none (``distill-only``: KD toward the clean teacher's answer on every item).
+    """
+    t, tc = cfg.train, cfg.teacher
+    if t.reward_source != "label":
+        return False
+    weights = dict(t.reward_weights)
+    return (float(weights.get("accuracy", 0.0)) != 0.0 or (tc.lambda_kd > 0 and tc.kd_scope != "all")
+            or (tc.enabled and tc.gate == "equal_groups"))
+
+
+def label_free_variants() -> list[str]:
+    """The ``train.variant`` presets that need no label (on the default config)."""
+    from ..config import VARIANTS, load_config
+
+    return [v for v in VARIANTS if not needs_labels(load_config(overrides=[f"train.variant={v}"]))]
+
+
+def require_labels(items: Sequence[Item], cfg, source: str) -> None:
+    """Refuse, in one line, unlabeled ``items`` when the configured method needs labels (``needs_labels``)."""
+    missing = [it for it in items if not it.labeled]
+    if not missing or not needs_labels(cfg):
+        return
+    raise UserError(f"{source}: item {missing[0].id} has no target ({len(missing)} of {len(items)} items are "
+                    f"unlabeled) and train.variant={cfg.train.variant} needs labels; train on them with a variant "
+                    f"that needs none ({', '.join(label_free_variants())}), or add targets")
+
+
 def select_items(items: Sequence[Item], cfg, which: str) -> list[Item]:
-    """The training items a stage uses: ``which`` = all | labeled | unlabeled (see module doc)."""
+    """The training items a stage uses: ``which`` = all | labeled | unlabeled (see module doc).
+
+    Refuses items without a target when the method needs labels (``require_labels``), and a ``labeled``
+    selection (the supervised warm-up) with nothing in it."""
+    source = cfg.data.train_manifest
     if which == "all":
-        return list(items)
-    labeled, unlabeled = split_labeled(items, cfg.data.labeled_fraction, cfg.data.label_seed)
-    return labeled if which == "labeled" else unlabeled
+        chosen = list(items)
+    else:
+        labeled, unlabeled = split_labeled(items, cfg.data.labeled_fraction, cfg.data.label_seed)
+        chosen = labeled if which == "labeled" else unlabeled
+    if which == "labeled" and items and not chosen:
+        n = sum(it.labeled for it in items)
+        raise UserError(f"{source}: no labeled item to warm up on ({n} of {len(items)} items have a target, "
+                        f"data.labeled_fraction={cfg.data.labeled_fraction:g}); the warm-up is supervised. A real "
+                        "backbone (Qwen2-Audio, Qwen2.5-Omni) already answers: skip the warm-up and train a "
+                        f"label-free variant ({', '.join(label_free_variants())}) from the base model")
+    require_labels(chosen, cfg, source)
+    return chosen
 
 
 def write_label_sheet(out_dir: str | Path, items: Sequence[Item], cfg, used: str) -> Path:
@@ -65,4 +117,5 @@ def write_label_sheet(out_dir: str | Path, items: Sequence[Item], cfg, used: str
     return path
 
 
-__all__ = ["split_labeled", "select_items", "write_label_sheet", "LABEL_SHEET"]
+__all__ = ["split_labeled", "select_items", "write_label_sheet", "needs_labels", "label_free_variants",
+           "require_labels", "LABEL_SHEET"]

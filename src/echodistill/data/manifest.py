@@ -9,6 +9,9 @@ Our format is JSONL, one item per line::
      "task": "speaker_count", "split": "train",
      "noisy_audio": null, "noise_type": null, "snr": null, "meta": {}}
 
+``choices`` left out (or ``[]``): an open-ended question; ``target`` left out: an unlabeled item (both in
+every format).
+
 Relative audio paths resolve against the manifest's folder, after an optional ``path_map``
 ({old_prefix: new_prefix}) has rewritten foreign prefixes (``/data/mmau/`` -> ``/mnt/mmau/``).
 
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from . import hf
 # The item schema lives in data/items.py (hf.py builds the same Items); its names stay importable from here.
-from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path
+from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path, stored_index
 
 T = TypeVar("T")
 
@@ -242,6 +245,10 @@ def _as_choices(v) -> list[str]:
     return out
 
 
+def _strip(v: Optional[str]) -> Optional[str]:
+    return v.strip() if v is not None else None
+
+
 def _as_snr(v) -> Optional[float]:
     if v is None:
         return None
@@ -337,8 +344,9 @@ def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Ite
         if not isinstance(meta, dict):
             raise _Bad(f"field 'meta' must be an object, got {type(meta).__name__}")
 
-    def text(src: _Source, allow_int: bool = False) -> str:
-        return _as_str(_first(d, src.keys, src.what), src.name, allow_int=allow_int)
+    def text(src: _Source, allow_int: bool = False, required: bool = True) -> Optional[str]:
+        value = _first(d, src.keys, src.what, required=required)
+        return None if value is None else _as_str(value, src.name, allow_int=allow_int)
 
     noisy = d.get(s.noisy_key) if s.noisy_key else None
     noise_type = d.get("noise_type") if s.noisy_key else None
@@ -346,8 +354,8 @@ def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Ite
         id=text(s.id, allow_int=True),
         audio=resolve_path(text(s.audio), base, path_map),
         question=text(s.question),
-        choices=_as_choices(_first(d, ("choices",), "the answer options")),
-        target=text(s.target).strip(),
+        choices=_as_choices(_first(d, ("choices",), "the answer options", required=False) or []),  # none: open-ended
+        target=_strip(text(s.target, required=False)),  # optional: an unlabeled item
         task=_as_str(_first(d, s.task_keys, "", required=False) or s.task_default, "task"),
         split=_as_str(d.get("split") or default_split, "split"),
         noisy_audio=resolve_path(_as_str(noisy, s.noisy_key), base, path_map) if noisy else None,
@@ -426,12 +434,12 @@ def _row_from_value(n: int, d: Any, fmt: str, path: Path, path_map: Optional[dic
     try:
         item = _build_item(d, rfmt, path, path_map)
     except _Bad as e:
-        fields = {"release": "id, prompt, clean_audio_path, choices, target",
-                  "mmau": "id, audio_id, question, choices, answer"}.get(rfmt, "id, audio, question, choices, target")
+        fields = {"release": "id, prompt, clean_audio_path (+ choices, target when it has them)",
+                  "mmau": "id, audio_id, question (+ choices, answer when it has them)"}.get(
+            rfmt, "id, audio, question (+ choices, target when it has them)")
         return Row(n, None, [Issue("malformed_json", n, f"{e} [{rfmt} schema]",
                                    f"every item needs {fields} with the right types", item_id)])
-    stored = item.choices.index(item.target) if item.target in item.choices else None
-    return Row(n, item, item_issues(item, n), stored)
+    return Row(n, item, item_issues(item, n), stored_index(item))
 
 
 # ---------------------------------------------------------------- strict API

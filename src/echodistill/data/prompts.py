@@ -43,7 +43,10 @@ def format_question(question: str, choices: list[str]) -> str:
 
     Example: ``"How many speakers?\\nChoices: (A) one (B) two\\nAnswer with the text of one choice."``
     The model answers with a choice's text; the shared extractor (train/rewards.py) maps it back.
+    No choices (an open-ended question): the bare question, as ``echodistill predict`` asks it.
     """
+    if not choices:
+        return question.strip()
     opts = " ".join(f"({LETTERS[i] if i < len(LETTERS) else i + 1}) {c}" for i, c in enumerate(choices))
     return f"{question.strip()}\nChoices: {opts}\n{ANSWER_INSTRUCTION}"
 

@@ -26,7 +26,7 @@ class Example:
     item: Item
     prompt: str
     choices: list[str]
-    target: int  # index of item.target in ``choices``
+    target: Optional[int]  # index of item.target in ``choices``; None: unlabeled, or open-ended (item.target)
     clean: np.ndarray  # float32 [S]
     noisy: np.ndarray  # float32 [S]
     noise_type: str
@@ -142,9 +142,12 @@ def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr
     clean = load_clip(item.audio, min_duration_s, max_duration_s, long_audio)
     draw = draw_noisy(clean, bank, noise_types, rng, snr_range=snr_range)
     choices = ordered_choices(item, choice_seed)
-    if item.target not in choices:
-        raise AudioError(f"item {item.id}: target {item.target!r} is not one of its choices", "bad_item")
-    return Example(item, format_question(item.question, choices), choices, choices.index(item.target),
+    target = None
+    if item.target is not None and choices:
+        if item.target not in choices:
+            raise AudioError(f"item {item.id}: target {item.target!r} is not one of its choices", "bad_item")
+        target = choices.index(item.target)
+    return Example(item, format_question(item.question, choices), choices, target,
                    clean, draw.noisy.astype(np.float32), draw.noise_type, float(draw.snr))
 
 

@@ -148,6 +148,11 @@ def plugin_name(spec: str) -> str:
     return spec.rsplit(":", 1)[-1]
 
 
+def reward_names(reward_funcs: Sequence[str]) -> list[str]:
+    """Every reward's name in order: the built-ins, then the plug-ins (TRL's list of weights follows it)."""
+    return list(BUILTIN_REWARDS) + [plugin_name(str(spec)) for spec in reward_funcs]
+
+
 def check_reward_config(reward_funcs: Sequence[str], reward_weights: dict) -> None:
     """Config validation, running no code: every plug-in's file and function exist (read, not imported),
     names are unique, every weight names a reward."""

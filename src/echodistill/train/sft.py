@@ -243,7 +243,7 @@ class SFTRecipe(Recipe):
             raise UserError(f"{cfg.data.train_manifest}: {len(missing)} item(s) have no audio file (first: "
                             f"{missing[0].id}: {missing[0].audio}); run `echodistill data check` or fix data.path_map")
         for it in items:
-            if it.target not in it.choices:
+            if it.choices and it.target not in it.choices:  # open-ended: the target is the answer's text
                 raise UserError(f"{cfg.data.train_manifest}: item {it.id}: target {it.target!r} is not a choice")
         self.train_items = items
         self.data = WarmupData(cfg, items)

@@ -1,0 +1,233 @@
+"""Issue 23: audio users actually have -- unlabeled items, open-ended questions, TRL's dataset and key names.
+
+Data side: manifests and HF datasets without ``target`` (and without ``choices``) are read and pass
+``data check``; a method that needs labels refuses an unlabeled item in one line naming the variants
+that do not; ``data.labeled_fraction=0``; TRL's names give a hint naming our key.
+"""
+
+from __future__ import annotations
+
+
+import json
+
+import pytest
+
+from echodistill.cli import main
+from echodistill.config import ConfigError, load_config
+from echodistill.data.labels import label_free_variants, needs_labels, select_items, split_labeled
+from echodistill.data.manifest import Item, item_issues, read_manifest
+from echodistill.errors import UserError
+
+from train_helpers import make_unlabeled_dataset, tiny_config
+
+
+# ------------------------------------------------------------------ manifests
+def test_unlabeled_and_open_ended_items_are_read(tmp_path):
+    root = make_unlabeled_dataset(tmp_path)
+    items = read_manifest(root / "train.jsonl")
+    assert [it.labeled for it in items] == [False] * 8
+    assert [it.open_ended for it in items] == [False, True] * 4
+    assert items[1].choices == [] and items[1].target is None
+    assert "target" not in items[0].to_dict()  # written back without a placeholder label
+    assert not item_issues(items[0], 1) and not item_issues(items[1], 2)
+
+
+@pytest.mark.parametrize("item, kind", [
+    (Item("a", "x.wav", "q?", [], "a tone"), None),  # open-ended with a reference answer
+    (Item("a", "x.wav", "q?", ["one"]), "too_few_choices"),
+    (Item("a", "x.wav", "q?", ["a", "b"], ""), "empty_target"),
+    (Item("a", "x.wav", "q?", ["a", "b"], "c"), "target_not_in_choices"),
+])
+def test_item_issues_for_open_ended_and_unlabeled(item, kind):
+    assert [i.kind for i in item_issues(item, 1)] == ([kind] if kind else [])
+
+
+def test_data_check_passes_an_unlabeled_mixed_manifest(tmp_path, capsys):
+    root = make_unlabeled_dataset(tmp_path)
+    assert main(["data", "check", str(root / "train.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "8 items: 4 multiple-choice, 4 open-ended; 8 without a target" in out
+    assert "distill-only" in out and "OK, no problems found" in out
+
+
+# ------------------------------------------------------------------ which methods need labels
+def test_label_free_variants_are_the_ones_that_read_no_label():
+    assert label_free_variants() == ["distill-only", "echodistill-labelfree", "ttrl"]
+    assert needs_labels(load_config(overrides=["train.variant=grpo"]))
+    assert needs_labels(load_config(overrides=["train.variant=echodistill-rescue"]))  # KD scope from the labels
+    assert not needs_labels(load_config(overrides=["train.variant=grpo", "train.reward_source=majority"]))
+
+
+def test_a_labels_needing_variant_refuses_an_unlabeled_item_in_one_line(tmp_path):
+    root = make_unlabeled_dataset(tmp_path)
+    items = read_manifest(root / "train.jsonl")
+    cfg = tiny_config(root, tmp_path / "m", tmp_path / "o", "train.variant=grpo")
+    with pytest.raises(UserError) as e:
+        select_items(items, cfg, "all")
+    msg = str(e.value)
+    assert "\n" not in msg and "item train0 has no target" in msg and "8 of 8" in msg
+    assert "train.variant=grpo needs labels" in msg and "distill-only, echodistill-labelfree, ttrl" in msg
+    for v in label_free_variants():
+        assert select_items(items, tiny_config(root, tmp_path / "m", tmp_path / "o", f"train.variant={v}"),
+                            "all") == items
+
+
+def test_train_cli_refuses_before_loading_a_model(tmp_path, capsys):
+    root = make_unlabeled_dataset(tmp_path)
+    rc = main(["train", f"data.train_manifest={root}/train.jsonl", f"run.output_dir={tmp_path}/run",
+               "model.path=/nonexistent", "train.variant=echodistill", "run.log_with=null"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("echodistill: error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "item train0 has no target" in lines[0] and "echodistill-labelfree" in lines[0]
+
+
+def test_warmup_without_labels_says_when_a_warmup_is_needed(tmp_path):
+    root = make_unlabeled_dataset(tmp_path)
+    items = read_manifest(root / "train.jsonl")
+    cfg = tiny_config(root, tmp_path / "m", tmp_path / "o")
+    with pytest.raises(UserError, match="no labeled item to warm up on.*base model"):
+        select_items(items, cfg, "labeled")
+
+
+def test_labeled_fraction_zero_and_items_without_targets(tmp_path):
+    items = [Item(f"i{k}", "x.wav", "q?", ["a", "b"], "a" if k % 3 else None, task=f"t{k % 2}") for k in range(12)]
+    labeled, unlabeled = split_labeled(items, 0.0, seed=0)
+    assert labeled == [] and len(unlabeled) == 12
+    labeled, unlabeled = split_labeled(items, 1.0, seed=0)
+    assert all(it.labeled for it in labeled) and all(not it.labeled for it in unlabeled) and len(labeled) == 8
+    # a tiny fraction labels nothing rather than one item per task (no floor at one)
+    assert split_labeled(items, 0.01, seed=0)[0] == []
+    cfg = load_config(overrides=["data.labeled_fraction=0", "train.rl_items=unlabeled", "train.variant=distill-only"])
+    assert cfg.data.labeled_fraction == 0.0
+
+
+# ------------------------------------------------------------------ TRL's key names
+@pytest.mark.parametrize("override, hint", [
+    ("train.per_device_train_batch_size=16",
+     "use train.prompts_per_device=2 (TRL counts completions: per_device_train_batch_size = prompts_per_device x "
+     "num_generations = 16 here with train.num_generations=8)"),
+    ("per_device_train_batch_size=12", "train.prompts_per_device=12/8?"),
+    ("report_to=wandb", "use run.log_with=wandb"),
+    ("train.use_vllm=true", "use train.rollout_backend=vllm"),
+    ("train.vllm_server_base_url=http://h:8000", "use train.vllm_server_url=http://h:8000"),
+    ("bf16=true", "use model.dtype=bfloat16"),
+    ("train.fp16=true", "use model.dtype=float16"),
+    ("num_train_epochs=3", "use train.max_steps"),
+    ("learning_rate=1e-5", "use train.learning_rate"),
+])
+def test_trl_key_names_give_a_one_line_hint(override, hint):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert hint in str(e.value) and "\n" not in str(e.value)
+
+
+def test_trl_names_in_a_yaml_file(tmp_path):
+    p = tmp_path / "trl.yaml"
+    p.write_text("train:\n  num_generations: 4\n  per_device_train_batch_size: 16\n")
+    with pytest.raises(ConfigError, match=r"in .*trl.yaml.*prompts_per_device=4 .*num_generations=4"):
+        load_config(p)
+
+
+def test_reward_weights_as_trl_list_in_reward_order(tmp_path):
+    cfg = load_config(overrides=["train.reward_weights=[1.0, 0.25]"])
+    assert dict(cfg.train.reward_weights) == {"accuracy": 1.0, "format": 0.25}
+    plugin = tmp_path / "plug.py"
+    plugin.write_text("def short(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    y = tmp_path / "w.yaml"
+    y.write_text(f"train:\n  reward_funcs: ['{plugin}:short']\n  reward_weights: [0.5, 0.0, 2]\n")
+    assert dict(load_config(y).train.reward_weights) == {"accuracy": 0.5, "format": 0.0, "short": 2.0}
+    # a list overrides a variant's mapping as a whole
+    cfg = load_config(overrides=["train.variant=distill-only", "train.reward_weights=[0, 0.1]"])
+    assert dict(cfg.train.reward_weights) == {"accuracy": 0.0, "format": 0.1}
+    with pytest.raises(ConfigError, match="1 weight.*for 2 rewards.*order: accuracy, format"):
+        load_config(overrides=["train.reward_weights=[1.0]"])
+    with pytest.raises(ConfigError, match="must hold numbers"):
+        load_config(overrides=["train.reward_weights=[a, b]"])
+
+
+def test_saved_config_round_trips_with_a_weight_list(tmp_path):
+    from echodistill.config import save_config
+
+    cfg = load_config(overrides=["train.reward_weights=[1, 0]", "run.seed=5", "run.output_dir=x"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml", saved=True)
+    assert dict(again.train.reward_weights) == {"accuracy": 1.0, "format": 0.0} and again.run.seed == 5
+
+
+# ------------------------------------------------------------------ Hugging Face datasets, TRL's conventions
+def _chat(question: str, clip=None, system: bool = True) -> list:
+    audio = {"type": "audio", "text": None, "audio": clip}
+    text = {"type": "text", "text": question, "audio": None}
+    msgs = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly.", "audio": None}]}] if system else []
+    return msgs + [{"role": "user", "content": [audio, text]}]
+
+
+@pytest.fixture
+def hf_root(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("ECHODISTILL_CACHE", str(tmp_path / "cache"))
+    return make_unlabeled_dataset(tmp_path / "d")
+
+
+def _rows(root, split="train"):
+    return [json.loads(x) for x in (root / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_hf_dataset_without_answers_mixed_choices(hf_root, capsys):
+    """An Audio column, options [] for open-ended rows, and no answer column: unlabeled, read and checked."""
+    import datasets
+
+    rows = _rows(hf_root)
+    ds = datasets.Dataset.from_dict({
+        "id": [r["id"] for r in rows], "audio": [r["audio"] for r in rows],
+        "question": [r["question"] for r in rows], "options": [r.get("choices", []) for r in rows]},
+    ).cast_column("audio", datasets.Audio())
+    ds.save_to_disk(str(hf_root / "hf_train"))
+    items = read_manifest(hf_root / "hf_train")
+    assert [it.open_ended for it in items] == [False, True] * 4 and not any(it.labeled for it in items)
+    assert main(["data", "check", str(hf_root / "hf_train")]) == 0
+    assert "4 open-ended; 8 without a target" in capsys.readouterr().out
+
+
+def test_hf_conversational_prompt_and_solution_column(hf_root):
+    """TRL's layout: a conversational ``prompt`` with an audio part, a ``solution`` with <answer> tags (null:
+    unlabeled); the clip from the Audio column, or, with none, from the audio part's path."""
+    import datasets
+
+    rows = _rows(hf_root)
+    solutions = ["<answer>low</answer>", None, "high", None, None, "a pure tone", None, None]
+    base = {"prompt": [_chat(r["question"]) for r in rows], "choices": [r.get("choices", []) for r in rows],
+            "solution": solutions}
+    datasets.Dataset.from_dict({**base, "audio": [r["audio"] for r in rows]}).cast_column(
+        "audio", datasets.Audio()).save_to_disk(str(hf_root / "with_audio"))
+    rel = [_chat(r["question"], clip=f"../audio/{r['id']}.wav") for r in rows]
+    datasets.Dataset.from_dict({**base, "prompt": rel}).to_parquet(str(hf_root / "chat" / "train.parquet"))
+    for source in (hf_root / "with_audio", hf_root / "chat" / "train.parquet"):
+        items = read_manifest(source)
+        assert [it.question for it in items] == [r["question"] for r in rows]  # user text only, no system text
+        assert [it.target for it in items] == ["low", None, "high", None, None, "a pure tone", None, None]
+        assert items[5].open_ended and items[0].choices == rows[0]["choices"]
+    assert read_manifest(hf_root / "chat" / "train.parquet")[0].audio == str((hf_root / "audio" / "train0.wav"))
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ([{"role": "user", "content": [{"type": "text", "text": "q?", "audio": None}]}], "no audio part"),
+    ([{"role": "user", "content": [{"type": "audio", "text": None, "audio": "a.wav"},
+                                   {"type": "audio", "text": None, "audio": "b.wav"},
+                                   {"type": "text", "text": "q?", "audio": None}]}], "2 audio parts"),
+    ([{"role": "user", "content": [{"type": "audio", "text": None, "audio": "a.wav"},
+                                   {"type": "text", "text": "q?", "audio": None}]},
+      {"role": "assistant", "content": [{"type": "text", "text": "low", "audio": None}]}], "'assistant' turn"),
+    ([{"role": "user", "content": [{"type": "audio", "text": None, "audio": None},
+                                   {"type": "text", "text": "q?", "audio": None}]}], "names no clip"),
+])
+def test_hf_conversational_prompt_refusals_name_the_row(hf_root, prompt, fragment):
+    import datasets
+
+    from echodistill.data.manifest import ManifestError
+
+    datasets.Dataset.from_dict({"prompt": [prompt]}).to_parquet(str(hf_root / "bad.parquet"))
+    with pytest.raises(ManifestError) as e:
+        read_manifest(hf_root / "bad.parquet")
+    assert "bad.parquet:1" in str(e.value) and fragment in str(e.value) and "\n" not in str(e.value)
