@@ -231,3 +231,53 @@ def test_hf_conversational_prompt_refusals_name_the_row(hf_root, prompt, fragmen
     with pytest.raises(ManifestError) as e:
         read_manifest(hf_root / "bad.parquet")
     assert "bad.parquet:1" in str(e.value) and fragment in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ evaluation without labels
+def test_metrics_count_unlabeled_rows_in_label_free_figures_only():
+    from echodistill.eval.metrics import compute_metrics
+
+    def row(iid, cond, answer, target, snr=None):
+        correct = None if target is None else answer == target
+        return {"id": iid, "task": "t", "condition": cond, "noise_type": "white" if snr is not None else None,
+                "snr": snr, "answer": answer, "target": target, "correct": correct, "invalid": answer is None}
+
+    rows = [row("a", "clean", "x", "x"), row("a", "noisy", "y", "x", 0.0),  # labeled: right clean, wrong noisy
+            row("u", "clean", "p", None), row("u", "noisy", "p", None, 0.0),  # unlabeled: consistent
+            row("v", "clean", "q", None), row("v", "noisy", None, None, 0.0)]  # unlabeled: invalid when noisy
+    m = compute_metrics(rows, n_boot=0)
+    assert m["Acc"]["value"] == 1.0 and m["Noisy"]["value"] == 0.0 and m["GSR"]["n"] == 1
+    assert m["Consistency"]["value"] == pytest.approx(1 / 3) and m["Consistency"]["n"] == 3
+    assert m["consistency_by_snr"]["0"]["value"] == pytest.approx(1 / 3)
+    assert m["Invalid"]["value"] == pytest.approx(1 / 6) and m["counts"]["labeled_items"] == 1
+    only_unlabeled = compute_metrics(rows[2:], n_boot=0)
+    assert only_unlabeled["Acc"]["value"] is None and only_unlabeled["GSR"]["value"] is None
+    with pytest.raises(UserError, match="missing 'correct'"):  # None is an unlabeled row only (target None)
+        compute_metrics([dict(rows[0], correct=None)], n_boot=0)
+
+
+def test_open_ended_answers_are_compared_normalised():
+    from echodistill.data.answers import free_answer, is_correct
+
+    assert free_answer("  A pure Tone! ") == "a pure tone" and free_answer(" ... ") is None
+    assert is_correct(free_answer("A pure tone."), "a pure  tone", open_ended=True)
+    assert is_correct("low", "low", open_ended=False) and not is_correct(None, "low", open_ended=False)
+    assert is_correct("low", None, open_ended=False) is None
+
+
+def test_eval_cli_on_an_unlabeled_mixed_manifest(tmp_path, tiny_qwen2_audio_dir, capsys):
+    root = make_unlabeled_dataset(tmp_path / "d", n_train=2, n_val=4)
+    out = tmp_path / "ev"
+    rc = main(["eval", "--manifest", str(root / "val.jsonl"), "--out", str(out), f"model.path={tiny_qwen2_audio_dir}",
+               "data.max_duration_s=1.0", "run.num_threads=1", f"noise.noise_dir={root}/noise",
+               "eval.noise_types=[white]", "eval.snr_levels=[0,10]", "eval.bootstrap=20", "eval.max_new_tokens=3"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "4 unlabeled item(s)" in text and "Consistency (noisy answer = clean answer) by SNR" in text
+    meta = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert meta["Acc"]["value"] is None and meta["counts"]["labeled_items"] == 0
+    assert meta["Consistency"]["n"] == 4 and set(meta["consistency_by_snr"]) == {"0", "10"}
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["correct"] is None and r["target"] is None for r in rows)
+    open_rows = [r for r in rows if r["id"] in ("val1", "val3")]
+    from echodistill.data.answers import free_answer
+    assert all(r["answer"] == free_answer(r["response"]) for r in open_rows)  # the free text, normalised

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Optional, Sequence
 
-__all__ = ["extract_choice", "normalize"]
+__all__ = ["extract_choice", "normalize", "free_answer", "is_correct"]
 
 # ----------------------------------------------------------------------------------------------
 # Extraction
@@ -228,3 +228,20 @@ def extract_choice(text: str, choices: Sequence[str]) -> Optional[int]:
     if len(kept) == 1:
         return next(iter(kept))
     return None
+
+
+def free_answer(text: str) -> Optional[str]:
+    """An open-ended question's answer: the response ``normalize``d (case, punctuation and spacing
+    ignored); None when nothing is left (counted as invalid, like an answer naming no choice)."""
+    return (normalize(text) or None) if isinstance(text, str) else None
+
+
+def is_correct(answer: Optional[str], target: Optional[str], open_ended: bool) -> Optional[bool]:
+    """Whether ``answer`` (a choice's text, or ``free_answer``'s text) is the ``target``; None when unlabeled.
+
+    Multiple-choice: the very choice; open-ended: the same text once both are normalised."""
+    if target is None:
+        return None
+    if answer is None:
+        return False
+    return normalize(answer) == normalize(target) if open_ended else answer == target

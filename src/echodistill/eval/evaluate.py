@@ -52,7 +52,7 @@ from ..data.prompts import format_question, ordered_choices
 from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
 from ..errors import UserError
 from ..provenance import code_version, content_key, file_stamps, sha256_file, verify_weights, weights_sha256
-from ..data.answers import extract_choice
+from ..data.answers import extract_choice, free_answer, is_correct
 from .metrics import GSR_DEFINITION, compute_metrics
 
 METHODS = ("model", "enhance", "cascade")
@@ -242,13 +242,15 @@ def cascade_predictor(cascade: Any) -> Predictor:
 
 
 def make_row(job: Job, choices: list, response: str, idx: Optional[int], split: Optional[str] = None) -> dict:
+    """One prediction row. Open-ended items (no choices): the answer is the normalised response, correct
+    when it equals the normalised target; unlabeled items: ``correct`` None (label-free metrics only)."""
     item, c = job.group.item, job.cond
-    answer = choices[idx] if idx is not None else None
+    answer = (choices[idx] if idx is not None else None) if choices else free_answer(response)
     return {"id": job.group.id, "task": item.task, "condition": c.kind,
             "noise_type": c.noise_type if c.kind == "noisy" else None,
             "snr": float(c.snr) if c.kind == "noisy" else None,
             "response": response, "answer": answer, "target": item.target,
-            "correct": bool(answer is not None and answer == item.target), "invalid": answer is None,
+            "correct": is_correct(answer, item.target, not choices), "invalid": answer is None,
             "voice": (item.meta or {}).get("voice"), "split": split or item.split}
 
 
@@ -514,6 +516,11 @@ def summary_text(meta: dict) -> str:
     lines.append("  " + "  ".join(f"{k} {_pct(m.get(k))}" for k in ("Consistency", "NoAudio", "Invalid")))
     lines.append(f"  GSR = {GSR_DEFINITION}; StrongNoisy: SNR <= {m['settings']['strong_snr_max']:g} dB; "
                  f"95% bootstrap CIs over items")
+    labeled = m.get("counts", {}).get("labeled_items", n)
+    if labeled < n:  # label-free figures: the student's clean-vs-noisy agreement per SNR, invalid answers
+        lines.append(f"  {n - labeled} unlabeled item(s): accuracies and GSR over the {labeled} labeled one(s); "
+                     "label-free, Consistency (noisy answer = clean answer) by SNR: "
+                     + ", ".join(f"{k} dB {_pct(f)}" for k, f in m.get("consistency_by_snr", {}).items()))
     if meta.get("bad_items", {}).get("count"):
         b = meta["bad_items"]
         kinds = Counter(x["kind"] for x in b["items"])

@@ -28,6 +28,10 @@ Consistency, Retention) stay paired. Values are fractions in [0, 1] (``None`` wh
 The bootstrap is one matrix product: resample counts ``W [R, I]`` times per-item numerators and
 denominators ``[I, cells]``.
 
+Unlabeled items (rows with ``correct`` None, ``target`` None) count in the label-free figures only:
+``Consistency`` (also ``consistency_by_snr``) and ``Invalid``; the accuracies, GSR and Retention are over
+the labeled items (``counts.labeled_items``), None when there are none.
+
 Several seeds of one method: :func:`combine_seeds` tags each seed's rows; every function here then
 pairs clean and noisy answers within a seed, averages each item over seeds and resamples items.
 """
@@ -88,8 +92,9 @@ class _Arrays:
     noisy_num: np.ndarray  # [I, C]
     noisy_den: np.ndarray
     gsr_num: np.ndarray  # [I, C]
+    gsr_den: np.ndarray  # clean/noisy pairs of labeled items
     cons_num: np.ndarray
-    pair_den: np.ndarray
+    pair_den: np.ndarray  # clean/noisy pairs of every item (Consistency needs no label)
     inv_num: np.ndarray  # [I, 3] clean/noisy/silent
     inv_den: np.ndarray
     n_rows: int
@@ -128,8 +133,8 @@ def _check_row(row: Any, k: int) -> tuple:
     cond = row.get("condition")
     if cond not in CONDITIONS:
         raise _bad(where, f"condition {cond!r} is not one of clean, noisy, silent")
-    if "correct" not in row or row["correct"] is None:
-        raise _bad(where, "missing 'correct'")
+    if "correct" not in row or (row["correct"] is None and row.get("target", "") is not None):
+        raise _bad(where, "missing 'correct'")  # None only for an unlabeled item's row (target None)
     cell = None
     if cond == "noisy":
         nt, snr = row.get("noise_type"), row.get("snr")
@@ -170,18 +175,19 @@ def _build(rows: Iterable[dict], ids: Optional[Sequence[str]] = None,
                 cells=cells, cell_type=np.array([c[0] for c in cells], dtype=object),
                 cell_snr=np.array([c[1] for c in cells], dtype=float),
                 clean_num=z1(), clean_den=z1(), silent_num=z1(), silent_den=z1(),
-                noisy_num=z2(), noisy_den=z2(), gsr_num=z2(), cons_num=z2(), pair_den=z2(),
+                noisy_num=z2(), noisy_den=z2(), gsr_num=z2(), gsr_den=z2(), cons_num=z2(), pair_den=z2(),
                 inv_num=np.zeros((I, 3)), inv_den=np.zeros((I, 3)), n_rows=n_rows,
                 n_reps=len({rep for _, rep in groups}) if groups else 0)
     for (iid, _rep), g in groups.items():
         i = iidx.get(iid)
         if i is None:
             continue
-        clean_ok = [bool(r["correct"]) and not _is_invalid(r) for r, _ in g["clean"]]
+        # unlabeled rows (correct None) count in Consistency and Invalid, never in an accuracy
+        clean_ok = [bool(r["correct"]) and not _is_invalid(r) for r, _ in g["clean"] if r["correct"] is not None]
         clean_ans = [_norm_answer(r) for r, _ in g["clean"]]
         A.clean_num[i] += sum(clean_ok)
         A.clean_den[i] += len(clean_ok)
-        silent_ok = [bool(r["correct"]) and not _is_invalid(r) for r, _ in g["silent"]]
+        silent_ok = [bool(r["correct"]) and not _is_invalid(r) for r, _ in g["silent"] if r["correct"] is not None]
         A.silent_num[i] += sum(silent_ok)
         A.silent_den[i] += len(silent_ok)
         clean_frac = float(np.mean(clean_ok)) if clean_ok else None
@@ -195,13 +201,16 @@ def _build(rows: Iterable[dict], ids: Optional[Sequence[str]] = None,
             c = cidx.get(cell)
             if c is None:
                 continue
+            labeled = r["correct"] is not None
             ok = bool(r["correct"]) and not _is_invalid(r)
             A.noisy_num[i, c] += ok
-            A.noisy_den[i, c] += 1
-            if clean_frac is not None:
+            A.noisy_den[i, c] += labeled
+            if labeled and clean_frac is not None:
+                A.gsr_den[i, c] += 1
+                A.gsr_num[i, c] += ok * clean_frac
+            if clean_ans:
                 a = _norm_answer(r)
                 A.pair_den[i, c] += 1
-                A.gsr_num[i, c] += ok * clean_frac
                 A.cons_num[i, c] += float(np.mean([a is not None and a == b for b in clean_ans]))
     return A
 
@@ -259,9 +268,9 @@ def _draws(A: _Arrays, W: np.ndarray, name: str, strong_snr_max: float,
         return (_macro(W, A.noisy_num * m2, A.noisy_den * m2, cc),) + count(A.noisy_den * cc)
     if name in ("GSR", "StrongGSR", "Consistency", "StrongConsistency"):
         cc = strong if name.startswith("Strong") else allc
-        num = A.gsr_num if name.endswith("GSR") else A.cons_num
-        den = A.pair_den * cc * m2
-        return (_ratio(W, (num * cc * m2).sum(1), den.sum(1)),) + count(A.pair_den * cc)
+        num, pairs = (A.gsr_num, A.gsr_den) if name.endswith("GSR") else (A.cons_num, A.pair_den)
+        den = pairs * cc * m2
+        return (_ratio(W, (num * cc * m2).sum(1), den.sum(1)),) + count(pairs * cc)
     if name == "Retention":
         noisy, n_noisy, _ = _draws(A, W, "Noisy", strong_snr_max, mask, cols)
         acc, _, _ = _draws(A, W, "Acc", strong_snr_max, mask, cols)
@@ -316,6 +325,7 @@ def compute_metrics(rows: Iterable[dict], strong_snr_max: float = 0.0, n_boot: i
     types = sorted(set(A.cell_type.tolist()))
     out["noisy_by_snr"] = {snr_key(s): fig("Noisy", cols=A.cell_snr == s) for s in snrs}
     out["gsr_by_snr"] = {snr_key(s): fig("GSR", cols=A.cell_snr == s) for s in snrs}
+    out["consistency_by_snr"] = {snr_key(s): fig("Consistency", cols=A.cell_snr == s) for s in snrs}  # label-free
     out["noisy_by_noise_type"] = {t: fig("Noisy", cols=A.cell_type == t) for t in types}
     out["by_task"] = {
         t: {name: fig(name, mask=A.tasks == t) for name in ("Acc", "Noisy", "StrongNoisy", "GSR",
@@ -324,7 +334,8 @@ def compute_metrics(rows: Iterable[dict], strong_snr_max: float = 0.0, n_boot: i
     out["definitions"] = dict(DEFINITIONS)
     out["settings"] = {"strong_snr_max": float(strong_snr_max), "n_boot": int(n_boot), "seed": int(seed),
                        "ci_level": CI_LEVEL, "bootstrap": "percentile, items resampled with all their conditions"}
-    out["counts"] = {"items": len(A.ids), "rows": A.n_rows, "noise_types": types,
+    out["counts"] = {"items": len(A.ids), "labeled_items": int((A.clean_den + A.noisy_den.sum(1) > 0).sum()),
+                     "rows": A.n_rows, "noise_types": types,
                      "snr_levels": snrs, "cells": len(A.cells), "replicates": A.n_reps}
     return out
 
