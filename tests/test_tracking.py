@@ -54,8 +54,8 @@ def test_tensorboard_default_with_project_name(data_dir, tiny_qwen2_audio_dir, t
     assert list(logdir.rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(logdir))
     acc.Reload()
-    assert "reward_total_mean" in acc.Tags()["scalars"]
-    value = acc.Scalars("reward_total_mean")[0].value
+    assert "train/reward_total_mean" in acc.Tags()["scalars"]  # grouped as TRL's runs are
+    value = acc.Scalars("train/reward_total_mean")[0].value
     assert value == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
 
 
@@ -77,7 +77,7 @@ def test_wandb_offline(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     data = record.read_bytes()
     assert b"noise-study" in data and b"grpo-tiny" in data and b"train.variant" in data
     # a history item: key, then field 16 (0x82 0x01) holding the value as JSON, length-prefixed
-    m = re.search(rb"\x12\x11reward_total_mean\x82\x01(.)", data, re.S)
+    m = re.search(rb"\x12\x17train/reward_total_mean\x82\x01(.)", data, re.S)
     assert m, "reward_total_mean not in the offline run's history"
     value = json.loads(data[m.end(): m.end() + m.group(1)[0]])
     assert value == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
@@ -102,5 +102,5 @@ def test_trackio_local(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     assert db.is_file()
     rows = sqlite3.connect(db).execute("select run_name, step, metrics from metrics").fetchall()
     logged = [json.loads(m) for name, step, m in rows if name == "grpo-tiny" and step == 1]
-    assert any(m.get("reward_total_mean") == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
+    assert any(m.get("train/reward_total_mean") == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
                for m in logged)

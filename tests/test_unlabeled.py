@@ -281,3 +281,45 @@ def test_eval_cli_on_an_unlabeled_mixed_manifest(tmp_path, tiny_qwen2_audio_dir,
     open_rows = [r for r in rows if r["id"] in ("val1", "val3")]
     from echodistill.data.answers import free_answer
     assert all(r["answer"] == free_answer(r["response"]) for r in open_rows)  # the free text, normalised
+
+
+# ------------------------------------------------------------------ training without labels
+def test_label_free_run_validates_without_labels_and_keeps_the_best(tmp_path, tiny_qwen2_audio_dir, monkeypatch):
+    import math
+
+    from echodistill.train import trainer as T
+
+    monkeypatch.setattr(T.GRPORecipe, "val_teacher", True)
+    root = make_unlabeled_dataset(tmp_path / "d")
+    out = tmp_path / "run"
+    cfg = tiny_config(root, tiny_qwen2_audio_dir, out, "train.variant=distill-only", "train.eval_steps=1",
+                      "train.eval_items=4", "train.metric_for_best_model=val_teacher_agreement")
+    T.run_train(cfg)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_items" in r]
+    assert len(evals) == 2 and all(r["val_items"] == 4 and r["val_labeled_items"] == 0 for r in evals)
+    for r in evals:
+        assert math.isnan(r["val_clean_acc"]) and math.isnan(r["val_noisy_acc"])  # no label: no accuracy
+        assert 0 <= r["val_teacher_agreement"] <= 1 and 0 <= r["val_consistency"] <= 1
+        assert any(k.startswith("val_teacher_agreement_snr") for k in r)  # per SNR band
+    best = json.loads((out / "best.json").read_text())
+    assert best["metric"] == "val_teacher_agreement" and best["step"] in (1, 2)
+    assert best["value"] == max(r["val_teacher_agreement"] for r in evals)
+    assert (out / "best").is_dir() and json.loads((out / "summary.json").read_text())["best"]["step"] == best["step"]
+
+
+def test_metric_for_best_model_must_be_a_validation_metric(tmp_path, tiny_qwen2_audio_dir):
+    from echodistill.train import trainer as T
+
+    root = make_unlabeled_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tiny_qwen2_audio_dir, tmp_path / "run", "train.variant=distill-only", "train.max_steps=1",
+                      "train.eval_steps=1", "train.eval_items=2", "train.metric_for_best_model=val_accuracy")
+    with pytest.raises(ConfigError, match="val_accuracy.*is not a validation metric.*val_consistency"):
+        T.run_train(cfg)
+
+
+def test_tracker_scalars_are_grouped_like_trl():
+    from echodistill.tracking import tracker_scalars
+
+    got = tracker_scalars({"step": 3, "loss": 0.5, "val_consistency": 0.75, "kd": float("nan"), "mode": "x"})
+    assert got == {"train/loss": 0.5, "eval/consistency": 0.75}

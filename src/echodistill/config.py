@@ -107,6 +107,8 @@ class WarmupConfig:
     eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
     eval_items: int = 100  # seeded subset of the val split (0 = all)
     eval_noisy: bool = True  # also greedy val accuracy on noisy audio (eval.noise_seed, train types/SNRs)
+    metric_for_best_model: str = ""  # e.g. val_noisy_acc: keep the best evaluation's weights in best/ ("" = off)
+    greater_is_better: bool = True  # for metric_for_best_model (False for e.g. val_noisy_invalid)
     logging_steps: int = 10  # train rows in metrics.jsonl every this many steps
     cache_audio: bool = True  # cache the frozen encoder's output per clip (needs the adapter hooks)
     noise_versions: int = 4  # sft-noisy: K pre-drawn noisy versions per item (epoch % K); 0 = fresh each epoch
@@ -178,6 +180,10 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint-<step>/ every this many steps (and at the end)
     eval_steps: int = 50  # greedy val accuracy every this many steps (0 = no evaluation)
     eval_items: int = 64  # seeded subset of the val split (0 = all)
+    # checkpoint selection: keep the best evaluation's weights in best/ ("" = off). Without labels use a
+    # label-free one: val_teacher_agreement (noisy student = clean teacher), val_consistency, val_noisy_invalid
+    metric_for_best_model: str = ""
+    greater_is_better: bool = True  # for metric_for_best_model (False for val_noisy_invalid)
     logging_steps: int = 1  # rows in metrics.jsonl every this many steps
     # Where rollouts come from (train/rollout_backends.py): builtin = our sampler in the trainer; vllm = a
     # vLLM OpenAI-compatible server (docs/scale-out.md), weights synced after each update, log-probs recomputed

@@ -3,7 +3,8 @@
 ``run.log_with`` names one tracker or a comma-separated list (``tensorboard,wandb``), or null for none;
 ``run.project_name`` is the project (W&B / trackio project; TensorBoard writes to
 ``<run.output_dir>/<project_name>/``) and ``run.run_name`` the run (default: the output folder's name).
-All go through accelerate's trackers, so under ``accelerate launch`` only the main process logs.
+All go through accelerate's trackers, so under ``accelerate launch`` only the main process logs. Scalars are
+grouped as TRL's are: ``train/<key>`` and ``eval/<key>`` (``tracker_scalars``).
 
 Offline use: W&B honours ``WANDB_MODE=offline`` (the run is written under ``<output_dir>/wandb/`` for a
 later ``wandb sync``); trackio is local-first (a SQLite file per project under ``TRACKIO_DIR``, default
@@ -13,6 +14,7 @@ later ``wandb sync``); trackio is local-first (a SQLite file per project under `
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,4 +67,15 @@ def start_trackers(accelerator: Any, cfg: Any, hparams: dict) -> None:
                               init_kwargs={k: v for k, v in kwargs.items() if k in tracker_names(cfg)})
 
 
-__all__ = ["TRACKERS", "tracker_names", "resolve_log_with", "start_trackers", "run_name"]
+def tracker_scalars(row: dict) -> dict[str, float]:
+    """A metrics row as tracker scalars grouped the way TRL's runs are: ``val_*`` under ``eval/`` (without
+    the prefix), everything else under ``train/``; non-numbers, non-finite values and ``step`` left out."""
+    out = {}
+    for k, v in row.items():
+        if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        out[f"eval/{k[4:]}" if k.startswith("val_") else f"train/{k}"] = v
+    return out
+
+
+__all__ = ["TRACKERS", "tracker_names", "resolve_log_with", "start_trackers", "run_name", "tracker_scalars"]

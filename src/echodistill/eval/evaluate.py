@@ -241,11 +241,17 @@ def cascade_predictor(cascade: Any) -> Predictor:
     return predict
 
 
+def answer_of(choices: list, response: str, idx: Optional[int]) -> Optional[str]:
+    """The answer a response gives: the choice ``idx`` names, or, for an open-ended question (no choices),
+    the normalised response (``answers.free_answer``); None = invalid."""
+    return (choices[idx] if idx is not None else None) if choices else free_answer(response)
+
+
 def make_row(job: Job, choices: list, response: str, idx: Optional[int], split: Optional[str] = None) -> dict:
     """One prediction row. Open-ended items (no choices): the answer is the normalised response, correct
     when it equals the normalised target; unlabeled items: ``correct`` None (label-free metrics only)."""
     item, c = job.group.item, job.cond
-    answer = (choices[idx] if idx is not None else None) if choices else free_answer(response)
+    answer = answer_of(choices, response, idx)
     return {"id": job.group.id, "task": item.task, "condition": c.kind,
             "noise_type": c.noise_type if c.kind == "noisy" else None,
             "snr": float(c.snr) if c.kind == "noisy" else None,

@@ -47,6 +47,7 @@ import torch
 
 from ..config import ConfigError, save_config, to_dict
 from ..errors import UserError
+from ..tracking import tracker_scalars
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Example
 from .distributed import Engine, load_sharded_checkpoint, save_sharded_checkpoint
@@ -120,37 +121,84 @@ def mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
 
 
 # ================================================================== periodic evaluation
-def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noisy: bool = True) -> dict[str, float]:
-    """Greedy val accuracy and invalid share, clean (and noisy), sharded over ranks.
+def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noisy: bool = True,
+                    teacher_cache: Optional[dict] = None) -> dict[str, float]:
+    """Greedy val metrics, clean (and noisy), sharded over ranks; labels where there are some, label-free always.
 
-    Answers come from the eval command's predictor (``eval.evaluate.model_predictor``: greedy
-    decoding + the shared extractor), so training curves and ``echodistill eval`` read answers alike.
-    ``examples``: fixed val examples (``data.eval_examples``: the same noisy draw at every evaluation).
+    * ``val_clean_acc`` / ``val_noisy_acc``: accuracy over the labeled examples (NaN when none is);
+      ``val_clean_invalid`` / ``val_noisy_invalid``: answers naming no choice (open-ended: empty);
+    * label-free (with ``noisy``): ``val_consistency``, the student's noisy answer equal to its own clean
+      answer; with ``teacher_cache`` (a dict the caller keeps: the frozen teacher's clean answers are
+      computed once per run) ``val_teacher_agreement``, the student's noisy answer equal to the clean
+      teacher's; both also per 5-dB SNR band (``..._snr<low edge>``).
+
+    Answers come from the eval command's predictor (``eval.evaluate.model_predictor``: greedy decoding + the
+    shared extractor) and are compared as the eval command compares them (``evaluate.answer_of``), so
+    training curves and ``echodistill eval`` read answers alike. ``examples``: fixed val examples
+    (``data.eval_examples``: the same noisy draw at every evaluation).
     """
-    from ..eval.evaluate import model_predictor
+    from ..data.answers import is_correct
+    from ..eval.evaluate import answer_of, model_predictor
 
     predict = model_predictor(model, cfg.eval.max_new_tokens)
-    mine = list(examples)[accelerator.process_index::accelerator.num_processes]
-    counts = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # n, clean ok, noisy ok, clean inv, noisy inv
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(len(examples)))[rank::world]
+    bands = sorted({snr_band(e.snr) for e in examples})  # every rank the same layout
+    # n, labeled, clean ok, noisy ok, clean invalid, noisy invalid, consistent, teacher agrees; per band: n, cons, agrees
+    counts = torch.zeros(8 + 3 * len(bands), dtype=torch.float64, device=accelerator.device)
     bs = max(1, cfg.eval.batch_size)
     for i in range(0, len(mine), bs):
-        chunk = mine[i:i + bs]
+        chunk = [examples[k] for k in mine[i:i + bs]]
         prompts, choices = [e.prompt for e in chunk], [e.choices for e in chunk]
-        conditions = ((1, [e.clean for e in chunk]), (2, [e.noisy for e in chunk])) if noisy else \
-            ((1, [e.clean for e in chunk]),)
-        for j, wavs in conditions:
-            for e, (_, ans) in zip(chunk, predict(prompts, choices, wavs)):
-                counts[j] += float(ans == e.target)
-                counts[j + 2] += float(ans is None)
-        counts[0] += len(chunk)
-    if accelerator.num_processes > 1:
+
+        def answers(wavs):
+            return [answer_of(e.choices, text, idx) for e, (text, idx) in zip(chunk, predict(prompts, choices, wavs))]
+
+        clean = answers([e.clean for e in chunk])
+        noisy_ans = answers([e.noisy for e in chunk]) if noisy else [None] * len(chunk)
+        if teacher_cache is not None and noisy:
+            todo = [k for k in mine[i:i + bs] if k not in teacher_cache]
+            if todo:
+                with model.teacher():
+                    got = answers([e.clean for e in chunk])
+                teacher_cache.update(zip(mine[i:i + bs], got))
+        for k, e, a, z in zip(mine[i:i + bs], chunk, clean, noisy_ans):
+            ok_clean, ok_noisy = is_correct(a, e.item.target, not e.choices), is_correct(z, e.item.target, not e.choices)
+            counts[0] += 1
+            if ok_clean is not None:
+                counts[1] += 1
+                counts[2] += float(ok_clean)
+                counts[3] += float(bool(ok_noisy))
+            counts[4] += float(a is None)
+            counts[5] += float(z is None)
+            b = 8 + 3 * bands.index(snr_band(e.snr))
+            consistent = float(z is not None and z == a)
+            agrees = float(teacher_cache is not None and z is not None and z == teacher_cache.get(k))
+            counts[6] += consistent
+            counts[7] += agrees
+            counts[b:b + 3] += torch.tensor([1.0, consistent, agrees], dtype=counts.dtype, device=counts.device)
+    if world > 1:
         counts = accelerator.reduce(counts, reduction="sum")
-    n = max(float(counts[0]), 1.0)
-    out = {"val_clean_acc": float(counts[1]) / n, "val_clean_invalid": float(counts[3]) / n}
+    c = counts.tolist()
+    n, labeled = max(c[0], 1.0), c[1]
+    acc = (lambda ok: ok / labeled) if labeled else (lambda ok: float("nan"))
+    out = {"val_clean_acc": acc(c[2]), "val_clean_invalid": c[4] / n}
     if noisy:
-        out.update(val_noisy_acc=float(counts[2]) / n, val_noisy_invalid=float(counts[4]) / n)
-    out["val_items"] = float(counts[0])
+        out.update(val_noisy_acc=acc(c[3]), val_noisy_invalid=c[5] / n, val_consistency=c[6] / n)
+        if teacher_cache is not None:
+            out["val_teacher_agreement"] = c[7] / n
+        for j, band in enumerate(bands):
+            m = max(c[8 + 3 * j], 1.0)
+            out[f"val_consistency_snr{band:g}"] = c[9 + 3 * j] / m
+            if teacher_cache is not None:
+                out[f"val_teacher_agreement_snr{band:g}"] = c[10 + 3 * j] / m
+    out["val_items"], out["val_labeled_items"] = c[0], labeled
     return out
+
+
+def snr_band(snr: float, width: float = 5.0) -> float:
+    """The low edge of the ``width``-dB band an SNR falls in (-3.2 -> -5, 0 -> 0, 4.9 -> 0)."""
+    return float(width * math.floor(float(snr) / width))
 
 
 def val_examples(cfg, eval_items: int, bank) -> list[Example]:
@@ -180,6 +228,7 @@ class Recipe:
     gradient_accumulation_steps = 1  # micro-batches per optimizer update
     eval_at_start = False  # evaluate the initial model (step 0) before training
     eval_noisy = True  # periodic evaluation on noisy audio too
+    val_teacher = False  # + the label-free agreement of the noisy student with the clean teacher (RL recipes)
     summed_keys: tuple = ()  # metrics that are counts: summed over ranks instead of averaged
 
     def __init__(self, cfg: Any, args: Any, *, resume: bool = False, progress: bool = True):
@@ -189,6 +238,8 @@ class Recipe:
         self.val: list[Example] = []
         self.history: list[dict] = []
         self.stopped = "max_steps"
+        self.teacher_val_cache: Optional[dict] = {} if self.val_teacher else None  # val index -> clean answer
+        self.best: Optional[dict] = None  # {metric, value, step} of best/ (args.metric_for_best_model)
 
     # ------------------------------------------------------------ what a recipe provides
     def _setup_data(self) -> None:
@@ -262,6 +313,8 @@ class Recipe:
                          optimizer=self.optimizer, scheduler=self.scheduler)
             self.step = int(state["step"])
             self.load_state_dict(state)
+            if (self.out / "best.json").is_file():  # the best evaluation so far stays the one to beat
+                self.best = json.loads((self.out / "best.json").read_text())
             self._log(f"resumed from {ckpt} (step {self.step})")
         self._setup_logging()
         return self
@@ -334,7 +387,7 @@ class Recipe:
             if self.step % max(1, a.logging_steps) == 0 or self.step == 1 or last:
                 self._write(m)
             if acc.log_with:
-                acc.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step=self.step)
+                acc.log(tracker_scalars(m), step=self.step)  # train/... and eval/..., as TRL groups them
             self.bar.set_postfix(**self._progress_postfix(m), refresh=False)
             self.bar.update(1)
             if self.step % max(1, a.save_steps) == 0 or last:
@@ -378,11 +431,39 @@ class Recipe:
     def _evaluate(self) -> dict:
         t0 = time.perf_counter()
         with self.engine.inference():
-            m = greedy_accuracy(self.model, self.val, self.cfg, self.accelerator, noisy=self.eval_noisy)
+            m = greedy_accuracy(self.model, self.val, self.cfg, self.accelerator, noisy=self.eval_noisy,
+                                teacher_cache=self.teacher_val_cache)
+        self._keep_best(m)
         m["time_eval"] = time.perf_counter() - t0
         self.eval_seconds += m["time_eval"]
         self.history.append({"step": self.step, **m})
         return m
+
+    def _keep_best(self, m: dict) -> None:
+        """Checkpoint selection (``metric_for_best_model``, TRL/transformers' name): the weights of the best
+        evaluation so far in ``<output_dir>/best/`` (loadable like final/), its step and value in best.json."""
+        key, acc = str(self.args.metric_for_best_model or ""), self.accelerator
+        if not key:
+            return
+        if key not in m:
+            section = "train" if self.args is self.cfg.train else "warmup"
+            raise ConfigError(f"{section}.metric_for_best_model={key!r} is not a validation metric of this run; "
+                              f"choose one of {', '.join(sorted(k for k in m if k.startswith('val_')))}")
+        value = float(m[key])
+        better = self.best is None or (value > self.best["value"] if self.args.greater_is_better
+                                       else value < self.best["value"])
+        if not math.isfinite(value) or not better:
+            return
+        self.best = {"metric": key, "value": value, "step": self.step}
+        best, partial = self.out / "best", self.out / "best.partial"
+        with self.engine.full_weights():
+            if acc.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+                self.model.save(partial)
+                shutil.rmtree(best, ignore_errors=True)
+                partial.rename(best)
+                (self.out / "best.json").write_text(json.dumps(self.best, indent=1))
+        acc.wait_for_everyone()
 
     def _write(self, row: dict) -> None:
         if self.accelerator.is_main_process:
@@ -416,7 +497,8 @@ class Recipe:
                        "train_s": round(wall - self.eval_seconds, 1), "eval_s": round(self.eval_seconds, 1),
                        "trainable_params": int(sum(p.numel() for p in self.params)),
                        "lora": self.model.peft is not None, **self.summary(),
-                       "final_eval": self.history[-1] if self.history else None, "checkpoint": str(final)}
+                       "final_eval": self.history[-1] if self.history else None, "checkpoint": str(final),
+                       **({"best": {**self.best, "checkpoint": str(self.out / "best")}} if self.best else {})}
             from ..card import write_model_card
             write_model_card(partial, self.cfg, summary)  # final/README.md: base model as given, data, budget
             if final.exists():  # a rerun's final/ (os.replace cannot replace a non-empty folder)
