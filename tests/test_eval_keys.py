@@ -118,3 +118,49 @@ def test_two_eval_processes_into_one_folder_write_each_row_once(small, tiny_qwen
     rows = _read(out / "predictions.jsonl")
     keys = [(r["id"], r["condition"], r["noise_type"], r["snr"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 4
+
+
+def test_a_clip_replaced_keeping_size_and_mtime_is_refused(small, tiny_qwen2_audio_dir, tmp_path):
+    import os
+
+    cfg = _cfg(small, tiny_qwen2_audio_dir, "eval.noise_types=[white]", "eval.snr_levels=[0]", "eval.no_audio=false")
+    out = tmp_path / "ev"
+    run_eval(cfg, out_dir=out)
+    clip = small / "audio" / "q0.wav"
+    st = clip.stat()
+    write_audio(clip, _tone(660.0, seed=11))  # another tone, same length: same size
+    os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))  # what `cp -p` / rsync -t keep
+    assert clip.stat().st_size == st.st_size and clip.stat().st_mtime_ns == st.st_mtime_ns
+    _refused(cfg, out, "audio_files content changed")
+
+
+def test_cached_rows_are_reused_whether_paths_are_relative_or_absolute(small, tiny_qwen2_audio_dir, tmp_path,
+                                                                       monkeypatch):
+    from echodistill.audio.noise import NoiseBank
+    from echodistill.provenance import content_key
+
+    args = ("eval.noise_types=[babble]", "eval.snr_levels=[0]", "eval.no_audio=false")
+    monkeypatch.chdir(small.parent)
+    out = tmp_path / "ev"
+    first = run_eval(_cfg(small.relative_to(small.parent), tiny_qwen2_audio_dir, *args), out_dir=out)
+    assert first["timing"]["new_predictions"] > 0
+    again = run_eval(_cfg(small, tiny_qwen2_audio_dir, *args), out_dir=out)  # the same files, an absolute path
+    assert again["timing"]["new_predictions"] == 0
+    state = json.loads((out / "eval_state.json").read_text())
+    assert content_key(NoiseBank(small / "noise").fingerprint()) == state["noise_files"]  # what a report checks
+    assert NoiseBank("bench/noise").fingerprint() == NoiseBank(small / "noise").fingerprint()
+
+
+def test_a_folder_recorded_in_format_2_is_still_resumed(small, tiny_qwen2_audio_dir, tmp_path):
+    from echodistill.audio.noise import NoiseBank
+    from echodistill.data.manifest import read_manifest
+    from echodistill.eval.evaluate import _format2_keys
+
+    cfg = _cfg(small, tiny_qwen2_audio_dir, "eval.noise_types=[babble]", "eval.snr_levels=[0]", "eval.no_audio=false")
+    out = tmp_path / "ev"
+    run_eval(cfg, out_dir=out)
+    state = json.loads((out / "eval_state.json").read_text())
+    old = _format2_keys(read_manifest(small / "test.jsonl"), NoiseBank(cfg.noise.noise_dir))
+    (out / "eval_state.json").write_text(json.dumps({**state, **old, "format": 2}))
+    assert run_eval(cfg, out_dir=out)["timing"]["new_predictions"] == 0
+    assert json.loads((out / "eval_state.json").read_text()) == state  # rewritten in format 3

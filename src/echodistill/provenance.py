@@ -22,7 +22,13 @@ from .errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 1 << 20
-_file_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 (hash each file once per process)
+_file_hashes: dict[tuple, str] = {}  # _stat_key -> sha256 (hash each file once per process)
+
+
+def _stat_key(path: str | Path, st: os.stat_result) -> tuple:
+    """What a per-process hash cache is keyed by: the ctime changes with any write or utime, so a copy that
+    restored size and mtime (``cp -p``) is hashed again."""
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -35,7 +41,7 @@ def sha256_file(path: str | Path) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return content_key([[p.relative_to(path).as_posix(), sha256_file(p)] for p in files])
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = _stat_key(path, st)
     if key not in _file_hashes:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -131,8 +137,42 @@ def code_version() -> str:
         return "unknown"
 
 
+_QUICK = 1 << 16  # bytes hashed at each end of a file by quick_sha256
+_quick_hashes: dict[tuple, str] = {}  # _stat_key -> quick_sha256 (each file once per process)
+
+
+def quick_sha256(path: str | Path) -> str:
+    """sha256 of a file's size and its first and last 64 KiB (the whole file when it is smaller than
+    128 KiB, as a few seconds of 16 kHz WAV are): a replaced clip is caught even when a copy kept its
+    size and mtime (``cp -p``), at two reads per file whatever its length."""
+    st = os.stat(path)
+    key = _stat_key(path, st)
+    if key not in _quick_hashes:
+        h = hashlib.sha256(str(st.st_size).encode())
+        with open(path, "rb") as f:
+            h.update(f.read(_QUICK))
+            if st.st_size > _QUICK:
+                f.seek(max(_QUICK, st.st_size - _QUICK))
+                h.update(f.read(_QUICK))
+        _quick_hashes[key] = h.hexdigest()
+    return _quick_hashes[key]
+
+
+def content_stamps(paths: Iterable[str]) -> list:
+    """(resolved path, size, quick_sha256) per file ((path, None, None) for a missing one): a cache key
+    that follows content, not the file's mtime nor how its path was spelled (relative or absolute)."""
+    out = []
+    for p in paths:
+        try:
+            out.append((os.path.realpath(p), os.stat(p).st_size, quick_sha256(p)))
+        except OSError:
+            out.append((p, None, None))
+    return out
+
+
 def file_stamps(paths: Iterable[str]) -> list:
-    """(path, size, mtime_ns) per file (None for a missing one): cheap, catches a replaced clip."""
+    """(path, size, mtime_ns) per file (None for a missing one): cheap, but blind to a same-size copy
+    that kept the mtime (``content_stamps`` is not); read only to accept eval folders of format 2."""
     out = []
     for p in paths:
         try:
@@ -143,4 +183,5 @@ def file_stamps(paths: Iterable[str]) -> list:
     return out
 
 
-__all__ = ["sha256_file", "content_key", "weights_sha256", "verify_weights", "code_version", "file_stamps"]
+__all__ = ["sha256_file", "quick_sha256", "content_key", "weights_sha256", "verify_weights", "code_version",
+           "content_stamps", "file_stamps"]

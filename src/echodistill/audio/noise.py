@@ -212,7 +212,14 @@ class NoiseBank:
                          "trim the silence from this noise file or remove it", "silent_noise")
 
     def fingerprint(self) -> list:
-        """(path, size, mtime_ns) of every noise file: what a cached result drawn from this bank depends on."""
+        """What a cached result drawn from this bank depends on, by content: ``[type, [[file name, sha256],
+        ...]]`` per type in draw order. The same whether the bank was opened through a relative or an
+        absolute path (a report checks it against the evaluation's)."""
+        from ..provenance import sha256_file
+        return [[t, [[f.name, sha256_file(f)] for f in files]] for t, files in sorted(self._files.items())]
+
+    def path_stamps(self) -> list:
+        """(path as given, size, mtime_ns) of every noise file: the fingerprint of eval folders of format 2."""
         from ..provenance import file_stamps
         return file_stamps(sorted({str(f) for files in self._files.values() for f in files}))
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..audio.io import load_audio, write_audio
 from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..errors import UserError
-from ..provenance import content_key, file_stamps
+from ..provenance import content_key, content_stamps
 from .manifest import read_manifest, write_manifest
 
 INDEX = "mix_index.json"
@@ -85,7 +85,7 @@ def mix_manifest(manifest: Path, out_dir: Path, noise_types: Sequence[str], snrs
     with tqdm(total=len(items) * len(conditions), desc="data mix", unit="clip") as bar:
         for item in items:
             clean = None  # decoded only if some clip of this item is missing (fast resume)
-            stamp = file_stamps([item.audio])[0]
+            stamp = content_stamps([item.audio])[0]
             for noise_type, snr in conditions:
                 path = mixed_path(out_dir, item.id, noise_type, snr)
                 rel = path.relative_to(out_dir).as_posix()

@@ -51,7 +51,8 @@ from ..data.manifest import Item, read_manifest, seeded_subset
 from ..data.prompts import format_question, ordered_choices
 from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
 from ..errors import UserError
-from ..provenance import code_version, content_key, file_stamps, sha256_file, verify_weights, weights_sha256
+from ..provenance import (code_version, content_key, content_stamps, file_stamps, sha256_file, verify_weights,
+                          weights_sha256)
 from ..data.answers import extract_choice, free_answer, is_correct
 from .metrics import GSR_DEFINITION, compute_metrics
 
@@ -406,12 +407,14 @@ class PredictionWriter:
         self.f.close()
 
 
-STATE_FORMAT = 2  # eval_state.json with content keys (format 1 recorded paths only)
+STATE_FORMAT = 3  # eval_state.json with content keys (format 1 recorded paths only; 2: clips and noise files
+# by path, size and mtime -- accepted when those still match, then rewritten as 3)
 
 
-def _check_state(out_dir: Path, state: dict) -> None:
+def _check_state(out_dir: Path, state: dict, legacy: Optional[dict] = None) -> None:
     """Refuse to resume into ``out_dir`` unless its predictions were made from the same content; then
-    record ``state``. ``state`` maps component -> value or hash (see ``_eval_state``)."""
+    record ``state``. ``state`` maps component -> value or hash (see ``_eval_state``); ``legacy``: the
+    format-2 values of the keys whose recipe changed (a folder recorded then is accepted when they match)."""
     p = out_dir / STATE
     old = None
     if p.is_file():
@@ -421,6 +424,9 @@ def _check_state(out_dir: Path, state: dict) -> None:
             old = None
     has_rows = (out_dir / PREDICTIONS).is_file() and (out_dir / PREDICTIONS).stat().st_size > 0
     start_over = f"evaluate into a new --out folder, or delete {out_dir / PREDICTIONS} and {p} to start over"
+    if has_rows and isinstance(old, dict) and old.get("format") == 2 and legacy is not None:
+        old = {**old, **{k: v for k, v in state.items() if k in legacy}, "format": STATE_FORMAT} \
+            if all(old.get(k) == v for k, v in legacy.items()) else old
     if has_rows and not (isinstance(old, dict) and old.get("format") == STATE_FORMAT):
         raise UserError(f"{out_dir}: holds predictions whose inputs were not recorded by content (no or an older "
                         f"{STATE}); they cannot be checked against this evaluation: {start_over}")
@@ -474,11 +480,21 @@ class FolderLock:
             self.f.close()  # closing the file releases the lock
 
 
+def _audio_paths(items: Sequence[Item]) -> list[str]:
+    return sorted({it.audio for it in items} | {it.noisy_audio for it in items if it.noisy_audio})
+
+
+def _format2_keys(items: Sequence[Item], bank: Optional[NoiseBank]) -> dict:
+    """The keys format 2 recorded by path, size and mtime (to accept a folder evaluated before format 3)."""
+    return {"audio_files": content_key(file_stamps(_audio_paths(items))),
+            "noise_files": content_key(bank.path_stamps()) if bank is not None else None}
+
+
 def _eval_state(cfg: Any, method: str, ckpt: str, manifest: Path, pmap: dict, items: Sequence[Item],
                 bank: Optional[NoiseBank], device: str) -> dict:
     """Everything the predictions depend on, by content (hashes) or value (settings). ``items``: the whole
     manifest (the subset evaluated is part of each row's key, not of the folder's)."""
-    audio = sorted({it.audio for it in items} | {it.noisy_audio for it in items if it.noisy_audio})
+    audio = _audio_paths(items)
     cascade = method == "cascade"
     return {
         "format": STATE_FORMAT,
@@ -488,7 +504,7 @@ def _eval_state(cfg: Any, method: str, ckpt: str, manifest: Path, pmap: dict, it
         "manifest": str(manifest.resolve()),
         "manifest_sha256": sha256_file(manifest),
         "path_map": {str(k): str(v) for k, v in sorted(pmap.items())},
-        "audio_files": content_key(file_stamps(audio)),
+        "audio_files": content_key(content_stamps(audio)),
         "noise_files": content_key(bank.fingerprint()) if bank is not None else None,
         "settings": {
             "model.backbone": str(cfg.model.backbone), "model.dtype": str(cfg.model.dtype),
@@ -608,7 +624,7 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     with FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
         state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
         if main:
-            _check_state(out_dir, state)
+            _check_state(out_dir, state, _format2_keys(items, bank))
         return _predict_and_report(cfg, out_dir, jobs, groups, conditions, bank, state, method=method, ckpt=ckpt,
                                    device=run_device, manifest=manifest, name=name, split_name=split_name,
                                    skipped_tasks=skipped_tasks, procs=procs)

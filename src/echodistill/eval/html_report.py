@@ -170,7 +170,8 @@ class _Clips:
         noise_dir = Path(noise_dir) if noise_dir else manifest.parent / "noise"
         self.bank = NoiseBank(noise_dir if noise_dir.is_dir() else None)
         want = state.get("noise_files")
-        self.exact = want is None or content_key(self.bank.fingerprint()) == want
+        mine = self.bank.fingerprint() if state.get("format", 3) >= 3 else self.bank.path_stamps()  # 2: by path
+        self.exact = want is None or content_key(mine) == want
         self.noise_dir = noise_dir
         self.loader = ClipLoader(cfg, self.bank)
 
