@@ -21,7 +21,7 @@ evaluate() {  # name, checkpoint
       --manifest runs/full/bench/val.jsonl --out "$OUT/eval/$1" --name "$1" --split-name val
 }
 
-train echodistill-kd-s0 train.variant=echodistill teacher.lambda_kd=0.5
+train echodistill-kd-s0 train.variant=echodistill signals.distill.weight=0.5
 train echodistill-token-s0 train.variant=echodistill-token
 evaluate warmup runs/full/warmup/final
 evaluate grpo-s0 runs/full/train/grpo-s0/final

@@ -33,8 +33,8 @@ def test_make_config_layers_and_checks(tmp_path):
                          data={"path_map": {"/old": "/new"}})
     assert cfg.train.learning_rate == 0.5 and cfg.train.max_steps == 3 and cfg.teacher.w0 == 0.9
     assert cfg.run.seed == 7 and cfg.train.top_p == 0.5 and dict(cfg.data.path_map) == {"/old": "/new"}
-    assert cfg.teacher.enabled is False  # the grpo preset from the YAML's variant
-    assert ed.make_config({"train": {"variant": "echodistill"}}).teacher.enabled is True
+    assert cfg.signals.distill.weight == 0  # the grpo preset from the YAML's variant
+    assert ed.make_config({"train": {"variant": "echodistill"}}).signals.consistency.weight == 1.0
     assert ed.make_config(None, ["train.max_steps=4"]).train.max_steps == 4
     with pytest.raises(ed.ConfigError, match="train.top_p"):
         ed.make_config(train={"top_p": 2.0})

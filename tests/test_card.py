@@ -54,7 +54,7 @@ def test_cards_and_export_of_a_lora_run_on_a_lora_warmup(data_dir, tiny_qwen2_au
     meta = json.loads((final / "echodistill_model.json").read_text())
     assert meta["base_path"] == str((tmp_path / "models" / "tiny").resolve())  # what loading uses first
     assert 'base_model: "models/tiny"' in card and "library_name: peft" in card  # the card: as the user gave it
-    assert "- variant: `echodistill`" in card and "teacher bonus" in card
+    assert "- variant: `echodistill`: the paper's bonus" in card and "- teacher signals: `consistency` x1" in card
     assert "- train: `" in card and "8 items (tone 8)" in card and "- val: `" in card
     assert "2 of 2 steps" in card and "LoRA" in card and "val_clean_acc" in card
     assert f"started from: `{tmp_path / 'warm' / 'final'}`" in card

@@ -11,22 +11,23 @@ from echodistill.config import VARIANTS, ConfigError, load_config, save_config
 
 def test_defaults_validate_and_resolve():
     cfg = load_config()
-    assert cfg.train.variant == "echodistill" and cfg.teacher.enabled
+    assert cfg.train.variant == "echodistill-rescue" and cfg.signals.distill.weight == 1.0
     assert cfg.data.train_manifest == "data/bench/train.jsonl"  # interpolation resolved
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_is_selectable_with_one_key(variant):
     cfg = load_config(overrides=[f"train.variant={variant}"])
-    for key, value in VARIANTS[variant].items():
+    for key, value in VARIANTS[variant].overrides().items():
         assert OmegaConf.select(cfg, key) == value
 
 
 def test_explicit_values_win_over_the_variant_preset(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("train:\n  variant: grpo\nteacher:\n  lambda_kd: 0.3\n")
+    f.write_text("train:\n  variant: grpo\nsignals:\n  distill: {weight: 0.3}\n")
     cfg = load_config(f, ["train.learning_rate=3e-5"])
-    assert not cfg.teacher.enabled and cfg.teacher.lambda_kd == 0.3 and cfg.train.learning_rate == 3e-5
+    assert cfg.signals.consistency.weight == 0 and cfg.signals.distill.weight == 0.3
+    assert cfg.train.learning_rate == 3e-5
 
 
 @pytest.mark.parametrize("override, needle", [

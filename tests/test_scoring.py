@@ -16,7 +16,12 @@ from echodistill.data.manifest import Item
 from echodistill.models import load_adapter
 from echodistill.train.data import Example
 from echodistill.train.scoring import distinct_completions, distinct_logits, distinct_logprobs, greedy_from_scores
-from echodistill.train.trainer import Rollout, teacher_answer
+from echodistill.train.teacher import teacher_answer as _teacher_answer
+from echodistill.train.trainer import Rollout
+
+
+def teacher_answer(a, r, cfg, **kw):
+    return _teacher_answer(a, r, cfg.train.max_completion_length, **kw)
 
 G, T = 4, 4
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -129,12 +134,16 @@ def _rescue_rollout(a, examples, clean):
 
 
 def test_rescue_answers_only_its_all_wrong_items(tiny_qwen2_audio_dir):
-    from echodistill.train.trainer import answer_items, teacher_scoring
+    from echodistill.train.signals import build_signals
+    from echodistill.train.trainer import teacher_phase
 
     a, examples, clean = _setup(tiny_qwen2_audio_dir)
     r, cfg = _rescue_rollout(a, examples, clean)
-    assert answer_items(r, cfg) == [1]
-    teacher_scoring(a, r, cfg)
+    signals = build_signals(cfg)
+    labels = torch.tensor([[1., 0., 0., 1.], [0.] * G, [1.] * G])  # accuracy of the texts above: kinds of group
+    from echodistill.train.signals import group_kinds
+    assert signals.answer_scope(lambda: group_kinds(labels)) == [1]
+    teacher_phase(a, r, signals, cfg.train)
     with a.teacher():
         full = teacher_answer(a, r, cfg, with_logits=True)
     ta = r.teacher_answer
@@ -148,7 +157,7 @@ def test_rescue_answers_only_its_all_wrong_items(tiny_qwen2_audio_dir):
 
 def test_kd_on_selected_items_equals_masking_the_whole_batch(tiny_qwen2_audio_dir):
     from echodistill.train import grpo
-    from echodistill.train.trainer import _answer_kd
+    from echodistill.train.signals.distill import answer_kd
 
     a, examples, clean = _setup(tiny_qwen2_audio_dir)
     r, cfg = _rescue_rollout(a, examples, clean)
@@ -169,10 +178,10 @@ def test_kd_on_selected_items_equals_masking_the_whole_batch(tiny_qwen2_audio_di
         return grpo.kd_loss(ta.logits, student, ta.mask * rows.unsqueeze(1), num_items=3, max_completion_length=T)
 
     ref, ref_g = loss_and_grads(whole_batch)
-    got, got_g = loss_and_grads(lambda: _answer_kd(a, r, rows, cfg))
+    got, got_g = loss_and_grads(lambda: answer_kd(a, r, rows, T))
     assert float(ref) > 0
     torch.testing.assert_close(got, ref, **TOL)
     for x, y in zip(got_g, ref_g):
         torch.testing.assert_close(x, y, **TOL)
-    none, none_g = loss_and_grads(lambda: _answer_kd(a, r, torch.zeros(3, dtype=torch.bool), cfg))
+    none, none_g = loss_and_grads(lambda: answer_kd(a, r, torch.zeros(3, dtype=torch.bool), T))
     assert float(none) == 0.0 and all(float(g.abs().max()) == 0.0 for g in none_g)

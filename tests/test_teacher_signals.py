@@ -13,8 +13,9 @@ from echodistill.config import load_config
 from echodistill.data.labels import split_labeled, write_label_sheet
 from echodistill.data.manifest import Item
 from echodistill.train import grpo, rewards as R
-from echodistill.train.trainer import (Rollout, TeacherAnswer, TeacherPasses, compute_advantages, kd_rows,
-                                       reward_targets)
+from echodistill.train.signals import Passes, build_signals
+from echodistill.train.teacher import TeacherAnswer
+from echodistill.train.trainer import Rollout, compute_advantages as _compute_advantages
 
 G = 4
 ACC = torch.tensor([[1., 1., 0., 0.],  # mixed
@@ -32,6 +33,15 @@ def _cfg(*overrides):
                               *overrides])
 
 
+def compute_advantages(r, cfg):
+    _compute_advantages(r, build_signals(cfg), cfg.train)
+
+
+def reward_targets(r, cfg):
+    targets = build_signals(cfg).targets(r)
+    return [e.target for e in r.examples] if targets is None else targets
+
+
 def _rollout(cfg, acc=ACC, teacher=TEACHER, snr=(-5.0, -5.0, -5.0), answer=None):
     B = acc.shape[0]
     examples = [SimpleNamespace(snr=s, target=0, choices=["a", "b", "c", "d"]) for s in snr]
@@ -41,7 +51,7 @@ def _rollout(cfg, acc=ACC, teacher=TEACHER, snr=(-5.0, -5.0, -5.0), answer=None)
     w = R.expand_per_item(R.snr_weight(list(snr), cfg.teacher.w0, cfg.teacher.snr_lo, cfg.teacher.snr_hi,
                                        cfg.teacher.w_min), G)
     r.rewards.update(accuracy=acc.reshape(-1), task=acc.reshape(-1), snr_weight=w)
-    if cfg.teacher.enabled:
+    if "consistency" in build_signals(cfg):
         r.rewards["teacher"] = teacher.reshape(-1)
         r.rewards["total"] = acc.reshape(-1) + w * teacher.reshape(-1)
     return r
@@ -120,7 +130,9 @@ def test_rescue_kd_only_on_confident_teacher_answers_in_all_wrong_groups():
     r = _rollout(cfg, answer=_answer([0, 1, 2], [0.9, 0.4, 0.9]))  # not confident enough
     compute_advantages(r, cfg)
     assert not r.kd_items.any()
-    assert kd_rows(r, _cfg("train.variant=grpo")) is None
+    r = _rollout(_cfg("train.variant=grpo"), answer=_answer([0, 1, 2], [0.9, 0.9, 0.9]))
+    compute_advantages(r, _cfg("train.variant=grpo"))
+    assert r.kd_items is None
 
 
 def test_pseudo_labels_teacher_and_majority():
@@ -160,16 +172,51 @@ def test_kd_normaliser_is_per_item_like_dr_grpo():
         pytest.approx(sum(p.item() for p in per_row) / 12, rel=1e-5)
 
 
-def test_teacher_passes_follow_the_config():
-    assert TeacherPasses.of(_cfg("train.variant=grpo")) == TeacherPasses(False, False, False, False, False, False)
-    p = TeacherPasses.of(_cfg("train.variant=echodistill"))
+def test_teacher_passes_are_the_union_of_the_signals_passes():
+    def passes(*o):
+        return build_signals(_cfg(*o)).passes
+
+    assert passes("train.variant=grpo") == Passes()
+    p = passes("train.variant=echodistill")
     assert p.scores and not p.answer and not p.answer_logits and p.clean  # no greedy answer it does not use
-    assert TeacherPasses.of(_cfg("train.variant=echodistill-decoupled", "teacher.gate=confidence")).answer
-    p = TeacherPasses.of(_cfg("train.variant=ttrl"))
-    assert not p.clean
-    p = TeacherPasses.of(_cfg("train.variant=echodistill-rescue"))
+    assert passes("train.variant=echodistill", "signals.consistency.mode=argmax_agree").argmax
+    assert passes("train.variant=echodistill-decoupled", "teacher.gate=confidence").answer
+    assert not passes("train.variant=ttrl").clean
+    p = passes("train.variant=echodistill-rescue")
     assert p.answer_logits and not p.scores
-    assert TeacherPasses.of(_cfg("train.variant=grpo", "train.lambda_clean=0.5")).answer_logits
+    assert passes("train.variant=grpo", "signals.clean_retention.weight=0.5").answer_logits
+    assert passes("train.variant=echodistill", "signals.grounding.weight=0.5").silent
+
+
+def test_what_a_run_pays_for_follows_its_signals():
+    """No term reads samples: nothing is sampled. A signal that replaces the labels: none is read."""
+    s = build_signals(_cfg("train.variant=clean-distill"))
+    assert not s.samples and not s.needs_labels and s.names == ["distill"]
+    assert build_signals(_cfg("train.variant=distill-only")).names == ["distill"]  # the old name resolves
+    assert build_signals(_cfg("train.variant=clean-distill", "train.beta=0.04")).samples  # the KL reads samples
+    s = build_signals(_cfg("train.variant=echodistill-rescue"))
+    assert s.samples and s.needs_labels  # its scope is the all-wrong groups of the label accuracy
+    assert not build_signals(_cfg("train.variant=ttrl")).needs_labels
+    assert not build_signals(_cfg("train.variant=echodistill-labelfree")).needs_labels
+
+
+def test_old_teacher_keys_name_the_signal_and_saved_configs_migrate(tmp_path):
+    from echodistill.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="signals.distill.weight"):
+        _cfg("teacher.lambda_kd=0.5")
+    with pytest.raises(ConfigError, match="signals.pseudo_label.weight"):
+        _cfg("train.reward_source=teacher")
+    saved = tmp_path / "config.yaml"  # a run folder written before signals: the rescue and a labelfree run
+    saved.write_text("train: {variant: echodistill, reward_source: label, lambda_clean: 0.0}\n"
+                     "teacher: {enabled: false, lambda_kd: 1.0, kd_scope: all_wrong, token_credit: false, "
+                     "eta: 0.5, lambda_g: 0.3}\n")
+    cfg = load_config(saved, saved=True)
+    assert build_signals(cfg).describe() == "distill x1"
+    assert cfg.signals.distill.scope == "all_wrong" and cfg.signals.grounding.weight == 0
+    saved.write_text("train: {variant: echodistill-labelfree, reward_source: teacher}\n"
+                     "teacher: {enabled: true, token_credit: true, eta: 0.25}\n")
+    assert build_signals(load_config(saved, saved=True)).describe() == \
+        "consistency x1, token_credit x0.25, pseudo_label x1"
 
 
 def test_labeled_split_per_task_seeded_disjoint(tmp_path):
@@ -220,7 +267,7 @@ def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatc
     monkeypatch.setattr(T, "ItemStream", stream)
     cfg = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "rl", *split, "train.variant=echodistill-labelfree",
                       "train.rl_items=unlabeled", "teacher.min_confidence=0.0", f"train.init_from={tmp_path}/warm/final",
-                      "train.log_component_grad_norms=true", "train.lambda_clean=0.5")
+                      "train.log_component_grad_norms=true", "signals.clean_retention.weight=0.5")
     T.run_train(cfg)
     assert sorted(seen) == sheet["unlabeled_ids"]
     assert json.loads((tmp_path / "rl" / "labels.json").read_text())["stage_uses"] == "unlabeled"

@@ -12,6 +12,7 @@ from echodistill.config import VARIANTS
 from echodistill.train import trainer as T
 from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 from echodistill.train.data import ItemStream, load_clip
+from echodistill.train.signals import build_signals
 
 from train_helpers import make_dataset, tiny_config
 
@@ -33,15 +34,17 @@ def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir
     assert (final / "config.json").is_file() and (out / "config.yaml").is_file()
     rows = _rows(out)
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ("reward_accuracy_mean", "reward_total_std", "frac_groups_acc_equal", "clip_fraction",
-                "completion_length", "entropy", "time_noise", "time_rollout", "time_teacher", "time_rewards",
-                "time_update", "lr", "grad_norm"):
+    sampled = ("reward_accuracy_mean", "reward_total_std", "frac_groups_acc_equal", "clip_fraction",
+               "completion_length", "entropy")
+    for key in ("time_noise", "time_rollout", "time_teacher", "time_rewards", "time_update", "lr", "grad_norm"):
         assert key in rows[0], key
+    for key in sampled:  # a variant whose terms read no sample samples nothing (and logs no reward)
+        assert (key in rows[0]) == (variant != "clean-distill"), key
     assert "val_clean_acc" in rows[-1] and "val_noisy_acc" in rows[-1]
     assert [s for s, _ in list_checkpoints(out)] == [1, 2]  # keep last 2
-    teacher = VARIANTS[variant]["teacher.enabled"]  # the preset says whether the bonus is on
-    assert ("reward_consistency_mean" in rows[0]) == teacher
-    if variant == "distill-only":
+    bonus = "consistency" in VARIANTS[variant].signals  # the variant says whether the bonus is on
+    assert ("reward_consistency_mean" in rows[0]) == bonus
+    if "distill" in VARIANTS[variant].signals:
         assert rows[0]["kd"] >= 0
     # something trained: the student's weights moved away from the initial model
     from echodistill.models import load_adapter
@@ -53,7 +56,7 @@ def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir
     changed = [k for k in end if not torch.equal(start[k], end[k])]
     # A random model names no offered choice: GRPO's rewards are all equal, and the variants whose
     # signal needs a valid answer (majority vote, the teacher's answer as a KD target) have none.
-    if variant not in ("grpo", "ttrl", "echodistill-rescue", "distill-only"):
+    if variant not in ("grpo", "ttrl", "echodistill-rescue", "clean-distill"):
         assert changed
 
 
@@ -114,10 +117,11 @@ def test_consistency_differs_within_a_group(data_dir, tiny_qwen2_audio_dir, tmp_
     items = read_manifest(cfg.data.train_manifest)
     examples, bad = load_examples(items[:2], cfg, NoiseBank(cfg.noise.noise_dir), position=0)
     assert not bad
+    signals = build_signals(cfg)
     r = T.rollout(model, examples, cfg, T._generator(torch.device("cpu"), 0, "test"))
-    T.teacher_scoring(model, r, cfg)
-    T.compute_rewards(r, cfg)
-    T.compute_advantages(r, cfg)
+    T.teacher_phase(model, r, signals, cfg.train)
+    T.compute_rewards(r, signals, cfg.train)
+    T.compute_advantages(r, signals, cfg.train)
     c = r.rewards["consistency"].view(2, 6)
     assert (c.std(1) > 0).all(), c  # per candidate, not a per-item constant that z-scoring cancels
     assert (r.advantages.view(2, 6).abs().sum(1) > 0).all()

@@ -92,14 +92,19 @@ def eval_table(eval_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def _variant_lines(cfg: Any, mode: str) -> list[str]:
-    from .config import VARIANTS
+    from .config import VARIANT_ALIASES, VARIANTS, variant_named
 
     if mode == "warmup":
         noisy = bool(_get(cfg, "warmup.noisy", False))
         return [f"- stage: supervised warm-up{' on noisy mixes (the `sft-noisy` baseline)' if noisy else ''}"]
     variant = _get(cfg, "train.variant", "?")
-    preset = ", ".join(f"`{k}={v}`" for k, v in VARIANTS.get(variant, {}).items())
-    lines = [f"- variant: `{variant}` (GRPO on noisy clips{'' if not _get(cfg, 'teacher.enabled') else ' with the clean-audio teacher bonus'}); preset {preset or '-'}"]
+    known = variant in VARIANTS or variant in VARIANT_ALIASES
+    lines = [f"- variant: `{variant}`: {variant_named(variant).summary if known else 'unknown variant'}"]
+    # what the run actually used (the variant's signals and any key the user changed)
+    signals = _get(cfg, "signals", {})
+    active = [f"`{name}` x{float(s.weight):g}" + "".join(f", {k}={v}" for k, v in s.items() if k != "weight")
+              for name, s in signals.items() if float(s.weight) != 0] if signals else []
+    lines.append(f"- teacher signals: {'; '.join(active) if active else 'none (no clean-audio teacher)'}")
     funcs = list(_get(cfg, "train.reward_funcs", []))
     weights = dict(_get(cfg, "train.reward_weights", {}))
     lines.append(f"- rewards: {', '.join(f'{k} x{v}' for k, v in weights.items())}"

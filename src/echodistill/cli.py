@@ -55,11 +55,18 @@ ACCELERATE = ("multi-GPU / multi-node (train, warmup): run the same command unde
 def _variants_epilog() -> str:
     from .config import VARIANTS
 
-    lines = ["variants (train.variant=NAME; each is a preset of config keys, your own keys win):"]
-    for name, preset in VARIANTS.items():
-        lines.append(f"  {name:<24} " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    lines = ["variants (train.variant=NAME): a named list of teacher signals (signals.<name>.weight, train/signals/);",
+             "your own keys win. `echodistill config show train.variant=NAME` prints every key it sets."]
+    for research in (False, True):
+        lines.append("research variants (kept for the stored experiments; behind the ones above in docs/results.md):"
+                     if research else "")
+        for name, v in VARIANTS.items():
+            if v.research == research:
+                signals = ", ".join(f"{k} x{s['weight'] if isinstance(s, dict) else s}" for k, s in v.signals.items())
+                lines.append(f"  {name:<22} {v.summary} [{signals or 'no teacher'}]")
     lines += ["", "examples:",
-              "  echodistill train train.variant=echodistill train.init_from=runs/warmup/final run.output_dir=runs/ed",
+              "  echodistill train train.variant=echodistill-rescue train.init_from=runs/warmup/final "
+              "run.output_dir=runs/ed",
               "  echodistill train --resume run.output_dir=runs/ed      # continue a stopped run",
               "  echodistill train -c configs/demo.yaml train.reward_funcs=[my_rewards:short]   # plug-in reward",
               "", ACCELERATE]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import II, OmegaConf
+from omegaconf import II, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -116,34 +116,26 @@ class WarmupConfig:
 
 @dataclass
 class TeacherConfig:
-    enabled: bool = True  # False = plain GRPO
-    consistency: str = "mean_prob"  # mean_prob | argmax_agree | mean_logprob
-    logprob_clip: float = 5.0  # mean_logprob mode: clip log-probs at -this, then map to [0, 1]
+    """The frozen clean-audio teacher, shared by the signals (``signals.*``, train/signals/) that read it."""
+
+    min_confidence: float = 0.0  # teacher answers below this probability give no target (distill, pseudo-label)
+    # How the signals' summed teacher score (the bonus: consistency, grounding) enters the advantages:
+    # joint = added to the reward before one group z-score (paper); decoupled = normalised apart (scale
+    # below) and added with weight w(snr).
+    advantage: str = "joint"  # joint | decoupled
+    scale: str = "batch"  # decoupled teacher term: group | batch | none (batch: tiny gaps stay tiny)
+    gate: str = "none"  # none | equal_groups (only where accuracy is all-equal) | confidence (x p_T(answer))
     w0: float = 0.5  # bonus weight at the worst SNR (decoupled: the teacher term's weight vs accuracy's 1)
     snr_lo: float = II("noise.train_snr_min")  # shaping band = the band drawn in training
     snr_hi: float = II("noise.train_snr_max")
     w_min: float = 0.2
     shaping: bool = True  # False = constant weight w0
     shaping_direction: str = "noisier"  # noisier: most weight at low SNR (paper) | cleaner: the mirror
-    include_eos: bool = False  # consistency over the answer tokens only (True: EOS too, ~ (p(answer)+1)/2)
-    # How the teacher term enters the advantages: joint = added to the reward before one group
-    # z-score (paper); decoupled = normalised apart (scale below) and added with weight w(snr).
-    advantage: str = "joint"  # joint | decoupled
-    scale: str = "batch"  # decoupled teacher term: group | batch | none (batch: tiny gaps stay tiny)
-    gate: str = "none"  # none | equal_groups (only where accuracy is all-equal) | confidence (x p_T(answer))
-    kd_scope: str = "all"  # lambda_kd on: all items | all_wrong groups | equal_groups (all right or all wrong)
-    min_confidence: float = 0.0  # teacher answers below this probability give no target (KD, pseudo-label)
-    lambda_g: float = 0.0  # grounding term weight (needs a no-audio teacher pass)
-    grounding_clip: float = 2.0  # k in clip(lT - l0, -k, k) / k
-    token_credit: bool = False  # add eta * clip(lT - lS_old) to per-token advantages
-    eta: float = 0.5
-    token_clip: float = 2.0
-    lambda_kd: float = 0.0  # KL(teacher on clean || student on noisy) on the teacher's greedy answer
 
 
 @dataclass
 class TrainConfig:
-    variant: str = "echodistill"  # grpo | echodistill | echodistill-token | echodistill-kd | distill-only
+    variant: str = "echodistill-rescue"  # a named list of teacher signals (VARIANTS; `echodistill train --help`)
     init_from: str = ""  # checkpoint the run starts from (a warm-up dir); "" = model.path
     num_generations: int = 8  # G samples per item
     # B items (prompts) per micro-batch and process, each sampled G times: N = B*G completions.
@@ -164,8 +156,6 @@ class TrainConfig:
     epsilon_high: Optional[float] = None  # PPO clip high (DAPO); null = epsilon
     loss_type: str = "dr_grpo"  # grpo | dr_grpo | dapo | bnpo
     rl_items: str = "all"  # training items RL uses: all | labeled | unlabeled (data.labeled_fraction)
-    reward_source: str = "label"  # accuracy against: label | teacher (clean greedy answer) | majority (TTRL)
-    lambda_clean: float = 0.0  # clean retention: KL(teacher || student) on CLEAN audio, teacher's answer
     log_component_grad_norms: bool = False  # extra backward per loss term on the first iteration (costly)
     scale_rewards: str = "group"  # group | batch | none
     num_iterations: int = 1  # policy updates per rollout batch
@@ -216,41 +206,73 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # one section per teacher signal (train/signals/, their own Config dataclasses): set by load_config
+    signals: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Variants of the ablation table: each is a set of overrides applied before the user's own.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "grpo": {"teacher.enabled": False, "teacher.token_credit": False, "teacher.lambda_kd": 0.0},
-    "echodistill": {"teacher.enabled": True, "teacher.token_credit": False},
-    "echodistill-token": {"teacher.enabled": True, "teacher.token_credit": True},
-    # + the distillation term on the teacher's greedy clean answer: pushes toward the clean answer
-    # instead of only re-weighting sampled ones (best teacher signal in docs/results.md's val sweep)
-    "echodistill-kd": {"teacher.enabled": True, "teacher.token_credit": False, "teacher.lambda_kd": 0.5},
-    "distill-only": {
-        "teacher.enabled": False,
-        "teacher.token_credit": False,
-        "teacher.lambda_kd": 1.0,
-        "train.reward_weights": {"accuracy": 0.0, "format": 0.0},
-    },
-    # --- issue 13: the teacher where it knows more than the label
-    # accuracy and teacher terms normalised apart; the weight w(snr) sets the teacher's share
-    "echodistill-decoupled": {"teacher.enabled": True, "teacher.advantage": "decoupled"},
-    # GRPO + KD toward the clean teacher's answer only in all-wrong groups (GRPO has no signal there)
-    "echodistill-rescue": {"teacher.enabled": False, "teacher.lambda_kd": 1.0, "teacher.kd_scope": "all_wrong"},
-    # teacher only where GRPO has no signal: consistency in all-equal groups + rescue KD in all-wrong ones
-    "echodistill-gated": {"teacher.enabled": True, "teacher.advantage": "decoupled", "teacher.gate": "equal_groups",
-                          "teacher.lambda_kd": 1.0, "teacher.kd_scope": "all_wrong"},
-    # --- label-free: no label is read; the reward comes from the clean teacher or from the samples
-    "echodistill-labelfree": {"teacher.enabled": True, "teacher.advantage": "decoupled",
-                              "train.reward_source": "teacher", "teacher.min_confidence": 0.5},
-    "ttrl": {"teacher.enabled": False, "train.reward_source": "majority"},  # majority vote of the noisy samples
+@dataclass(frozen=True)
+class Variant:
+    """A named list of teacher signals with their weights (``signals.<name>.weight``; a dict sets the
+    signal's other keys too), plus the other keys the method sets. ``research``: kept runnable for the
+    stored experiments (docs/results.md) but not what the results support."""
+
+    summary: str
+    signals: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    research: bool = False
+
+    def overrides(self) -> dict[str, Any]:
+        """The variant as dotted config keys (applied before the user's own)."""
+        out: dict[str, Any] = {}
+        for name, spec in self.signals.items():
+            for k, v in (spec if isinstance(spec, dict) else {"weight": spec}).items():
+                out[f"signals.{name}.{k}"] = v
+        return {**out, **self.settings}
+
+
+_NO_TASK_REWARD = {"train.reward_weights": {"accuracy": 0.0, "format": 0.0}}
+
+# The variants, in one table: everyday ones first (what docs/results.md supports), then research ones.
+VARIANTS: dict[str, Variant] = {
+    "grpo": Variant("GRPO on the noisy clips, rewarded by the labels; no teacher"),
+    "echodistill-rescue": Variant(
+        "GRPO + distillation toward the clean teacher's answer in the groups where every sample is wrong "
+        "(GRPO has no signal there)", {"distill": {"weight": 1.0, "scope": "all_wrong"}}),
+    "clean-distill": Variant(
+        "label-free: distillation toward the clean teacher's answer on every item; no label read, nothing "
+        "sampled", {"distill": 1.0}, _NO_TASK_REWARD),
+    "ttrl": Variant("label-free baseline: GRPO against the majority vote of the noisy samples; no teacher",
+                    {"majority_vote": 1.0}),
+    # --- research variants: behind GRPO-only or rescue on val or test (docs/results.md)
+    "echodistill": Variant("the paper's bonus: consistency with the clean teacher, SNR-shaped, one joint "
+                           "z-score with accuracy", {"consistency": 1.0}, research=True),
+    "echodistill-token": Variant("the bonus + the teacher-vs-student log-ratio as per-token credit",
+                                 {"consistency": 1.0, "token_credit": 0.5}, research=True),
+    "echodistill-kd": Variant("the bonus + distillation toward the clean teacher's answer on every item",
+                              {"consistency": 1.0, "distill": 0.5}, research=True),
+    "echodistill-decoupled": Variant("the bonus normalised apart from accuracy; the weight sets its share",
+                                     {"consistency": 1.0}, {"teacher.advantage": "decoupled"}, research=True),
+    "echodistill-gated": Variant("the decoupled bonus only in all-equal groups + the rescue distillation",
+                                 {"consistency": 1.0, "distill": {"weight": 1.0, "scope": "all_wrong"}},
+                                 {"teacher.advantage": "decoupled", "teacher.gate": "equal_groups"}, research=True),
+    "echodistill-labelfree": Variant(
+        "label-free: GRPO against the clean teacher's confident answers + the decoupled bonus",
+        {"consistency": 1.0, "pseudo_label": 1.0}, {"teacher.advantage": "decoupled", "teacher.min_confidence": 0.5},
+        research=True),
 }
+# Old names of variants, still read (stored experiment specs and run folders use them).
+VARIANT_ALIASES = {"distill-only": "clean-distill"}
+
+
+def variant_named(name: str) -> Variant:
+    return VARIANTS[VARIANT_ALIASES.get(name, name)]
+
 
 # Keys that were renamed (one vocabulary across sections, TRL's names where TRL has the idea):
-# old key -> what to write instead. Setting an old key is a ConfigError naming the new one.
 # old key -> (new key or None when no config key replaces it, what to write instead).
+# Setting an old key is a ConfigError naming the new one; a run's own saved config.yaml is migrated.
 RENAMED: dict[str, tuple[Optional[str], str]] = {
     "train.per_device_batch_size": ("train.prompts_per_device", "train.prompts_per_device (items per micro-batch "
                                     "and process, each sampled train.num_generations times; TRL's "
@@ -262,6 +284,56 @@ RENAMED: dict[str, tuple[Optional[str], str]] = {
     "warmup.resume": (None, "the --resume flag (`echodistill warmup --resume`, run_warmup(cfg, resume=True)): "
                             "continues from the newest checkpoint-<step>/ in run.output_dir, as `echodistill train` does"),
 }
+# Teacher flags that became signals (train/signals/): old key -> (new key, value converter, hint).
+_ON = lambda v: 1.0 if v else 0.0  # noqa: E731
+SIGNAL_KEYS: dict[str, tuple[Optional[str], Any, str]] = {
+    "teacher.enabled": ("signals.consistency.weight", _ON, "signals.consistency.weight=1.0 (0 = off)"),
+    "teacher.consistency": ("signals.consistency.mode", None, "signals.consistency.mode"),
+    "teacher.logprob_clip": ("signals.consistency.logprob_clip", None, "signals.consistency.logprob_clip"),
+    "teacher.include_eos": ("signals.consistency.include_eos", None, "signals.consistency.include_eos"),
+    "teacher.lambda_g": ("signals.grounding.weight", None, "signals.grounding.weight"),
+    "teacher.grounding_clip": ("signals.grounding.clip", None, "signals.grounding.clip"),
+    "teacher.token_credit": (None, None, "signals.token_credit.weight=ETA (0 = off)"),
+    "teacher.eta": (None, None, "signals.token_credit.weight"),
+    "teacher.token_clip": ("signals.token_credit.clip", None, "signals.token_credit.clip"),
+    "teacher.lambda_kd": ("signals.distill.weight", None, "signals.distill.weight"),
+    "teacher.kd_scope": ("signals.distill.scope", None, "signals.distill.scope"),
+    "train.lambda_clean": ("signals.clean_retention.weight", None, "signals.clean_retention.weight"),
+    "train.reward_source": (None, None, "signals.pseudo_label.weight=1 (the teacher's answers) or "
+                                        "signals.majority_vote.weight=1 (TTRL); the labels when neither"),
+}
+
+
+def _migrate_signal_keys(layer: Any, where: str, migrate: bool) -> None:
+    """Old teacher flags -> ``signals.*``: a ConfigError naming the new key, or (a run's saved config.yaml,
+    ``migrate``) the same method expressed in signals."""
+    found = {k: _select(layer, k) for k in SIGNAL_KEYS if _select(layer, k) is not None}
+    if not found:
+        return
+    if not migrate:
+        old = next(iter(found))
+        raise ConfigError(f"{old}{where} became a teacher signal: use {SIGNAL_KEYS[old][2]} "
+                          "(`echodistill config show` lists the signals.* keys)")
+    for key in found:
+        section, name = key.split(".")
+        layer[section].pop(name)
+    sets: dict[str, Any] = {}
+    for key, value in found.items():
+        new_key, convert, _ = SIGNAL_KEYS[key]
+        if new_key is not None:
+            sets[new_key] = convert(value) if convert else value
+    if not found.get("teacher.enabled", True):  # grounding was part of the bonus
+        sets["signals.grounding.weight"] = 0.0
+    if found.get("teacher.token_credit"):
+        sets["signals.token_credit.weight"] = found.get("teacher.eta", 0.5)
+    elif "teacher.token_credit" in found:
+        sets["signals.token_credit.weight"] = 0.0
+    if "train.reward_source" in found:
+        source = found["train.reward_source"]
+        sets["signals.pseudo_label.weight"] = 1.0 if source == "teacher" else 0.0
+        sets["signals.majority_vote.weight"] = 1.0 if source == "majority" else 0.0
+    for key, value in sets.items():
+        OmegaConf.update(layer, key, value, force_add=True)
 
 
 # TRL's GRPOConfig / TrainingArguments names whose idea lives under another key here: key -> (our key,
@@ -364,7 +436,7 @@ BACKBONES = ("embedded", "qwen2_audio", "qwen2_5_omni", "qwen3_omni")
 DTYPES = ("float32", "bfloat16", "float16")
 TEACHER_MODES = ("auto", "adapter_disabled", "frozen_copy")
 LONG_AUDIO = ("truncate", "skip")
-CONSISTENCY_MODES = ("mean_prob", "argmax_agree", "mean_logprob")
+CONSISTENCY_MODES = ("mean_prob", "argmax_agree", "mean_logprob")  # signals.consistency.mode
 WARMUP_SCHEDULES = ("cosine", "linear", "constant")  # train.lr_scheduler_type: any transformers name
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -375,20 +447,17 @@ _CHOICES = {
     "model.dtype": set(DTYPES),
     "data.long_audio": set(LONG_AUDIO),
     "model.teacher_mode": set(TEACHER_MODES),
-    "teacher.consistency": set(CONSISTENCY_MODES),
     "warmup.lr_scheduler_type": set(WARMUP_SCHEDULES),
-    "train.variant": set(VARIANTS),
+    "train.variant": set(VARIANTS) | set(VARIANT_ALIASES),
     "train.loss_type": set(LOSS_TYPES),
     "train.scale_rewards": set(SCALE_REWARDS),
     "train.answer_format": {"choice"},
     "train.rl_items": {"all", "labeled", "unlabeled"},
-    "train.reward_source": {"label", "teacher", "majority"},
     "train.rollout_backend": {"builtin", "vllm"},
     "teacher.shaping_direction": {"noisier", "cleaner"},
     "teacher.advantage": {"joint", "decoupled"},
     "teacher.scale": set(SCALE_REWARDS),
     "teacher.gate": {"none", "equal_groups", "confidence"},
-    "teacher.kd_scope": {"all", "all_wrong", "equal_groups"},
 }
 
 
@@ -398,7 +467,9 @@ def _select(cfg: Any, dotted: str) -> Any:
 
 def validate(cfg: Any) -> None:
     """Range and choice checks OmegaConf's typing cannot express. Raises ConfigError."""
-    for key, allowed in _CHOICES.items():
+    from .train.signals import REGISTRY, build_signals
+    signal_choices = {f"signals.{n}.{k}": set(v) for n, c in REGISTRY.items() for k, v in c.choices.items()}
+    for key, allowed in {**_CHOICES, **signal_choices}.items():
         value = _select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
@@ -427,6 +498,10 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"data.labeled_fraction must be in [0, 1], got {cfg.data.labeled_fraction}")
     if cfg.train.rl_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
         raise ConfigError("train.rl_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
+    signals = build_signals(cfg)  # also refuses two signals that both replace the labels
+    if not signals.samples and not signals.signals:
+        raise ConfigError(f"train.variant={cfg.train.variant}: no reward weight, no KL and no teacher signal: "
+                          "nothing would train (set train.reward_weights or a signals.<name>.weight)")
     from .train.plugins import check_reward_config  # reads each plug-in's source (imports none): a typo fails early
     check_reward_config(list(cfg.train.reward_funcs), dict(cfg.train.reward_weights))
 
@@ -458,7 +533,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     ``--trust-remote-code``), which also turns it on.
     """
     overrides = list(overrides or [])
-    base = OmegaConf.structured(Config)
+    base = _schema()
     layers = []
     if path is not None:
         path = Path(path)
@@ -472,13 +547,16 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     if layers:
         _check_renamed(layers[0], f" (in {path})", migrate=saved)
         _check_trl_names(layers[0], f" (in {path})", layers + [cli])
+        _migrate_signal_keys(layers[0], f" (in {path})", migrate=saved)
     _check_renamed(cli, " (command-line override)")
     _check_trl_names(cli, " (command-line override)", layers + [cli])
+    _migrate_signal_keys(cli, " (command-line override)", migrate=False)
     weight_list = _weights_from_list(layers + [cli], [f" (in {path})"] * len(layers) + [" (command-line override)"])
     variant = cli_variant or (_select(layers[0], "train.variant") if layers else None) or base.train.variant
-    if variant not in VARIANTS:
+    if variant not in VARIANTS and variant not in VARIANT_ALIASES:
         raise ConfigError(f"train.variant={variant!r} is not one of {sorted(VARIANTS)}")
-    preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}" for k, v in VARIANTS[variant].items()])
+    preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}"
+                                     for k, v in variant_named(variant).overrides().items()])
     try:
         cfg = OmegaConf.merge(base, preset, *layers, cli)
         env = _env_interpolations(OmegaConf.to_container(cfg, resolve=False))
@@ -519,6 +597,16 @@ def _set_weight_list(cfg: Any, weights: list) -> None:
                           f"gives one per reward in this order: {', '.join(names)} (or write a mapping: "
                           f"{{{', '.join(f'{n}: ...' for n in names)}}})")
     cfg.train.reward_weights = dict(zip(names, (float(w) for w in weights)))
+
+
+def _schema() -> Any:
+    """The structured defaults, with one ``signals.<name>`` section per registered teacher signal."""
+    from .train.signals import signals_schema
+
+    base = OmegaConf.structured(Config)
+    with open_dict(base):
+        base.signals = OmegaConf.structured(signals_schema())
+    return base
 
 
 def _dotlist_value(value: Any) -> str:
@@ -587,5 +675,5 @@ def to_dict(cfg: Any) -> dict:
     return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-__all__ = ["Config", "ConfigError", "VARIANTS", "RENAMED", "TRL_HINTS", "load_config", "save_config", "validate",
-           "to_dict", "code_requests"]
+__all__ = ["Config", "ConfigError", "Variant", "VARIANTS", "VARIANT_ALIASES", "variant_named", "RENAMED", "TRL_HINTS",
+           "load_config", "save_config", "validate", "to_dict", "code_requests"]

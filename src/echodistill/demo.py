@@ -43,7 +43,7 @@ RL_COMMON = ["train.learning_rate=1e-4", "train.max_completion_length=4"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {  # a few minutes: the end-to-end test of the CLI
-        "bench_size": "small", "seeds": [0], "methods": ["grpo", "echodistill", "sft-noisy"],
+        "bench_size": "small", "seeds": [0], "methods": ["grpo", "echodistill-rescue", "sft-noisy"],
         "warmup": ["warmup.max_steps=10", "warmup.prompts_per_device=8", "warmup.eval_steps=0"],
         "train": ["train.max_steps=2", "train.prompts_per_device=2", "train.num_generations=4",
                   "train.eval_steps=0", "train.save_steps=2"],
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "enhance": None, "heldout": None,
     },
     "default": {  # <= 20 minutes on 2 cores
-        "bench_size": "default", "seeds": [0], "methods": ["grpo", "echodistill", "sft-noisy"],
+        "bench_size": "default", "seeds": [0], "methods": ["grpo", "echodistill-rescue", "sft-noisy"],
         "warmup": [],
         "train": ["train.max_steps=30", "train.eval_steps=0", "train.save_steps=10"],
         "eval": ["eval.max_items=70", "eval.snr_levels=[-5,0,10]", "eval.noise_types=[white,babble]"],
@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {  # about an hour on 2 cores: the experiment in docs/results.md
         "bench_size": "default", "seeds": [0, 1, 2],
-        "methods": ["grpo", "echodistill", "echodistill-kd", "sft-noisy"],
+        "methods": ["grpo", "echodistill-rescue", "echodistill", "sft-noisy"],
         "warmup": [],
         "train": ["train.max_steps=60", "train.eval_steps=20", "train.eval_items=64", "train.save_steps=20"],
         "eval": ["eval.max_items=140", "eval.snr_levels=[-10,-5,0,10,30]",
@@ -224,7 +224,7 @@ def plan_reports(preset: dict, seeds: list[int]) -> list[tuple[str, list[str], s
     trained = [f"{m}-s{s}" for s in seeds for m in preset["methods"]]
     names = ["base", "warmup"] + (["enhance+warmup"] if preset["enhance"] else []) + trained
     plans = [("report", names, "warmup")]
-    rl = [n for n in trained if n.rsplit("-s", 1)[0] in ("grpo", "echodistill", "echodistill-kd")]
+    rl = [n for n in trained if n.rsplit("-s", 1)[0] in ("grpo", "echodistill-rescue", "echodistill")]
     if len(rl) >= 2:
         plans.append(("report_vs_grpo", rl, f"grpo-s{seeds[0]}"))
     if preset["heldout"]:

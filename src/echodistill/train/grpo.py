@@ -23,6 +23,8 @@ __all__ = [
     "group_advantages",
     "normalise_within_groups",
     "decoupled_advantages",
+    "token_credit",
+    "add_token_credit",
     "token_advantages",
     "aggregate_loss",
     "policy_loss",
@@ -97,20 +99,31 @@ def decoupled_advantages(task_rewards: torch.Tensor, teacher_scores: torch.Tenso
     return a_task, a_teacher
 
 
+def token_credit(teacher_logp: torch.Tensor, old_logp: torch.Tensor, eta: float, clip: float) -> torch.Tensor:
+    """Per-token credit ``[N, T]``: ``eta * clip(lT[i,t] - lS_old[i,t], -clip, clip)`` (no gradient).
+
+    ``teacher_logp [N, T]`` (clean-audio teacher), ``old_logp [N, T]`` (behaviour student on the noisy
+    audio): the teacher-vs-student log-ratio as credit per token.
+    """
+    if clip <= 0:
+        raise ValueError(f"token clip must be > 0, got {clip}")
+    return float(eta) * (teacher_logp.detach().float() - old_logp.detach().float()).clamp(-clip, clip)
+
+
+def add_token_credit(advantages: torch.Tensor, credit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token advantages ``[N, T]`` = sequence advantages ``[N]`` + ``credit [N, T]``, 0 on padding."""
+    out = advantages.detach().float().reshape(-1, 1) + credit
+    return out * mask.to(out.dtype)
+
+
 def token_advantages(advantages: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor,
                      mask: torch.Tensor, eta: float, clip: float) -> torch.Tensor:
     """Per-token advantages ``[N, T]``: ``A[i,t] = A_i + eta * clip(lT[i,t] - lS_old[i,t], -clip, clip)``.
 
-    ``advantages [N]`` (sequence-level, from ``group_advantages(...).reshape(-1)``),
-    ``teacher_logp [N, T]`` (clean-audio teacher), ``old_logp [N, T]`` (behaviour student on the
-    noisy audio). The teacher-vs-student log-ratio is per-token credit. Padding positions are 0.
-    No gradient flows.
+    ``advantages [N]`` (sequence-level, from ``group_advantages(...).reshape(-1)``); see ``token_credit``.
+    Padding positions are 0. No gradient flows.
     """
-    if clip <= 0:
-        raise ValueError(f"token clip must be > 0, got {clip}")
-    credit = (teacher_logp.detach().float() - old_logp.detach().float()).clamp(-clip, clip)
-    out = advantages.detach().float().reshape(-1, 1) + float(eta) * credit
-    return out * mask.to(out.dtype)
+    return add_token_credit(advantages, token_credit(teacher_logp, old_logp, eta, clip), mask)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -231,17 +231,18 @@ def call_reward_func(spec: str, prompts: list[str], completions: list[str], comp
     return torch.tensor(values, dtype=torch.float32)
 
 
-def add_plugin_rewards(r: Any, cfg: Any) -> None:
-    """Compute every ``train.reward_funcs`` plug-in for rollout ``r``; log each under its name and add
-    ``weight * reward`` to ``r.rewards["task"]`` and ``r.rewards["total"]`` (what the advantages use)."""
-    specs = [str(s) for s in (cfg.train.get("reward_funcs") or [])]
+def add_plugin_rewards(r: Any, train: Any) -> None:
+    """Compute every ``train.reward_funcs`` plug-in for rollout ``r`` (``train``: the config's train
+    section); log each under its name and add ``weight * reward`` to ``r.rewards["task"]`` and
+    ``r.rewards["total"]`` (what the advantages use)."""
+    specs = [str(s) for s in (train.get("reward_funcs") or [])]
     if not specs:
         return
-    G = int(cfg.train.num_generations)
+    G = int(train.num_generations)
     prompts = [e.prompt for e in r.examples for _ in range(G)]
     ids = [row[: int(m.sum())].tolist() for row, m in zip(r.ids.cpu(), r.mask.cpu())]
     columns = item_columns(r.examples, G)
-    weights = dict(cfg.train.reward_weights)
+    weights = dict(train.reward_weights)
     for spec in specs:
         name = plugin_name(spec)
         reward = call_reward_func(spec, prompts, list(r.texts), ids, columns)
