@@ -75,11 +75,12 @@ def _prepared(adapter, backbone, path, window_s, B, G, T, variant="grpo"):
 
     from echodistill.train import trainer as TR
 
+    from echodistill.train.signals import build_signals
+
     cfg = model_cfg(backbone, path, G=G, B=B, T=T, variant=variant, window_s=window_s)
-    r = TR.rollout(adapter, make_examples(B, window_s * 0.75), cfg, TR._generator(adapter.device, 0, "rollout", G, 0))
-    TR.teacher_scoring(adapter, r, cfg)
-    TR.compute_rewards(r, cfg)
-    TR.compute_advantages(r, cfg)
+    signals = build_signals(cfg)
+    r = TR.prepare(adapter, make_examples(B, window_s * 0.75), cfg, signals,
+                   TR._generator(adapter.device, 0, "rollout", G, 0))
     return r, cfg
 
 
@@ -87,8 +88,9 @@ def _update(adapter, r, cfg, opt, params):
     import torch
 
     from echodistill.train import trainer as TR
+    from echodistill.train.signals import build_signals
 
-    loss, _ = TR.micro_loss(adapter, r, cfg, first_iteration=True, num_tokens=None)
+    loss, _ = TR.micro_loss(adapter, r, build_signals(cfg), cfg.train, first_iteration=True, num_tokens=None)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
@@ -101,6 +103,7 @@ def bench_update(adapter, backbone, path, window_s, name, a, rows, row):
     from run_all import compare, make_examples, model_cfg
 
     from echodistill.train import trainer as TR
+    from echodistill.train.signals import build_signals
 
     B, T = a.B_step, a.T
     params = adapter.trainable_parameters()
@@ -115,10 +118,7 @@ def bench_update(adapter, backbone, path, window_s, name, a, rows, row):
         def f():
             set_layout(adapter, layout)
             t0 = time.perf_counter()
-            r = TR.rollout(adapter, examples, cfg, TR._generator(adapter.device, 0, "rollout", 0, 0))
-            TR.teacher_scoring(adapter, r, cfg)
-            TR.compute_rewards(r, cfg)
-            TR.compute_advantages(r, cfg)
+            r = TR.prepare(adapter, examples, cfg, build_signals(cfg), TR._generator(adapter.device, 0, "rollout", 0, 0))
             t1 = time.perf_counter()
             _update(adapter, r, cfg, opt, params)
             t2 = time.perf_counter()
@@ -141,8 +141,8 @@ def bench_update(adapter, backbone, path, window_s, name, a, rows, row):
         act = {}
         for k in LAYOUTS:
             set_layout(adapter, k)
-            act[k], _ = saved_bytes(adapter, lambda: TR.micro_loss(adapter, r, cfg_g, first_iteration=True,
-                                                                   num_tokens=None)[0].backward())
+            act[k], _ = saved_bytes(adapter, lambda: TR.micro_loss(adapter, r, build_signals(cfg_g), cfg_g.train,
+                                                                   first_iteration=True, num_tokens=None)[0].backward())
             opt.zero_grad(set_to_none=True)
         for _ in range(a.warmup + a.reps):  # interleaved: every repetition runs each layout once
             for k in LAYOUTS:
@@ -173,8 +173,8 @@ def bench_update(adapter, backbone, path, window_s, name, a, rows, row):
     ck = {}
     for on in (False, True):
         adapter.gradient_checkpointing = on
-        ck[on], _ = saved_bytes(adapter, lambda: TR.micro_loss(adapter, r, cfg8, first_iteration=True,
-                                                               num_tokens=None)[0].backward())
+        ck[on], _ = saved_bytes(adapter, lambda: TR.micro_loss(adapter, r, build_signals(cfg8), cfg8.train,
+                                                               first_iteration=True, num_tokens=None)[0].backward())
         opt.zero_grad(set_to_none=True)
 
     def upd(on):
@@ -224,6 +224,7 @@ def bench_trl(adapter, backbone, path, window_s, name, a, rows, row):
     from run_all import make_examples, model_cfg
 
     from echodistill.train import trainer as TR
+    from echodistill.train.signals import build_signals
 
     B, G, T = a.B_step, 8, a.T
     examples = make_examples(B, window_s * 0.75)
@@ -248,10 +249,7 @@ def bench_trl(adapter, backbone, path, window_s, name, a, rows, row):
 
     def ours_step():
         t0 = time.perf_counter()
-        r = TR.rollout(adapter, examples, cfg, TR._generator(adapter.device, 0, "rollout", 0, 0))
-        TR.teacher_scoring(adapter, r, cfg)
-        TR.compute_rewards(r, cfg)
-        TR.compute_advantages(r, cfg)
+        r = TR.prepare(adapter, examples, cfg, build_signals(cfg), TR._generator(adapter.device, 0, "rollout", 0, 0))
         _update(adapter, r, cfg, opt, params)
         times["ours"].append(time.perf_counter() - t0)
 

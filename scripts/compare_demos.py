@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Compare two ``echodistill demo`` output folders stage by stage: the benchmark, every model's final
-weights, every evaluation's metrics.json and predictions.
+weights, every evaluation's metrics.json and predictions. With ``--runs``: two training run folders
+(``echodistill train`` / ``warmup``): final weights and every metrics.jsonl row (timings left out).
 
     python scripts/compare_demos.py runs/demo-A runs/demo-B
+    python scripts/compare_demos.py --runs runs/grpo-before runs/grpo-after
 
 Issue 10 (the refactor changes no result) and issue 15 (kill -9 at every stage, rerun: same result) run
 the same preset twice (two commits from two git worktrees, or one run killed and resumed) and compare.
@@ -88,11 +90,33 @@ def compare(a: Path, b: Path) -> bool:
     return ok
 
 
+def _rows(run: Path) -> list[dict]:
+    """metrics.jsonl rows without wall-clock keys (time_*, wall_s): what a same-result check compares."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in ("wall_s", "elapsed_s")}
+            for r in rows]
+
+
+def compare_runs(a: Path, b: Path) -> bool:
+    """Final weights and metrics rows of two training runs; prints each key whose values differ."""
+    line, same = _weight_line(a / "final", b / "final")
+    print(f"final weights: {line}")
+    ra, rb = _rows(a), _rows(b)
+    keys = sorted({k for r in ra + rb for k in r})
+    differ = [k for k in keys if [r.get(k) for r in ra] != [r.get(k) for r in rb]]
+    print(f"metrics.jsonl: {len(ra)} vs {len(rb)} rows; " + (f"DIFFERENT keys: {', '.join(differ)}" if differ
+                                                            else f"{len(keys)} keys identical in every row"))
+    return same and not differ
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", type=Path, help="one demo output folder (--out of `echodistill demo`)")
     p.add_argument("b", type=Path, help="the other")
+    p.add_argument("--runs", action="store_true", help="a and b are training run folders, not demo folders")
     args = p.parse_args()
+    if args.runs:
+        sys.exit(0 if compare_runs(args.a, args.b) else 1)
     for d in (args.a, args.b):
         if not (d / "demo.json").is_file():
             sys.exit(f"{d}: not a finished demo folder (no demo.json); run `echodistill demo --out {d}` to the end")

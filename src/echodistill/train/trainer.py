@@ -151,6 +151,15 @@ def compute_advantages(r: Rollout, signals: SignalSet, t) -> None:
             s.select(r, t.num_generations)
 
 
+def prepare(model, examples: list[Example], cfg, signals: SignalSet, generator: torch.Generator) -> Rollout:
+    """Phases 2-4 of one micro-batch in one call, without timers (tests, benchmarks)."""
+    r = rollout(model, examples, cfg, generator, sample=signals.samples)
+    teacher_phase(model, r, signals, cfg.train)
+    compute_rewards(r, signals, cfg.train)
+    compute_advantages(r, signals, cfg.train)
+    return r
+
+
 def _grad_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
     """L2 norm of one loss term's gradient alone (an extra backward; the graph is kept for the update)."""
     grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
@@ -386,5 +395,5 @@ def run_train(cfg, resume: bool = False) -> Path:
     return GRPORecipe(cfg, resume=resume).setup().train()
 
 
-__all__ = ["run_train", "Rollout", "rollout", "teacher_phase", "compute_rewards", "compute_advantages",
+__all__ = ["run_train", "Rollout", "rollout", "teacher_phase", "prepare", "compute_rewards", "compute_advantages",
            "micro_loss", "rollout_metrics", "GRPORecipe"]
