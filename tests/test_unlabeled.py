@@ -47,15 +47,15 @@ def test_data_check_passes_an_unlabeled_mixed_manifest(tmp_path, capsys):
     assert main(["data", "check", str(root / "train.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "8 items: 4 multiple-choice, 4 open-ended; 8 without a target" in out
-    assert "distill-only" in out and "OK, no problems found" in out
+    assert "clean-distill" in out and "OK, no problems found" in out
 
 
 # ------------------------------------------------------------------ which methods need labels
 def test_label_free_variants_are_the_ones_that_read_no_label():
-    assert label_free_variants() == ["distill-only", "echodistill-labelfree", "ttrl"]
+    assert label_free_variants() == ["clean-distill", "ttrl", "echodistill-labelfree"]
     assert needs_labels(load_config(overrides=["train.variant=grpo"]))
     assert needs_labels(load_config(overrides=["train.variant=echodistill-rescue"]))  # KD scope from the labels
-    assert not needs_labels(load_config(overrides=["train.variant=grpo", "train.reward_source=majority"]))
+    assert not needs_labels(load_config(overrides=["train.variant=grpo", "signals.majority_vote.weight=1"]))
 
 
 def test_a_labels_needing_variant_refuses_an_unlabeled_item_in_one_line(tmp_path):
@@ -66,7 +66,7 @@ def test_a_labels_needing_variant_refuses_an_unlabeled_item_in_one_line(tmp_path
         select_items(items, cfg, "all")
     msg = str(e.value)
     assert "\n" not in msg and "item train0 has no target" in msg and "8 of 8" in msg
-    assert "train.variant=grpo needs labels" in msg and "distill-only, echodistill-labelfree, ttrl" in msg
+    assert "train.variant=grpo needs labels" in msg and "clean-distill, ttrl, echodistill-labelfree" in msg
     for v in label_free_variants():
         assert select_items(items, tiny_config(root, tmp_path / "m", tmp_path / "o", f"train.variant={v}"),
                             "all") == items
@@ -98,7 +98,7 @@ def test_labeled_fraction_zero_and_items_without_targets(tmp_path):
     assert all(it.labeled for it in labeled) and all(not it.labeled for it in unlabeled) and len(labeled) == 8
     # a tiny fraction labels nothing rather than one item per task (no floor at one)
     assert split_labeled(items, 0.01, seed=0)[0] == []
-    cfg = load_config(overrides=["data.labeled_fraction=0", "train.rl_items=unlabeled", "train.variant=distill-only"])
+    cfg = load_config(overrides=["data.labeled_fraction=0", "train.rl_items=unlabeled", "train.variant=clean-distill"])
     assert cfg.data.labeled_fraction == 0.0
 
 
@@ -138,7 +138,7 @@ def test_reward_weights_as_trl_list_in_reward_order(tmp_path):
     y.write_text(f"train:\n  reward_funcs: ['{plugin}:short']\n  reward_weights: [0.5, 0.0, 2]\n")
     assert dict(load_config(y).train.reward_weights) == {"accuracy": 0.5, "format": 0.0, "short": 2.0}
     # a list overrides a variant's mapping as a whole
-    cfg = load_config(overrides=["train.variant=distill-only", "train.reward_weights=[0, 0.1]"])
+    cfg = load_config(overrides=["train.variant=clean-distill", "train.reward_weights=[0, 0.1]"])
     assert dict(cfg.train.reward_weights) == {"accuracy": 0.0, "format": 0.1}
     with pytest.raises(ConfigError, match="1 weight.*for 2 rewards.*order: accuracy, format"):
         load_config(overrides=["train.reward_weights=[1.0]"])

@@ -47,20 +47,13 @@ def split_labeled(items: Sequence[Item], fraction: float, seed: int) -> tuple[li
 
 # ---------------------------------------------------------------- which methods read labels
 def needs_labels(cfg) -> bool:
-    """Whether the configured training method reads an item's label (the one place this is decided).
+    """Whether the configured training method reads an item's label: its teacher signals decide
+    (``train/signals``: ``SignalSet.needs_labels``). Label-free methods take their targets from the clean
+    teacher (``pseudo_label``), the samples' majority (``majority_vote``) or use none (``clean-distill``:
+    distillation toward the clean teacher's answer on every item)."""
+    from ..train.signals import build_signals
 
-    It does when the accuracy reward is checked against the label (``train.reward_source=label``) and
-    something uses it: a nonzero accuracy weight, distillation limited to all-wrong / all-equal groups
-    (``teacher.kd_scope``), or a teacher term gated to all-equal groups. Label-free methods take their
-    targets from the clean teacher (``reward_source=teacher``), the samples' majority (``majority``) or
-    use none (``distill-only``: KD toward the clean teacher's answer on every item).
-    """
-    t, tc = cfg.train, cfg.teacher
-    if t.reward_source != "label":
-        return False
-    weights = dict(t.reward_weights)
-    return (float(weights.get("accuracy", 0.0)) != 0.0 or (tc.lambda_kd > 0 and tc.kd_scope != "all")
-            or (tc.enabled and tc.gate == "equal_groups"))
+    return build_signals(cfg).needs_labels
 
 
 def label_free_variants() -> list[str]:

@@ -142,6 +142,7 @@ class SignalSet:
             raise ConfigError(f"signals {[s.name for s in target_sources]} both replace the labels: keep one")
         self.target_source: Optional[Signal] = target_sources[0] if target_sources else None
         weights = dict(train.reward_weights)
+        self.accuracy_weight = float(weights.get("accuracy", 0.0))
         task_rewards = any(float(v) != 0 for v in weights.values()) or bool(train.reward_funcs)
         # No reward can differ between samples and no KL on them: sampling would train nothing.
         self.samples = task_rewards or float(train.beta) > 0 or any(s.needs_samples for s in signals)
@@ -154,10 +155,16 @@ class SignalSet:
 
     @property
     def needs_labels(self) -> bool:
-        """Whether a run reads the manifest's targets (accuracy reward or accuracy groups)."""
+        """Whether a run reads the manifest's targets: an accuracy reward against them, or a signal (or the
+        ``equal_groups`` gate) that reads the groups of their accuracy. A signal replacing them reads none."""
         if self.target_source is not None:
             return False
-        return self.samples or any(s.reads_groups for s in self.signals)
+        return (self.accuracy_weight != 0 or any(s.reads_groups for s in self.signals)
+                or (self.teacher.gate == "equal_groups" and self.teacher_score_signals))
+
+    @property
+    def teacher_score_signals(self) -> bool:
+        return any(type(s).score is not Signal.score for s in self.signals)
 
     # ---- before the teacher runs
     def answer_scope(self, label_groups) -> Optional[list[int]]:
