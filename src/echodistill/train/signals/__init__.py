@@ -18,9 +18,9 @@ z-score as in the paper, or normalised apart with an SNR-shaped weight) is the `
 business, applied here in ``SignalSet.advantages``.
 
 Adding a signal: a new module here with a ``@register``-ed ``Signal`` subclass and its ``Config``
-dataclass, imported at the bottom of this file (or, outside the package, imported before
-``load_config``). Its config section, its place in ``echodistill config show`` and in the variants
-table come from the registry.
+dataclass; every module of the package is imported (by name order) when the package is. Outside the
+package, register before ``load_config``. Its config section and its place in ``echodistill config
+show`` come from the registry; a variant that uses it is one row of ``config.VARIANTS``.
 """
 
 from __future__ import annotations
@@ -251,5 +251,15 @@ class SignalSet:
         return ", ".join(f"{s.name} x{s.weight:g}" for s in self.signals) or "no teacher signal"
 
 
-# The signals of this package (registry order = the order their terms are summed and logged).
-from . import consistency, grounding, token_credit, distill, clean_retention, pseudo_label, majority_vote  # noqa: E402,F401
+def _import_signal_modules() -> None:
+    """Every module of this package registers its signal on import: a new signal is one new file.
+    Imported by module name (a module's own imports first: ``clean_retention`` imports ``distill``), so
+    the registry order, in which the terms are summed and logged, is fixed."""
+    import importlib
+    import pkgutil
+
+    for m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{m}")
+
+
+_import_signal_modules()
