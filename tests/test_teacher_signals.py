@@ -216,7 +216,7 @@ def test_old_teacher_keys_name_the_signal_and_saved_configs_migrate(tmp_path):
     saved.write_text("train: {variant: echodistill-labelfree, reward_source: teacher}\n"
                      "teacher: {enabled: true, token_credit: true, eta: 0.25}\n")
     assert build_signals(load_config(saved, saved=True)).describe() == \
-        "consistency x1, token_credit x0.25, pseudo_label x1"
+        "consistency x1, pseudo_label x1, token_credit x0.25"
 
 
 def test_labeled_split_per_task_seeded_disjoint(tmp_path):
