@@ -30,6 +30,9 @@ class RunConfig:
     # Shard the student over the processes with FSDP2 (fully_shard, train/distributed.py). An accelerate
     # FSDP config (configs/accelerate/fsdp2_gpu.yaml) turns it on by itself; on CPU (gloo) set it here.
     fsdp: bool = False
+    # An update whose loss or gradient norm is not finite is skipped (counted in metrics.jsonl as
+    # nonfinite_skipped); this many in a row stop the run before any checkpoint could hold NaN.
+    max_nonfinite_updates: int = 3
 
 
 @dataclass
@@ -475,7 +478,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
     positive = ["train.num_generations", "train.prompts_per_device", "train.max_completion_length",
                 "train.num_iterations", "train.gradient_accumulation_steps", "warmup.prompts_per_device",
-                "eval.batch_size", "data.max_duration_s", "data.max_prompt_tokens"]
+                "eval.batch_size", "data.max_duration_s", "data.max_prompt_tokens", "run.max_nonfinite_updates"]
     for key in positive:
         if _select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {_select(cfg, key)}")

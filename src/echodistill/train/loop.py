@@ -22,6 +22,12 @@ Exact resume: every random draw of a recipe is a pure function of (seed, positio
 states, optimizer and schedule are in the checkpoint, so a killed-and-resumed run ends with the
 same weights as an uninterrupted one (tests/test_resume.py, for GRPO and the warm-up).
 
+Faults: an update whose loss or gradient norm is not finite changes no weight (skipped, counted in
+the metrics row as ``nonfinite_skipped``); ``run.max_nonfinite_updates`` in a row stop the run with one
+line, and a checkpoint is never written from non-finite weights. SIGTERM (what a scheduler sends
+before it kills) finishes the current step, saves a checkpoint, says which step ``--resume``
+continues from and exits with 143.
+
 Distributed (``distributed.Engine``): one process, DDP (accelerate's ``prepare``) or FSDP2 (our
 ``fully_shard``). Every loss with gradients runs through the prepared module's forward
 (``engine.loss``), gradients are synced on the last micro-batch of an update (``engine.no_sync``),
@@ -36,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -238,6 +245,9 @@ class Recipe:
         self.val: list[Example] = []
         self.history: list[dict] = []
         self.stopped = "max_steps"
+        self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient (this process's run)
+        self.nonfinite_streak = 0  # ... in a row, up to the last update
+        self.sigterm = False  # set by the SIGTERM handler; acted on at the end of the step
         self.teacher_val_cache: Optional[dict] = {} if self.val_teacher else None  # val index -> clean answer
         self.best: Optional[dict] = None  # {metric, value, step} of best/ (args.metric_for_best_model)
 
@@ -362,11 +372,35 @@ class Recipe:
     # ------------------------------------------------------------ the loop
     def train(self) -> Path:
         """Run to ``max_steps`` (or ``max_minutes``); checkpoints, the final model; returns ``final/``."""
-        a, acc = self.args, self.accelerator
+        a = self.args
         self.started = time.time()
         self.eval_seconds = 0.0
         if self.eval_at_start and self.step == 0 and self._eval_due(0):
             self._write({"step": 0, **self._evaluate()})
+        with self._on_sigterm():
+            self._loop()
+        self.bar.close()
+        return self._finish()
+
+    @contextmanager
+    def _on_sigterm(self):
+        """While training, SIGTERM sets a flag (the loop saves and exits at the end of the step)."""
+        def handler(signum, frame):
+            self.sigterm = True
+            self._log(f"SIGTERM: finishing step {self.step + 1}, then saving a checkpoint (killed before that, "
+                      f"--resume continues from {latest_checkpoint(self.out) or 'step 0'})")
+        try:
+            previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: leave signals to the caller
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _loop(self) -> None:
+        a, acc = self.args, self.accelerator
         while self.step < a.max_steps:
             timer = PhaseTimer()
             with self.engine.inference():  # no-grad phases: FSDP2 all-gathered once, autocast
@@ -377,7 +411,8 @@ class Recipe:
             m = mean_over_ranks(acc, self._step_metrics(batches, stats) | {f"time_{k}": v for k, v in timer.seconds.items()})
             for k in self.summed_keys:
                 m[k] *= acc.num_processes
-            m.update(step=self.step, lr=self.scheduler.get_last_lr()[0], **self._row_position(),
+            m.update(step=self.step, lr=self.scheduler.get_last_lr()[0], nonfinite_skipped=self.nonfinite_skipped,
+                     **self._row_position(),
                      time_step=sum(timer.seconds.get(k, 0.0) for k in timer.seconds))
             out_of_time = a.max_minutes > 0 and (time.time() - self.started) / 60 > a.max_minutes
             stop = any_rank(acc, out_of_time)
@@ -390,14 +425,19 @@ class Recipe:
                 acc.log(tracker_scalars(m), step=self.step)  # train/... and eval/..., as TRL groups them
             self.bar.set_postfix(**self._progress_postfix(m), refresh=False)
             self.bar.update(1)
-            if self.step % max(1, a.save_steps) == 0 or last:
+            terminate = any_rank(acc, self.sigterm)
+            if self.step % max(1, a.save_steps) == 0 or last or terminate:
                 self._checkpoint()
+            if terminate:
+                self.bar.close()
+                self._log(f"SIGTERM: saved {self.out / f'checkpoint-{self.step}'}; `--resume` (resume=True) "
+                          f"continues from step {self.step} of {a.max_steps}; exiting")
+                acc.end_training()
+                raise SystemExit(143)  # 128 + SIGTERM, what the scheduler expects
             if stop:
                 self.stopped = "max_minutes"
                 self._log(f"max_minutes={a.max_minutes} reached at step {self.step}; stopping")
                 break
-        self.bar.close()
-        return self._finish()
 
     def _update(self, batches: list) -> dict[str, list[float]]:
         """``num_iterations`` passes: backward of every micro-batch's loss (weighted by ``_loss_scale``),
@@ -415,11 +455,31 @@ class Recipe:
                 for k, v in s.items():
                     stats.setdefault(k, []).append(v)
             clip = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")  # inf: norm only
-            stats["grad_norm"].append(self.engine.clip_grad_norm_(self.params, clip))
-            self.optimizer.step()
-            self.scheduler.step()
+            norm = self.engine.clip_grad_norm_(self.params, clip)
+            stats["grad_norm"].append(norm)
+            losses = stats["loss"][-len(batches):]
+            if any_rank(self.accelerator, not (math.isfinite(norm) and all(map(math.isfinite, losses)))):
+                self._skip_nonfinite(losses, norm)
+            else:
+                self.nonfinite_streak = 0
+                self.optimizer.step()
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return stats
+
+    def _skip_nonfinite(self, losses: list[float], norm: float) -> None:
+        """A non-finite loss or gradient: no weight changes; ``run.max_nonfinite_updates`` in a row stop the run."""
+        self.nonfinite_skipped += 1
+        self.nonfinite_streak += 1
+        limit = int(self.cfg.run.max_nonfinite_updates)
+        self._log(f"step {self.step + 1}: non-finite loss {losses} or gradient norm {norm}: update skipped "
+                  f"({self.nonfinite_streak} in a row, {self.nonfinite_skipped} in all; {limit} in a row stop the run)")
+        if self.nonfinite_streak >= limit:
+            last = latest_checkpoint(self.out)
+            raise UserError(f"{limit} updates in a row had a non-finite loss or gradient (step {self.step + 1}); "
+                            f"stopped before saving non-finite weights ({last or 'no checkpoint yet'} is the last "
+                            "saved state): check reward plug-ins (train.reward_funcs) and lower the learning rate, "
+                            "or raise run.max_nonfinite_updates")
 
     def _row_position(self) -> dict:
         """Where the data stream is (e.g. ``epoch``)."""
@@ -471,6 +531,10 @@ class Recipe:
                 f.write(json.dumps(row) + "\n")
 
     def _checkpoint(self) -> None:
+        local = [getattr(p, "to_local", lambda: p)().detach() for p in self.params]  # FSDP2: this rank's shards
+        if any_rank(self.accelerator, not all(bool(torch.isfinite(t).all()) for t in local)):
+            raise UserError(f"step {self.step}: the weights hold NaN or inf; not saving them over "
+                            f"{latest_checkpoint(self.out) or 'nothing'}: lower the learning rate and resume")
         if self.engine.sharded:  # full weights gathered for model/ and trainable.safetensors, optimizer in shards
             with self.engine.full_weights():
                 save_sharded_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,

@@ -15,8 +15,9 @@ as TRL's nansum does).
 
 Weights come from ``train.reward_weights[<function name>]`` (default 1.0, TRL's default): weighted like
 accuracy and format, the weighted reward is added to the task reward and the total; each is logged as
-``reward_<function name>_mean/_std``. Any error inside a plug-in, or a malformed return, stops the run
-with one line naming the plug-in and where it failed.
+``reward_<function name>_mean/_std``. Any error inside a plug-in, or a malformed return (a value that is
+not a finite number in [-1e6, 1e6] or None), stops the run with one line naming the plug-in and where it
+failed.
 
 Trust: a plug-in is code. Reading or validating a config never imports it (``check_reward_config``
 finds the file and the function's definition without running anything); only ``echodistill train`` /
@@ -38,6 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..errors import ConfigError
 
 BUILTIN_REWARDS = ("accuracy", "format")
+REWARD_LIMIT = 1e6  # |plug-in reward| above this is refused: its square (the group variance) must stay finite in float32
 
 
 class PluginError(ConfigError):
@@ -225,8 +227,9 @@ def call_reward_func(spec: str, prompts: list[str], completions: list[str], comp
             f = float(v)
         except (TypeError, ValueError):
             raise PluginError(f"reward plug-in {spec}: value {i} is {v!r}, not a number or None") from None
-        if not math.isfinite(f):
-            raise PluginError(f"reward plug-in {spec}: value {i} is {f}; return finite numbers (None to skip)")
+        if not math.isfinite(f) or abs(f) > REWARD_LIMIT:
+            raise PluginError(f"reward plug-in {spec}: value {i} is {f}; return numbers in [-{REWARD_LIMIT:g}, "
+                              f"{REWARD_LIMIT:g}] (None to skip): larger ones overflow the float32 advantages")
         values.append(f)
     return torch.tensor(values, dtype=torch.float32)
 
@@ -251,6 +254,9 @@ def add_plugin_rewards(r: Any, train: Any) -> None:
         for key in ("task", "total"):
             if key in r.rewards:
                 r.rewards[key] = r.rewards[key] + w * reward.to(r.rewards[key].device)
+                if not bool(r.rewards[key].isfinite().all()):  # a huge weight: refused before any loss sees it
+                    raise PluginError(f"reward plug-in {spec}: weight {w:g} x its rewards overflows float32 in the "
+                                      f"{key} reward; lower train.reward_weights.{name}")
 
 
 __all__ = ["load_reward_func", "load_reward_plugins", "check_reward_spec", "plugin_name", "check_reward_config", "item_columns", "call_reward_func",

@@ -1,0 +1,99 @@
+"""Faults end cleanly: a reward or loss that is not finite never reaches a checkpoint, and SIGTERM
+saves a checkpoint that a resume continues from, ending with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from echodistill.errors import UserError
+from echodistill.train import plugins as P, trainer as T
+from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
+
+from train_helpers import make_dataset, tiny_config
+
+ARGS = ("train.variant=echodistill-token", "train.max_steps=4", "train.save_steps=3", "train.eval_steps=0",
+        "train.beta=0.05", "train.num_iterations=2", "train.lr_scheduler_type=cosine", "train.warmup_ratio=0.25")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("faults_data"))
+
+
+def _finite(ckpt) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_weights(ckpt).values())
+
+
+def test_a_huge_plugin_reward_is_refused_naming_the_plugin(tmp_path):
+    f = tmp_path / "huge.py"
+    f.write_text("def huge(completions, **kw):\n    return [1e300 for _ in completions]\n")
+    cols = {"noise_type": ["white", "pink"]}
+    with pytest.raises(P.PluginError, match=r"huge: value 0 is 1e\+300; return numbers in \[-1e\+06, 1e\+06\]"):
+        P.call_reward_func(f"{f}:huge", ["p", "p"], ["a", "b"], [[1], [2]], cols)
+
+
+def test_a_nonfinite_loss_skips_the_update_and_never_reaches_a_checkpoint(data_dir, tiny_qwen2_audio_dir, tmp_path,
+                                                                          monkeypatch):
+    orig = T.GRPORecipe._loss_step
+    bad_steps = {2}
+
+    def nan_at(self, batch, it, ctx):  # the fault: a loss that overflowed on some steps
+        loss, stats = orig(self, batch, it, ctx)
+        return (loss * float("nan"), stats) if self.step + 1 in bad_steps else (loss, stats)
+
+    monkeypatch.setattr(T.GRPORecipe, "_loss_step", nan_at)
+    out = tmp_path / "run"
+    T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, "train.save_steps=1", "train.max_steps=2"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_skipped"] for r in rows] == [0, 2]  # both updates of step 2 (num_iterations=2)
+    assert all(_finite(c) for _, c in list_checkpoints(out))
+    a, b = load_weights(out / "checkpoint-1"), load_weights(out / "checkpoint-2")  # the skipped step: unchanged
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    bad_steps.update({3, 4})  # three in a row (run.max_nonfinite_updates=3): stop with one line
+    out = tmp_path / "run2"
+    with pytest.raises(UserError, match=r"3 updates in a row had a non-finite loss or gradient \(step 3\)"):
+        T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, "train.save_steps=1"))
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2] and _finite(latest_checkpoint(out))
+
+
+KILLER = textwrap.dedent('''
+    import os, pathlib, signal
+    CALLS = []
+
+    def zero(completions, **kwargs):
+        """No reward; on its second call (step 2), a SIGTERM as a scheduler sends it (once)."""
+        CALLS.append(1)
+        marker = pathlib.Path(__file__).with_name("sent")
+        if len(CALLS) == 2 and not marker.exists():
+            marker.write_text("")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return [0.0 for _ in completions]
+''')
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(data_dir, tiny_qwen2_audio_dir, tmp_path, capsys):
+    calm, killer = tmp_path / "calm" / "r.py", tmp_path / "killer" / "r.py"
+    for path, text in ((calm, KILLER.replace("len(CALLS) == 2", "False")), (killer, KILLER)):
+        path.parent.mkdir()
+        path.write_text(text)
+    straight = tmp_path / "straight"
+    T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, straight, *ARGS, f"train.reward_funcs=[{calm}:zero]"))
+
+    out = tmp_path / "stopped"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, f"train.reward_funcs=[{killer}:zero]")
+    with pytest.raises(SystemExit) as stop:
+        T.run_train(cfg)
+    assert stop.value.code == 143
+    assert [s for s, _ in list_checkpoints(out)] == [2] and not (out / "final").exists()
+    assert "continues from step 2 of 4" in capsys.readouterr().err
+    T.run_train(cfg, resume=True)
+    a, b = load_weights(latest_checkpoint(straight)), load_weights(latest_checkpoint(out))
+    assert set(a) == set(b)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
