@@ -66,8 +66,8 @@ def test_server_rollout_equals_builtin_and_syncs_weights(data_dir, tiny_qwen2_au
         for p in served.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     ex = _examples(cfg, 1)
-    with SamplerServer(served) as server:
-        backend = VLLMServerBackend(server.url, sync_dir=str(tmp_path / "sync"))
+    with SamplerServer(served, sync_dir=tmp_path / "sync") as server:
+        backend = VLLMServerBackend(server.url, sync_dir=str(tmp_path / "sync"), api_key=server.api_key)
         opt = torch.optim.SGD(student.trainable_parameters(), lr=1.0)
         for round_ in range(2):
             builtin = T.rollout(student, ex, cfg, T._generator(student.device, 3, "rollout", round_, 0))
@@ -104,9 +104,10 @@ def test_train_through_the_server_writes_the_same_metrics(data_dir, tiny_qwen2_a
     b = tmp_path / "vllm"
     cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, b, *args)
     torch.manual_seed(1)
-    with SamplerServer(load_adapter(cfg.model, train=True)) as server:
+    with SamplerServer(load_adapter(cfg.model, train=True), sync_dir=b / "vllm_sync") as server:
         cfg.train.rollout_backend = "vllm"
         cfg.train.vllm_server_url = server.url
+        cfg.train.vllm_api_key = server.api_key
         try:
             T.run_train(cfg)
         finally:

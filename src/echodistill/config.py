@@ -185,6 +185,7 @@ class TrainConfig:
     vllm_model: str = ""  # the served model name; "" = the first of GET /v1/models
     vllm_sync_dir: str = ""  # folder trainer and server both read (weight sync); "" = <output_dir>/vllm_sync
     vllm_timeout_s: float = 600.0  # per HTTP request
+    vllm_api_key: str = ""  # bearer token sent to the server ("" = $VLLM_API_KEY); ${oc.env:VAR} is never written out
 
 
 @dataclass

@@ -46,6 +46,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
 import shutil
 import time
 import urllib.error
@@ -161,10 +163,12 @@ class VLLMServerBackend(RolloutBackend):
     recomputes_logprobs = True
 
     def __init__(self, url: str, *, served_model: str = "", sync_dir: str = "", timeout_s: float = 600.0,
-                 max_parallel: int = 16, lora_name: str = "echodistill-student"):
+                 max_parallel: int = 16, lora_name: str = "echodistill-student", api_key: str = ""):
         if not url:
             raise ConfigError("train.rollout_backend=vllm needs train.vllm_server_url (e.g. http://127.0.0.1:8000)")
         self.url = url.rstrip("/")
+        self.api_key = api_key or os.environ.get("VLLM_API_KEY", "")  # vLLM's own variable, as `vllm serve` reads
+        self.shown_url = _redact(self.url)  # for messages: no credentials in logs
         self.served_model = served_model
         self.sync_dir = Path(sync_dir) if sync_dir else None
         self.timeout_s = float(timeout_s)
@@ -178,37 +182,60 @@ class VLLMServerBackend(RolloutBackend):
         self._checked = False
 
     # ------------------------------------------------------------ HTTP
+    def _headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def _post(self, path: str, body: dict) -> Any:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **self._headers()})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
-            raise UserError(f"vLLM server {self.url}{path}: HTTP {e.code}: {detail}") from None
+            detail = _mask(e.read().decode(errors="replace")[:500])
+            hint = " (set train.vllm_api_key or $VLLM_API_KEY to the server's --api-key)" if e.code == 401 else ""
+            raise UserError(f"vLLM server {self.shown_url}{path}: HTTP {e.code}: {detail}{hint}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise UserError(f"vLLM server {self.url}{path} unreachable ({e}): start it first "
+            raise UserError(f"vLLM server {self.shown_url}{path} unreachable ({_mask(str(e))}): start it first "
                             "(docs/scale-out.md) or set train.vllm_server_url") from None
-        return json.loads(raw) if raw.strip() else {}
+        return self._json(raw, path)
+
+    def _json(self, raw: bytes, path: str) -> Any:
+        try:
+            return json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"vLLM server {self.shown_url}{path} replied with something that is not JSON "
+                            f"({_mask(raw[:120].decode(errors='replace'))!r}): is train.vllm_server_url a vLLM "
+                            "server?") from None
+
+    def _get(self, path: str, timeout: float) -> Any:
+        req = urllib.request.Request(self.url + path, headers=self._headers())
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
 
     def check_server(self, total_timeout_s: float = 60.0) -> None:
         """Wait for ``GET /health`` (as TRL's ``VLLMClient.check_server``), then read the served model name."""
         start = time.time()
         while True:
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=10) as resp:
-                    if resp.status == 200:
-                        break
+                if self._get("/health", 10)[0] == 200:
+                    break
+            except urllib.error.HTTPError as e:
+                if e.code in (401, 403):
+                    raise UserError(f"vLLM server {self.shown_url} refused the bearer token (HTTP {e.code}): set "
+                                    "train.vllm_api_key or $VLLM_API_KEY to the server's --api-key") from None
             except (urllib.error.URLError, OSError):
                 pass
             if time.time() - start > total_timeout_s:
-                raise UserError(f"vLLM server {self.url} not up after {total_timeout_s:.0f} s: start it first "
+                raise UserError(f"vLLM server {self.shown_url} not up after {total_timeout_s:.0f} s: start it first "
                                 "(docs/scale-out.md) or set train.vllm_server_url")
             time.sleep(1.0)
         if not self.served_model:
-            with urllib.request.urlopen(self.url + "/v1/models", timeout=30) as resp:
-                data = json.loads(resp.read())["data"]
+            try:
+                data = self._json(self._get("/v1/models", 30)[1], "/v1/models")["data"]
+            except (urllib.error.URLError, OSError, KeyError, IndexError, TypeError) as e:
+                raise UserError(f"vLLM server {self.shown_url}/v1/models: no model list ({type(e).__name__}); "
+                                "set train.vllm_model") from None
             self.served_model = data[0]["id"]
             self.request_model = self.request_model or self.served_model
         self._checked = True
@@ -273,7 +300,7 @@ class VLLMServerBackend(RolloutBackend):
         resp = self._post("/v1/chat/completions", body)
         choices = sorted(resp["choices"], key=lambda c: c["index"])
         if len(choices) != n:
-            raise UserError(f"vLLM server {self.url}: asked for n={n} completions, got {len(choices)}")
+            raise UserError(f"vLLM server {self.shown_url}: asked for n={n} completions, got {len(choices)}")
         out = []
         for c in choices:
             ids = [int(i) for i in c.get("token_ids") or []]
@@ -329,6 +356,16 @@ class VLLMServerBackend(RolloutBackend):
 _BACKENDS: dict[tuple, RolloutBackend] = {}
 
 
+def _redact(url: str) -> str:
+    """``url`` without credentials (``user:token@``) and with any config secret masked (config._mask)."""
+    return _mask(re.sub(r"//[^/@]*@", "//***@", url))
+
+
+def _mask(text: str) -> str:
+    from ..config import _mask as mask_secrets
+    return mask_secrets(text)
+
+
 def rollout_backend(cfg) -> RolloutBackend:
     """The backend ``cfg.train.rollout_backend`` names (one instance per process and setting)."""
     t = cfg.train
@@ -340,7 +377,7 @@ def rollout_backend(cfg) -> RolloutBackend:
         key = ("vllm", t.vllm_server_url, t.vllm_model, sync_dir)
         if key not in _BACKENDS:
             _BACKENDS[key] = VLLMServerBackend(t.vllm_server_url, served_model=t.vllm_model, sync_dir=sync_dir,
-                                               timeout_s=t.vllm_timeout_s)
+                                               timeout_s=t.vllm_timeout_s, api_key=t.vllm_api_key)
         return _BACKENDS[key]
     raise ConfigError(f"train.rollout_backend={kind!r} is not one of ['builtin', 'vllm']")
 
