@@ -21,9 +21,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .audio.io import SAMPLE_RATE, AudioError, load_audio
+from .audio.io import AudioError
 from .audio.noise import AUDIO_SUFFIXES, NoiseBank, mix_at_snr, seeded_rng
 from .data.manifest import Item, read_manifest
+from .data.validate import Limits, limits_from_config, prompt_problem, read_clip
 from .data.prompts import format_question, ordered_choices
 from .errors import UserError
 from .data.answers import extract_choice
@@ -82,10 +83,10 @@ def _prompt(q: Query, choice_seed: int) -> tuple[str, list[str]]:
 
 
 def load_query_audio(q: Query, cfg: Any, bank: Optional[NoiseBank], noise_type: Optional[str],
-                     snr: Optional[float]) -> np.ndarray:
-    """The clip [S] as the model hears it: 16 kHz mono, cropped to the window, optionally mixed."""
-    wav = load_audio(q.audio, min_duration_s=float(cfg.data.min_duration_s))
-    wav = wav[: int(round(float(cfg.data.max_duration_s) * SAMPLE_RATE))]
+                     snr: Optional[float], limits: Optional[Limits] = None) -> np.ndarray:
+    """The clip [S] as the model hears it: 16 kHz mono, cropped to the window, optionally mixed. Only
+    the window is decoded (``read_clip``, as evaluation reads clips): a 2-hour file costs a window."""
+    wav = read_clip(q.audio, limits or limits_from_config(cfg)).wav
     if noise_type is None:
         return wav
     noise = bank.sample(noise_type, wav.size, seeded_rng(cfg.eval.noise_seed, q.id, noise_type, float(snr)))
@@ -111,6 +112,8 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
         bank.check([noise_type])
     bs = int(batch_size or cfg.eval.batch_size)
     max_new = int(max_new_tokens or cfg.eval.max_new_tokens)
+    # evaluation's limits: the window, data.long_audio, data.max_prompt_tokens counted by the model's tokenizer
+    limits = limits_from_config(cfg, getattr(model, "tokenizer", None), max_new_tokens=max_new)
     rows: list[dict] = []
     pending: list[tuple[dict, str, list[str], np.ndarray]] = []
 
@@ -133,8 +136,13 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
                "noise_type": noise_type, "snr": None if snr is None else float(snr),
                "response": None, "answer": None, "error": None}
         rows.append(row)
+        why = prompt_problem(Item(q.id, q.audio, q.question, list(q.choices), q.choices[0] if q.choices else None),
+                             limits, int(cfg.data.choice_seed))
+        if why:
+            row["error"] = f"{q.id}: {why}"
+            continue
         try:
-            wav = load_query_audio(q, cfg, bank, noise_type, snr)
+            wav = load_query_audio(q, cfg, bank, noise_type, snr, limits)
         except AudioError as e:
             row["error"] = str(e)
             continue
@@ -189,7 +197,8 @@ def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: 
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8",
+                       errors="backslashreplace")  # a lone surrogate in a question: written as its \u escape
         print(f"predict: wrote {len(rows)} row(s) to {out}")
     return rows
 

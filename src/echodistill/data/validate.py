@@ -111,7 +111,11 @@ def prompt_problem(item: Any, limits: Limits, choice_seed: int) -> Optional[str]
     if limits.max_prompt_tokens is None:
         return None
     text = format_question(item.question, ordered_choices(item, choice_seed))
-    n_bytes = len(text.encode("utf-8"))
+    try:
+        n_bytes = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:  # a lone surrogate (a "\ud800" JSON escape): no tokenizer can take it
+        return (f"prompt has a character that is not valid Unicode ({text[e.start]!r} at position {e.start}, a "
+                "lone surrogate): fix the question or choices")
     if n_bytes <= limits.max_prompt_tokens:
         return None  # no tokenizer makes more tokens than bytes: no need to count
     n = limits.count_tokens(text) if limits.count_tokens is not None else n_bytes
