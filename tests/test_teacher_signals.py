@@ -275,3 +275,20 @@ def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatc
     for key in ("teacher_clean_acc", "target_coverage", "target_label_agreement", "frac_groups_all_wrong",
                 "teacher_adv_share", "grad_norm_policy", "grad_norm_clean", "clean_kl"):
         assert key in rows[0], key
+
+
+def test_hard_distillation_is_cross_entropy_on_the_teachers_answer():
+    """target=hard: -log p_student(teacher's greedy tokens), the limit of KL toward a one-hot teacher."""
+    torch.manual_seed(1)
+    student = torch.randn(2, 3, 7)
+    ids = torch.tensor([[1, 4, 0], [6, 2, 3]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    nll = -student.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    want = float((nll * mask).sum()) / (2 * 4)  # per item, as dr_grpo: B = 2 items x max length 4
+    assert grpo.hard_kd_loss(ids, student, mask, num_items=2, max_completion_length=4).item() == pytest.approx(want)
+    one_hot = torch.full((2, 3, 7), -1e4).scatter(-1, ids.unsqueeze(-1), 0.0)
+    assert grpo.kd_loss(one_hot, student, mask, num_items=2, max_completion_length=4).item() == pytest.approx(want)
+    s = build_signals(_cfg("train.variant=pseudo-label-sft"))
+    assert not s.samples and not s.needs_labels and not s.passes.answer_logits  # the answer's tokens suffice
+    s = build_signals(_cfg("train.variant=echodistill-unlabeled"))
+    assert s.samples and not s.needs_labels and s.passes.scores

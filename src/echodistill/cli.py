@@ -58,7 +58,7 @@ def _variants_epilog() -> str:
     lines = ["variants (train.variant=NAME): a named list of teacher signals (signals.<name>.weight, train/signals/);",
              "your own keys win. `echodistill config show train.variant=NAME` prints every key it sets."]
     for research in (False, True):
-        lines.append("research variants (kept for the stored experiments; behind the ones above in docs/results.md):"
+        lines.append("research variants (behind the ones above in docs/results.md, or not compared yet):"
                      if research else "")
         for name, v in VARIANTS.items():
             if v.research == research:

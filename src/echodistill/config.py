@@ -261,6 +261,13 @@ VARIANTS: dict[str, Variant] = {
     "echodistill-gated": Variant("the decoupled bonus only in all-equal groups + the rescue distillation",
                                  {"consistency": 1.0, "distill": {"weight": 1.0, "scope": "all_wrong"}},
                                  {"teacher.advantage": "decoupled", "teacher.gate": "equal_groups"}, research=True),
+    "pseudo-label-sft": Variant(
+        "label-free baseline: supervised training on the noisy clips toward the clean teacher's greedy answers "
+        "(hard pseudo-labels, the noisy student); nothing sampled",
+        {"distill": {"weight": 1.0, "target": "hard"}}, _NO_TASK_REWARD, research=True),
+    "echodistill-unlabeled": Variant(
+        "label-free EchoDistill: GRPO with the clean teacher's consistency as the only reward",
+        {"consistency": 1.0}, _NO_TASK_REWARD, research=True),
     "echodistill-labelfree": Variant(
         "label-free: GRPO against the clean teacher's confident answers + the decoupled bonus",
         {"consistency": 1.0, "pseudo_label": 1.0}, {"teacher.advantage": "decoupled", "teacher.min_confidence": 0.5},

@@ -30,6 +30,7 @@ __all__ = [
     "policy_loss",
     "k3_kl",
     "kd_loss",
+    "hard_kd_loss",
 ]
 
 
@@ -221,6 +222,17 @@ def policy_loss(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages
     return loss, stats
 
 
+def _token_sum(per_token: torch.Tensor, mask: torch.Tensor, num_items: Optional[int],
+               max_completion_length: Optional[int]) -> torch.Tensor:
+    """Sum of ``per_token [M, T]`` over ``mask``, divided by ``num_items * max_completion_length`` (dr_grpo's
+    per-item constant; ``max_completion_length`` None = T) or, without ``num_items``, by the token count."""
+    m = mask.to(per_token.dtype)
+    if num_items is not None:
+        L = per_token.size(1) if max_completion_length is None else int(max_completion_length)
+        return (per_token * m).sum() / max(int(num_items) * L, 1)
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
 def kd_loss(teacher: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
             num_items: Optional[int] = None, max_completion_length: Optional[int] = None) -> torch.Tensor:
     """Distillation ``KL(pi_T || pi_theta)`` per token, summed and normalised (a scalar).
@@ -240,8 +252,13 @@ def kd_loss(teacher: torch.Tensor, student_logits: torch.Tensor, mask: torch.Ten
     ls = F.log_softmax(student_logits.float(), dim=-1)
     pt = lt.exp()
     kl = torch.where(pt > 0, pt * (lt - ls), torch.zeros_like(pt)).sum(-1)
-    m = mask.to(kl.dtype)
-    if num_items is not None:
-        L = kl.size(1) if max_completion_length is None else int(max_completion_length)
-        return (kl * m).sum() / max(int(num_items) * L, 1)
-    return (kl * m).sum() / m.sum().clamp(min=1.0)
+    return _token_sum(kl, mask, num_items, max_completion_length)
+
+
+def hard_kd_loss(ids: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
+                 num_items: Optional[int] = None, max_completion_length: Optional[int] = None) -> torch.Tensor:
+    """Pseudo-label cross-entropy ``-log pi_theta(y_t)`` on the teacher's greedy tokens ``ids [M, T]``
+    (the noisy-student baseline: ``kd_loss`` toward a one-hot teacher), normalised as ``kd_loss``."""
+    ls = F.log_softmax(student_logits.float(), dim=-1)
+    nll = -ls.gather(-1, ids.to(ls.device).unsqueeze(-1)).squeeze(-1)
+    return _token_sum(nll, mask, num_items, max_completion_length)
