@@ -1,8 +1,11 @@
 """`echodistill data build`: the offline spoken-QA benchmark, generated at run time from packaged sources.
 
 Licences forbid committing the audio, so every clip is made here from Debian packages: Asterisk
-human recordings (held out), flite and espeak-ng voices, fluidsynth renders of MIDI notes with a
-General MIDI soundfont, and the Asterisk music-on-hold tracks (noise bank only).
+human recordings (held out), flite, espeak-ng (languages x variants) and festival voices, fluidsynth
+renders of MIDI notes with several General MIDI soundfonts (one drawn per clip; one held out), and
+the Asterisk music-on-hold tracks (noise bank only). Recording conditions vary per clip: tempo,
+articulation, dynamics and mild mastering for music, and a simulated room for a share of all clips
+(``acoustics.py``), so a model has to learn the sound, not one synthesiser.
 
 Tasks (4 choices each, distractors from the same task; the answer is one of the offered strings):
 
@@ -14,7 +17,8 @@ Tasks (4 choices each, distractors from the same task; the answer is one of the 
 Splits are made by *group* (task, label, phrase, voice for speech; one rendered clip for music), so
 no clip, and no other speed/pitch variant of the same voice saying the same words, is in two splits.
 ``test_heldout`` uses voices never heard in train/val/test (the Asterisk human speaker, flite kal,
-one espeak accent) and, for music, instruments and chords never used in training.
+one espeak accent, festival ked), for music instruments and chords never used in training and a
+soundfont whose samples no training soundfont shares, and rooms of its own.
 
 Outputs under ``out_dir``: ``train.jsonl val.jsonl test.jsonl test_heldout.jsonl``, ``audio/<task>/``,
 ``noise/{babble,music,midi}/``, ``datasheet.md``, ``datasheet.json``; ``.cache/`` keeps synthesized
@@ -39,6 +43,7 @@ import numpy as np
 
 from ..audio.io import SAMPLE_RATE, write_audio
 from ..errors import UserError
+from . import acoustics as A
 from . import sources as S
 from .sources import NoteSpec, Voice
 
@@ -58,29 +63,53 @@ class BenchmarkError(UserError, RuntimeError):
 
 # ------------------------------------------------------------------ voices
 _R3 = (0.9, 1.0, 1.15)
+# espeak-ng variants (voices/!v in espeak-ng-data) spoken with each espeak language: one drawn per clip.
+ESPEAK_TIMBRES = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+                  "klatt", "klatt2", "klatt3", "croak")
+
+
+def _espeak(name: str, language: str, timbres=ESPEAK_TIMBRES, rates=_R3, pitches=(40, 60)) -> Voice:
+    return Voice(name, "espeak", language, "unknown", rates, pitches, S.ESPEAK_LICENCE, "espeak-ng", tuple(timbres))
+
+
+def _festival(name: str, model: str, gender: str, package: str) -> Voice:
+    return Voice(name, "festival", model, gender, _R3, licence=S.FESTIVAL_LICENCE, package=package)
+
+
 SEEN_VOICES = [
     Voice("flite_slt", "flite", "slt", "female", _R3, licence=S.FLITE_LICENCE, package="flite"),
     Voice("flite_rms", "flite", "rms", "male", _R3, licence=S.FLITE_LICENCE, package="flite"),
     Voice("flite_awb", "flite", "awb", "male", _R3, licence=S.FLITE_LICENCE, package="flite"),
     Voice("flite_kal16", "flite", "kal16", "male", _R3, licence=S.FLITE_LICENCE, package="flite"),
-    Voice("espeak_us_f3", "espeak", "en-us+f3", "female", _R3, (40, 60), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("espeak_us_m3", "espeak", "en-us+m3", "male", _R3, (40, 60), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("espeak_gb_f2", "espeak", "en-gb+f2", "female", _R3, (40, 60), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("espeak_gb_m1", "espeak", "en-gb+m1", "male", _R3, (40, 60), S.ESPEAK_LICENCE, "espeak-ng"),
+    _espeak("espeak_us", "en-us"),
+    _espeak("espeak_gb", "en-gb"),
+    _espeak("espeak_gb_rp", "en-gb-x-rp"),
+    _espeak("espeak_caribbean", "en-029"),
+    _festival("festival_kal", "kal_diphone", "male", "festvox-kallpc16k"),
+    _festival("festival_slt_hts", "cmu_us_slt_arctic_hts", "female", "festvox-us-slt-hts"),
 ]
 HELDOUT_VOICES = [
     Voice("asterisk_human", "asterisk", "", "female", (0.95, 1.0, 1.1), licence=S.ASTERISK_LICENCE,
           package="asterisk-core-sounds-en-wav"),
     Voice("flite_kal", "flite", "kal", "male", _R3, licence=S.FLITE_LICENCE, package="flite"),
-    Voice("espeak_scot_f4", "espeak", "en-gb-scotland+f4", "female", _R3, (50,), S.ESPEAK_LICENCE, "espeak-ng"),
+    _espeak("espeak_scotland", "en-gb-scotland", pitches=(50,)),
+    _festival("festival_ked", "ked_diphone", "male", "festvox-kdlpc16k"),
 ]
+# Babble talkers: espeak languages no item is spoken in.
 BABBLE_VOICES = [
-    Voice("babble_caribbean_m5", "espeak", "en-029+m5", "male", (1.0,), (50,), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("babble_us_f5", "espeak", "en-us+f5", "female", (1.0,), (50,), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("babble_midlands_m6", "espeak", "en-gb-x-gbcwmd+m6", "male", (1.0,), (50,), S.ESPEAK_LICENCE, "espeak-ng"),
-    Voice("babble_lancaster_f1", "espeak", "en-gb-x-gbclan+f1", "female", (1.0,), (50,), S.ESPEAK_LICENCE,
-          "espeak-ng"),
+    _espeak("babble_nyc_m5", "en-us-nyc", ("m5",), (1.0,), (50,)),
+    _espeak("babble_nyc_f5", "en-us-nyc", ("f5",), (1.0,), (50,)),
+    _espeak("babble_midlands_m6", "en-gb-x-gbcwmd", ("m6",), (1.0,), (50,)),
+    _espeak("babble_lancaster_f1", "en-gb-x-gbclan", ("f1",), (1.0,), (50,)),
 ]
+
+# ------------------------------------------------------------------ soundfonts
+# One soundfont per music item, drawn from the training ones; the held-out one (a sample set no
+# training soundfont shares) renders test_heldout's music and nothing else.
+HELDOUT_SOUNDFONT = "csound_gm_gs_bank"
+TRAIN_SOUNDFONTS = tuple(f.name for f in S.SOUNDFONTS
+                         if f.family != S.SOUNDFONT_BY_NAME[HELDOUT_SOUNDFONT].family)
+RENDER_CHUNK = 150  # clips per fluidsynth call (loading an .sf3 soundfont takes seconds)
 
 # ------------------------------------------------------------------ task vocabularies
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -171,10 +200,24 @@ class Spec:
     text: str = ""  # spoken text (asterisk: relative file)
     rate: float = 1.0
     pitch: int = 50
+    timbre: str = ""  # espeak-ng variant
     notes: list = field(default_factory=list)  # music: NoteSpec list
+    soundfont: str = ""  # music: the soundfont that renders it (sources.SOUNDFONTS name)
+    mastering: Optional[dict] = None  # music: acoustics.master settings
+    room: Optional[A.Room] = None  # None = dry
     meta: dict = field(default_factory=dict)
     wav: Optional[np.ndarray] = None
     drop: str = ""
+
+    def condition(self, wav: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """The recording conditions on top of the synthesised clip: mastering, then the room."""
+        if wav is None or wav.size == 0 or not np.any(wav):
+            return wav
+        if self.mastering is not None:
+            wav = A.master(wav, self.mastering)
+        if self.room is not None:
+            wav = A.reverberate(wav, self.room)
+        return wav
 
 
 def postprocess(wav: Optional[np.ndarray], gain_rng: np.random.Generator) -> tuple[Optional[np.ndarray], str]:
@@ -245,16 +288,24 @@ def _speech_specs(task: Task, voices: list[Voice], pool: str) -> list[Spec]:
                     text_v = f
                 else:
                     text_v = text
-                for rate, pitch in v.variants():
+                for rate, pitch, timbre in v.variants():
+                    espeak = {"pitch": pitch, "timbre": timbre} if v.engine == "espeak" else {}
                     out.append(Spec(task, label, pool, group=f"{task.name}|{label}|{pid}|{v.name}", voice=v,
-                                    text=text_v, rate=rate, pitch=pitch,
-                                    meta={"voice": v.name, "gender": v.gender, "source": v.engine,
+                                    text=text_v, rate=rate, pitch=pitch, timbre=timbre,
+                                    meta={"voice": v.name, "gender": _gender(v, timbre), "source": v.engine,
                                           "licence": v.licence, "text": text if v.engine != "asterisk" else
-                                          label, "rate": rate, **({"pitch": pitch} if v.engine == "espeak" else {})}))
+                                          label, "rate": rate, **espeak}))
     return out
 
 
-def _music_spec(task: Task, pool: str, k: int, seed: int) -> Spec:
+def _gender(v: Voice, timbre: str) -> str:
+    """espeak-ng's m*/f* variants set the gender; other voices have one."""
+    return {"m": "male", "f": "female"}.get(timbre[:1], v.gender) if v.engine == "espeak" else v.gender
+
+
+def _music_spec(task: Task, pool: str, k: int, seed: int, soundfonts: tuple) -> Spec:
+    """One music clip: the notes (seeded by task, pool and index), then how it is performed and
+    recorded (seeded apart, so the same notes can be rendered with another soundfont)."""
     rng = _rng(seed, "music", task.name, pool, k)
     vel = lambda: int(rng.integers(70, 118))  # noqa: E731
     notes: list[NoteSpec] = []
@@ -297,8 +348,54 @@ def _music_spec(task: Task, pool: str, k: int, seed: int) -> Spec:
                 notes.append(NoteSpec(prog, q, i * (d + gap), i * (d + gap) + d, vel()))
         meta = {"instrument": inst, "program": prog}
     voice_name = f"gm_{meta['instrument']}"
-    return Spec(task, label, pool, group=f"{task.name}|{pool}|{k}", notes=notes,
-                meta={"voice": voice_name, "source": "fluidsynth", "licence": S.MIDI_LICENCE, **meta})
+    crng = _rng(seed, "music_condition", task.name, pool, k)
+    notes, performance = _perform(notes, crng, legato_ok=task.name != "note_count")
+    soundfont = soundfonts[int(crng.integers(len(soundfonts)))]
+    mastering = A.draw_mastering(crng)
+    return Spec(task, label, pool, group=f"{task.name}|{pool}|{k}", notes=notes, soundfont=soundfont,
+                mastering=mastering,
+                meta={"voice": voice_name, "source": "fluidsynth", "licence": S.MIDI_LICENCE, **meta,
+                      "soundfont": soundfont, **performance, "mastering": mastering})
+
+
+# How a clip is performed: tempo (a factor on every duration), articulation (share of each note's
+# slot that sounds) and dynamics (a level per clip, a spread per note).
+TEMPO_RANGE = (0.8, 1.25)
+ARTICULATIONS = {"legato": 1.0, "normal": 0.8, "staccato": 0.45}
+DYNAMICS_RANGE = (55, 110)  # MIDI velocity of the clip's level
+VELOCITY_SPREAD = 12
+MAX_MUSIC_SPAN_S = 1.8  # every note ends inside the 2 s window
+
+
+def _perform(notes: list, rng: np.random.Generator, legato_ok: bool = True) -> tuple[list, dict]:
+    """Apply a seeded tempo, articulation and dynamics to score-time notes; returns the performed
+    notes and what was drawn (for the item's meta). Chords (equal onsets) stay chords."""
+    tempo = float(rng.uniform(*TEMPO_RANGE))
+    names = [a for a in ARTICULATIONS if legato_ok or a != "legato"]
+    articulation = names[int(rng.integers(len(names)))]
+    level = int(rng.integers(*DYNAMICS_RANGE))
+    span = max((n.end for n in notes), default=0.0) / tempo
+    scale = min(1.0, MAX_MUSIC_SPAN_S / span) / tempo if span > 0 else 1.0 / tempo
+    onsets = sorted({n.start for n in notes})
+    out = []
+    for n in notes:
+        later = [t for t in onsets if t > n.start]
+        slot = (later[0] - n.start) if later else (n.end - n.start)  # time until the next onset
+        sounding = min(n.end - n.start, slot) * (ARTICULATIONS[articulation] if later else 1.0)
+        vel = int(np.clip(level + rng.integers(-VELOCITY_SPREAD, VELOCITY_SPREAD + 1), 20, 127))
+        out.append(NoteSpec(n.program, n.pitch, n.start * scale, (n.start + max(0.08, sounding)) * scale, vel))
+    return out, {"tempo": round(tempo, 2), "articulation": articulation, "dynamics": level}
+
+
+def _draw_room(rng: np.random.Generator, rooms: list) -> Optional[A.Room]:
+    """A room for ``acoustics.ROOM_SHARE`` of the clips (from the pool's rooms), else None (dry)."""
+    if not rooms or rng.random() >= A.ROOM_SHARE:
+        return None
+    return rooms[int(rng.integers(len(rooms)))]
+
+
+def _room_meta(room: Optional[A.Room]) -> dict:
+    return room.describe() if room is not None else {"room": "dry"}
 
 
 def _allocate(specs: list[Spec], quotas: dict[str, int], rng: np.random.Generator,
@@ -347,21 +444,35 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
             return avail.flite and (not avail.flite_voices or v.model in avail.flite_voices)
         if v.engine == "espeak":
             return avail.espeak
+        if v.engine == "festival":
+            return avail.festival and v.model in avail.festival_voices
         return avail.asterisk
 
     seen = [v for v in SEEN_VOICES if usable(v)]
     heldout = [v for v in HELDOUT_VOICES if usable(v)]
     babble_voices = [v for v in BABBLE_VOICES if usable(v)]
+    skipped_voices = [v.name for v in SEEN_VOICES + HELDOUT_VOICES if not usable(v)]
+    if skipped_voices:
+        _say(f"skipped {len(skipped_voices)} voice(s) whose engine or voice package is missing: "
+             + ", ".join(skipped_voices))
+    fonts = {"seen": tuple(f for f in TRAIN_SOUNDFONTS if f in avail.soundfonts),
+             "heldout": tuple(f for f in (HELDOUT_SOUNDFONT,) if f in avail.soundfonts)}
+    music_ok = avail.fluidsynth and bool(fonts["seen"])
     tasks = [t for t in TASKS if (t.kind == "speech" and len(seen) >= 2 and heldout) or
-             (t.kind == "music" and avail.fluidsynth)]
+             (t.kind == "music" and music_ok)]
     if len(tasks) < 3:
         raise BenchmarkError("too few sources for a benchmark (need flite or espeak-ng voices, or fluidsynth with "
                              "a soundfont): " + "; ".join(avail.missing) + ". Run scripts/setup.sh as root "
                              "or install: sudo apt-get install flite espeak-ng fluidsynth timgm6mb-soundfont "
                              "asterisk-core-sounds-en-wav asterisk-moh-opsound-wav")
+    if music_ok and not fonts["heldout"]:
+        _say(f"warning: the held-out soundfont {HELDOUT_SOUNDFONT} is missing (Debian package: "
+             f"{S.SOUNDFONT_BY_NAME[HELDOUT_SOUNDFONT].package}): test_heldout gets no music items")
     quotas = SIZES[size]
+    rooms = {pool: A.make_rooms(_rng(seed, "rooms", pool), pool) for pool in A.ROOMS_PER_POOL}
     _say(f"size={size} seed={seed}: {len(tasks)} tasks, {len(seen)} training voices, {len(heldout)} held-out "
-         f"voices -> {out_dir}")
+         f"voices, soundfonts {', '.join(fonts['seen']) or 'none'} (held out: {', '.join(fonts['heldout']) or 'none'})"
+         f" -> {out_dir}")
 
     # 1. candidate clips per task and split
     planned: dict[str, dict[str, list[Spec]]] = {}
@@ -378,32 +489,45 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
             for split in ("test", "val", "train", "test_heldout"):
                 pool = "heldout" if split == "test_heldout" else "seen"
                 n = int(math.ceil(quotas[split] * 1.1)) + 1
-                alloc[split] = [_music_spec(task, pool, k + i, seed) for i in range(n)]
+                if fonts[pool]:
+                    alloc[split] = [_music_spec(task, pool, k + i, seed, fonts[pool]) for i in range(n)]
                 k += n
         planned[task.name] = alloc
+    for alloc in planned.values():  # a room for a share of the clips: the pool's own rooms
+        for lst in alloc.values():
+            for s in lst:
+                s.room = _draw_room(_rng(seed, "room", s.group, s.rate, s.pitch, s.timbre, s.text), rooms[s.pool])
 
     # 2. synthesize speech (threads: the work happens in flite/espeak subprocesses)
     speech = [s for a in planned.values() for lst in a.values() for s in lst if s.voice is not None]
-    uniq = sorted({(s.voice.name, s.text, s.rate, s.pitch) for s in speech})
+    uniq = sorted({(s.voice.name, s.text, s.rate, s.pitch, s.timbre) for s in speech})
     _say(f"stage 1/4: {len(uniq)} speech utterances ({workers} workers; cache {cache.root})")
     vmap = {v.name: v for v in SEEN_VOICES + HELDOUT_VOICES}
     results: dict[tuple, Optional[np.ndarray]] = {}
     if uniq:
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            futs = ex.map(lambda u: S.synthesize(vmap[u[0]], u[1], u[2], u[3], cache), uniq)
+            # festival loads a voice per process (~1 s): one process speaks a voice's whole batch first
+            batches = defaultdict(list)
+            for u in uniq:
+                if vmap[u[0]].engine == "festival":
+                    batches[u[0]].append((u[1], u[2]))
+            list(ex.map(lambda kv: S.festival_batch(vmap[kv[0]], kv[1], cache), sorted(batches.items())))
+            futs = ex.map(lambda u: S.synthesize(vmap[u[0]], u[1], u[2], u[3], cache, timbre=u[4]), uniq)
             for u, wav in zip(uniq, _progress(futs, len(uniq), "speech clips")):
                 results[u] = wav
     for s in speech:
-        s.wav = results.get((s.voice.name, s.text, s.rate, s.pitch))
+        s.wav = results.get((s.voice.name, s.text, s.rate, s.pitch, s.timbre))
 
-    # 3. render music (one fluidsynth call per chunk of clips)
+    # 3. render music: per soundfont, one fluidsynth call per chunk of clips
     music = [s for a in planned.values() for lst in a.values() for s in lst if s.voice is None]
     if music:
-        _say(f"stage 2/4: {len(music)} music clips (fluidsynth, {avail.soundfont.name})")
-        chunks = [music[i:i + 60] for i in range(0, len(music), 60)]
+        chunks = [(sf, c[i:i + RENDER_CHUNK]) for sf in sorted({s.soundfont for s in music})
+                  for c in [[s for s in music if s.soundfont == sf]] for i in range(0, len(c), RENDER_CHUNK)]
+        _say(f"stage 2/4: {len(music)} music clips (fluidsynth, {len(chunks)} calls, soundfonts "
+             f"{', '.join(sorted({s.soundfont for s in music}))})")
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            futs = ex.map(lambda c: S.render_clips([s.notes for s in c], avail.soundfont), chunks)
-            for c, wavs in zip(chunks, _progress(futs, len(chunks), "music chunks")):
+            futs = ex.map(lambda c: S.render_clips([s.notes for s in c[1]], S.soundfont_path(c[0])), chunks)
+            for (_, c), wavs in zip(chunks, _progress(futs, len(chunks), "music chunks")):
                 for s, w in zip(c, wavs):
                     s.wav = w
 
@@ -417,7 +541,7 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
             for s in planned[task.name].get(split, []):
                 if taken >= quotas[split]:
                     break
-                wav, why = postprocess(s.wav, _rng(seed, "gain", s.group, s.rate, s.pitch, s.text))
+                wav, why = postprocess(s.condition(s.wav), _rng(seed, "gain", s.group, s.rate, s.pitch, s.text))
                 if wav is None:
                     dropped[f"{task.name}:{why}"] += 1
                     continue
@@ -429,7 +553,7 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
                 picks = [others[i] for i in crng.choice(len(others), 3, replace=False)]
                 choices = [s.label] + picks
                 choices = [choices[i] for i in crng.permutation(4)]
-                meta = dict(s.meta, duration_s=round(wav.size / SAMPLE_RATE, 3), group=s.group)
+                meta = dict(s.meta, **_room_meta(s.room), duration_s=round(wav.size / SAMPLE_RATE, 3), group=s.group)
                 items_by_split[split].append(dict(id=iid, audio=rel, question=task.question, choices=choices,
                                                   target=s.label, task=task.name, split=split, meta=meta))
                 taken += 1
@@ -442,11 +566,11 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
 
     # 5. noise bank
     _say("stage 4/4: noise bank (music-on-hold, MIDI pieces, babble)")
-    noise = build_noise_bank(out_dir / "noise", seed, size, avail, babble_voices, cache, workers)
+    noise = build_noise_bank(out_dir / "noise", seed, size, avail, babble_voices, cache, workers, fonts["seen"])
 
     # 6. datasheet
     sheet = _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble_voices, noise, avail,
-                       dropped)
+                       dropped, fonts, rooms)
     (out_dir / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False) + "\n")
     (out_dir / "datasheet.md").write_text(_datasheet_md(sheet))
     n = {k: len(v) for k, v in items_by_split.items()}
@@ -466,9 +590,10 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------ noise bank
 def build_noise_bank(noise_dir: Path, seed: int, size: str, avail: S.Availability, babble_voices: list[Voice],
-                     cache: S.Cache, workers: int = NUM_WORKERS) -> dict:
-    """noise/music (music-on-hold, 30 s chunks), noise/midi (rendered multi-instrument pieces),
-    noise/babble (sums of 6 talkers of voices never used for items). Returns per-folder file lists."""
+                     cache: S.Cache, workers: int = NUM_WORKERS, soundfonts: tuple = ()) -> dict:
+    """noise/music (music-on-hold, 30 s chunks), noise/midi (multi-instrument pieces rendered with the
+    training ``soundfonts`` in turn), noise/babble (sums of 6 talkers of voices never used for items).
+    Returns per-folder file lists."""
     small = size == "small"
     info: dict = {"music": [], "midi": [], "babble": []}
     # music-on-hold
@@ -485,17 +610,18 @@ def build_noise_bank(noise_dir: Path, seed: int, size: str, avail: S.Availabilit
                 info["music"].append({"file": name, "seconds": round(seg.size / SAMPLE_RATE, 2),
                                       "source": f"asterisk-moh-opsound-wav:{tr.name}", "licence": S.MOH_LICENCE})
     # MIDI pieces
-    if avail.fluidsynth:
+    if avail.fluidsynth and soundfonts:
         pieces = 2 if small else 6
         dur = 10.0 if small else 20.0
         for k in _progress(range(pieces), pieces, "noise: midi pieces"):
             pm = _midi_piece(_rng(seed, "midi_piece", k), dur)
-            wav = S.render_midi(pm, avail.soundfont)
+            font = soundfonts[k % len(soundfonts)]
+            wav = S.render_midi(pm, S.soundfont_path(font))
             wav = wav / max(1e-6, float(np.max(np.abs(wav)))) * 0.9
             name = f"midi/piece_{k:02d}.wav"
             write_audio(noise_dir / name, wav)
             info["midi"].append({"file": name, "seconds": round(wav.size / SAMPLE_RATE, 2), "source": "fluidsynth",
-                                 "licence": S.MIDI_LICENCE})
+                                 "soundfont": font, "licence": S.MIDI_LICENCE})
     # babble
     if babble_voices:
         sentences = S.asterisk_sentences(200) or [
@@ -508,7 +634,8 @@ def build_noise_bank(noise_dir: Path, seed: int, size: str, avail: S.Availabilit
                        for i in range(n_utt)})
         vmap = {v.name: v for v in babble_voices}
         with ThreadPoolExecutor(max_workers=workers) as ex:
-            utts = list(_progress(ex.map(lambda r: S.synthesize(vmap[r[0]], r[1], 1.0, 50, cache), reqs),
+            utts = list(_progress(ex.map(lambda r: S.synthesize(vmap[r[0]], r[1], 1.0, 50, cache,
+                                                                 timbre=vmap[r[0]].timbres[0]), reqs),
                                   len(reqs), "noise: babble utterances"))
         utts = [u for u in utts if u is not None and u.size > 0]
         files, dur, talkers = (2, 8.0, 5) if small else (8, 15.0, 6)
@@ -570,21 +697,29 @@ def _midi_piece(rng: np.random.Generator, dur: float):
 
 
 # ------------------------------------------------------------------ datasheet
-def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble, noise, avail, dropped) -> dict:
+def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble, noise, avail, dropped,
+               fonts, rooms) -> dict:
     from ..config import NoiseConfig
     nc = NoiseConfig()
-    counts: dict = {"split": {}, "task": {}, "source": {}, "voice": {}}
+    counts: dict = {"split": {}, "task": {}, "source": {}, "voice": {}, "soundfont": {}, "room": {}}
     for split, rows in items_by_split.items():
         counts["split"][split] = len(rows)
         counts["task"][split] = dict(sorted(Counter(r["task"] for r in rows).items()))
         counts["source"][split] = dict(sorted(Counter(r["meta"]["source"] for r in rows).items()))
         counts["voice"][split] = dict(sorted(Counter(r["meta"]["voice"] for r in rows).items()))
+        counts["soundfont"][split] = dict(sorted(Counter(r["meta"]["soundfont"] for r in rows
+                                                         if "soundfont" in r["meta"]).items()))
+        # rooms counted by pool (dry / training rooms / held-out rooms); each room's own count is in "rooms"
+        counts["room"][split] = dict(sorted(Counter(_room_kind(r["meta"]["room"]) for r in rows).items()))
     durs = [r["meta"]["duration_s"] for rows in items_by_split.values() for r in rows]
 
     def vinfo(v: Voice, role: str) -> dict:
         return {"name": v.name, "engine": v.engine, "model": v.model or "human recording", "gender": v.gender,
-                "rates": list(v.rates), **({"pitches": list(v.pitches)} if v.engine == "espeak" else {}),
+                "rates": list(v.rates), **({"pitches": list(v.pitches), "timbres": list(v.timbres)}
+                                           if v.engine == "espeak" else {}),
                 "role": role, "package": v.package, "licence": v.licence}
+
+    room_use = Counter(r["meta"]["room"] for rows in items_by_split.values() for r in rows)
 
     return {
         "name": "EchoDistill offline spoken-QA benchmark",
@@ -596,9 +731,9 @@ def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble
         "choices": "4 per item: the target plus 3 distractors drawn from the same task's labels; stored in a "
                    "seeded random order",
         "splits": "by group (task, label, phrase, voice for speech; one rendered clip for music): no clip and no "
-                  "speed/pitch variant of the same voice saying the same words is in two splits. test_heldout "
-                  "uses only held-out voices (speech) and held-out instruments / chords (music): for "
-                  "generalisation only, never for training or tuning.",
+                  "speed/pitch/timbre variant of the same voice saying the same words is in two splits. "
+                  "test_heldout uses only held-out voices (speech), held-out instruments / chords and the held-out "
+                  "soundfont (music), and held-out rooms: for generalisation only, never for training or tuning.",
         "tasks": [{"name": t.name, "kind": t.kind, "question": t.question, "labels": list(t.labels)} for t in tasks],
         "counts": counts,
         "duration_s": {"min": min(durs, default=0), "mean": round(float(np.mean(durs)), 3) if durs else 0,
@@ -610,7 +745,20 @@ def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble
                   "contour_count_instruments_seen": PITCHED_SEEN,
                   "contour_count_instruments_heldout": PITCHED_HELDOUT,
                   "heldout_instrument_items": "chords (2-3 simultaneous notes); training has single-line motifs",
-                  "soundfont": str(avail.soundfont) if avail.soundfont else None},
+                  "soundfonts": [{"name": f.name, "file": str(f.path), "package": f.package, "family": f.family,
+                                  "licence": f.licence,
+                                  "role": ("test_heldout only" if f.name in fonts["heldout"] else
+                                           "train/val/test" if f.name in fonts["seen"] else
+                                           "missing on this machine" if f.name not in avail.soundfonts else
+                                           "unused (shares samples with the held-out soundfont)")}
+                                 for f in S.SOUNDFONTS],
+                  "performance": {"tempo": list(TEMPO_RANGE), "articulations": dict(ARTICULATIONS),
+                                  "dynamics_velocity": list(DYNAMICS_RANGE), "velocity_spread": VELOCITY_SPREAD},
+                  "mastering": {k: list(v) for k, v in A.MASTERING_RANGES.items()}},
+        "rooms": {"share": A.ROOM_SHARE, "ranges": A.ROOM_RANGES, "tail_s": A.REVERB_TAIL_S,
+                  "simulator": "pyroomacoustics ShoeBox (image source method), seeded",
+                  "list": [dict(r.describe(), pool=r.pool, items=room_use.get(r.name, 0))
+                           for pool in rooms.values() for r in pool]},
         "noise": {"folder": "noise/", "files": {k: len(v) for k, v in noise.items()},
                   "seconds": {k: round(sum(f["seconds"] for f in v), 1) for k, v in noise.items()},
                   "bank": noise,
@@ -621,12 +769,17 @@ def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble
             "asterisk-moh-opsound-wav": S.MOH_LICENCE,
             "flite": S.FLITE_LICENCE,
             "espeak-ng": S.ESPEAK_LICENCE,
-            "fluidsynth + timgm6mb-soundfont": S.MIDI_LICENCE,
+            "fluidsynth + soundfonts": S.MIDI_LICENCE,
+            "festival": S.FESTIVAL_LICENCE,
             "this build": "clips derived from Asterisk recordings and music-on-hold are CC-BY-SA-3.0 (share "
                           "alike, attribute Digium/Allison Smith and the opsound artists); do not commit them",
         },
         "missing_sources": list(avail.missing),
     }
+
+
+def _room_kind(room: str) -> str:
+    return "dry" if room == "dry" else room.rsplit("_room_", 1)[0] + " rooms"
 
 
 def _table(rows: dict, cols: list[str]) -> str:
@@ -655,14 +808,27 @@ def _datasheet_md(d: dict) -> str:
     out += ["", "## Items per task and split", "", _table(c["task"], cols),
             "", "## Items per source and split", "", _table(c["source"], cols),
             "", "## Items per voice and split", "", _table(c["voice"], cols),
+            "", "## Items per soundfont and split (music)", "", _table(c["soundfont"], cols),
+            "", "## Items per room and split (dry, training rooms, held-out rooms)", "", _table(c["room"], cols),
             "", "## Voices", "", "| voice | engine | model | gender | role | package |", "|---|---|---|---|---|---|"]
     for v in d["voices"]:
         out.append(f"| {v['name']} | {v['engine']} | {v['model']} | {v['gender']} | {v['role']} | {v['package']} |")
     m = d["music"]
     out += ["", f"Music: instruments (GM programs) {m['instruments']}; contour/count instruments in training "
             f"{m['contour_count_instruments_seen']}, held out {m['contour_count_instruments_heldout']}; "
-            f"held-out instrument items: {m['heldout_instrument_items']}. Soundfont: {m['soundfont']}.", "",
-            "## Noise", ""]
+            f"held-out instrument items: {m['heldout_instrument_items']}.", "",
+            "## Soundfonts", "", "| soundfont | family | role | package | licence |", "|---|---|---|---|---|"]
+    out += [f"| {f['name']} | {f['family']} | {f['role']} | {f['package']} | {f['licence']} |" for f in m["soundfonts"]]
+    p = m["performance"]
+    out += ["", f"Each music clip: one soundfont drawn from the training ones; tempo x{p['tempo'][0]}-{p['tempo'][1]}, "
+            f"articulation {', '.join(p['articulations'])}, clip level velocity {p['dynamics_velocity'][0]}-"
+            f"{p['dynamics_velocity'][1]} (+-{p['velocity_spread']} per note), pitch anywhere in the instrument's "
+            f"range; mild mastering (pedalboard: low/high shelf, compressor) {m['mastering']}.", "",
+            "## Rooms", "", f"{d['rooms']['share']:.0%} of the clips of every split are heard in a room "
+            f"({d['rooms']['simulator']}); training rooms serve train/val/test, held-out rooms only test_heldout. "
+            f"Ranges: {d['rooms']['ranges']}.", "", "| room | pool | RT60 s | distance m | items |", "|---|---|---|---|---|"]
+    out += [f"| {r['room']} | {r['pool']} | {r['rt60_s']} | {r['distance_m']} | {r['items']} |" for r in d["rooms"]["list"]]
+    out += ["", "## Noise", ""]
     n = d["noise"]
     for k in ("babble", "music", "midi"):
         out.append(f"* `noise/{k}/`: {n['files'][k]} files, {n['seconds'][k]} s")
