@@ -7,8 +7,11 @@ VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev,enhance,bench}
 
 # Debian packages the offline benchmark draws its real audio and voices from.
+# Soundfonts: one is drawn per music clip; csound-soundfont is held out for test_heldout.
 APT_PACKAGES="asterisk-core-sounds-en-wav asterisk-core-sounds-en asterisk-moh-opsound-wav \
-  flite espeak-ng festival festvox-kallpc16k fluidsynth timgm6mb-soundfont sound-theme-freedesktop"
+  flite espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fluidsynth \
+  timgm6mb-soundfont fluid-soundfont-gm musescore-general-soundfont-small opl3-soundfont csound-soundfont \
+  sound-theme-freedesktop"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

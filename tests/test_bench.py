@@ -164,3 +164,106 @@ def test_probe_names_missing_package(monkeypatch, tmp_path):
     a = S.probe()
     assert not a.asterisk
     assert any("asterisk-core-sounds-en-wav" in m for m in a.missing)
+
+
+# ------------------------------------------------------------------ sources: soundfonts, rooms, voices
+def test_heldout_soundfont_and_rooms_only_in_test_heldout(built):
+    out, sheet = built
+    held = bench.HELDOUT_SOUNDFONT
+    held_family = S.SOUNDFONT_BY_NAME[held].family
+    assert all(S.SOUNDFONT_BY_NAME[f].family != held_family for f in bench.TRAIN_SOUNDFONTS)
+    for split in SPLITS:
+        rows = _read(out, split)
+        music = [r for r in rows if r["meta"]["source"] == "fluidsynth"]
+        rooms = {r["meta"]["room"] for r in rows} - {"dry"}
+        if split == "test_heldout":
+            assert {r["meta"]["soundfont"] for r in music} <= {held}
+            assert all(room.startswith("heldout_room") for room in rooms)
+        else:
+            assert music and all(r["meta"]["soundfont"] in bench.TRAIN_SOUNDFONTS for r in music)
+            assert all(room.startswith("seen_room") for room in rooms)
+    if held in AVAIL.soundfonts:
+        assert sheet["counts"]["soundfont"]["test_heldout"] == {held: sheet["counts"]["source"]["test_heldout"]
+                                                               ["fluidsynth"]}
+    train_rows = _read(out, "train")
+    assert len({r["meta"]["soundfont"] for r in train_rows if "soundfont" in r["meta"]}) >= min(
+        2, len(set(AVAIL.soundfonts) & set(bench.TRAIN_SOUNDFONTS)))
+    assert any(r["meta"]["room"] != "dry" for r in train_rows)  # a share of training clips is reverberant
+
+
+def test_datasheet_counts_sources(built):
+    out, _ = built
+    sheet = json.loads((out / "datasheet.json").read_text())
+    for split in SPLITS:
+        rows = _read(out, split)
+        assert sheet["counts"]["soundfont"][split] == dict(Counter(r["meta"]["soundfont"] for r in rows
+                                                                   if "soundfont" in r["meta"]))
+        assert sum(sheet["counts"]["room"][split].values()) == len(rows)
+    md = (out / "datasheet.md").read_text()
+    assert "Items per soundfont and split" in md and "Items per room and split" in md
+
+
+def test_music_rendering_is_seeded_and_reproducible():
+    if not (AVAIL.fluidsynth and AVAIL.soundfonts):
+        pytest.skip("fluidsynth or a General MIDI soundfont is not installed (run scripts/setup.sh as root)")
+    from echodistill.data import acoustics as A
+    task = next(t for t in bench.TASKS if t.name == "instrument")
+    fonts = tuple(AVAIL.soundfonts)
+    a, b = (bench._music_spec(task, "seen", 7, 11, fonts) for _ in range(2))
+    assert a.notes == b.notes and a.soundfont == b.soundfont and a.mastering == b.mastering
+    other = bench._music_spec(task, "seen", 8, 11, fonts)
+    assert (other.notes, other.mastering) != (a.notes, a.mastering)
+    room = A.make_rooms(bench._rng(11, "rooms", "seen"), "seen")[3]
+    assert room == A.make_rooms(bench._rng(11, "rooms", "seen"), "seen")[3]
+    a.room = b.room = room
+    path = S.soundfont_path(a.soundfont)
+    wa = a.condition(S.render_clips([a.notes], path)[0])
+    wb = b.condition(S.render_clips([b.notes], path)[0])
+    assert wa.size > 16000 and np.array_equal(wa, wb)
+    assert np.isfinite(wa).all() and np.abs(wa).max() > 1e-3
+
+
+def test_missing_soundfonts_give_setup_message_and_skip_count(tmp_path, monkeypatch, capsys):
+    if not (AVAIL.fluidsynth and "timgm6mb" in AVAIL.soundfonts and AVAIL.espeak):
+        pytest.skip("needs fluidsynth, timgm6mb-soundfont and espeak-ng (run scripts/setup.sh as root)")
+    # a machine with only TimGM6mb: the other soundfonts are named with their Debian packages
+    only = tmp_path / "sounds" / "sf2"
+    only.mkdir(parents=True)
+    (only / "TimGM6mb.sf2").symlink_to(S.SOUNDFONT_BY_NAME["timgm6mb"].path)
+    monkeypatch.setattr(S, "SOUNDFONT_DIR", tmp_path / "sounds")
+    a = S.probe()
+    assert a.soundfonts == ("timgm6mb",)
+    assert any("fluid-soundfont-gm" in m for m in a.missing)
+    assert any("csound-soundfont" in m for m in a.missing)
+    with pytest.raises(FileNotFoundError, match="apt-get install csound-soundfont"):
+        S.soundfont_path(bench.HELDOUT_SOUNDFONT)
+    # the build renders every music clip with the soundfont it has and skips held-out music, counted
+    monkeypatch.setattr(bench, "SIZES", {"small": {"train": 6, "val": 2, "test": 2, "test_heldout": 2}})
+    monkeypatch.setattr(bench, "TASKS", [t for t in bench.TASKS if t.name in ("spoken_number", "spoken_letter",
+                                                                               "instrument")])
+    sheet = bench.build_benchmark(tmp_path / "b", seed=0, size="small")
+    err = capsys.readouterr().err
+    assert "2 test_heldout music items skipped" in err and "apt-get install csound-soundfont" in err
+    assert sheet["counts"]["soundfont"]["train"] == {"timgm6mb": sheet["counts"]["task"]["train"]["instrument"]}
+    assert "instrument" not in sheet["counts"]["task"]["test_heldout"]
+    assert any("csound-soundfont" in m for m in sheet["missing_sources"])
+
+
+def test_check_knows_source_fields(built, tmp_path):
+    from echodistill.data.check import check_manifest
+    out, _ = built
+    assert not [p for p in check_manifest(out / "train.jsonl") if p.kind.startswith(("heldout_source", "bad_source"))]
+    rows = _read(out, "train")
+    music = next(r for r in rows if r["meta"]["source"] == "fluidsynth")
+    speech = next(r for r in rows if r["meta"]["source"] != "fluidsynth")
+    bad = [dict(music, id="a", meta=dict(music["meta"], soundfont=bench.HELDOUT_SOUNDFONT)),
+           dict(speech, id="b", meta=dict(speech["meta"], voice="asterisk_human")),
+           dict(speech, id="c", meta=dict(speech["meta"], room="heldout_room_01", rt60_s=0.5)),
+           dict(music, id="d", meta=dict(music["meta"], soundfont="nosuch")),
+           dict(speech, id="e", meta=dict(speech["meta"], room="seen_room_01", rt60_s=None))]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(dict(r, audio=str(out / r["audio"]))) + "\n" for r in bad))
+    kinds = {p.location.split("item ")[-1].rstrip(")"): p.kind for p in check_manifest(path)
+             if "source" in p.kind}
+    assert kinds == {"a": "heldout_source_in_training", "b": "heldout_source_in_training",
+                     "c": "heldout_source_in_training", "d": "bad_source_field", "e": "bad_source_field"}

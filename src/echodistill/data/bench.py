@@ -465,10 +465,11 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
                              "a soundfont): " + "; ".join(avail.missing) + ". Run scripts/setup.sh as root "
                              "or install: sudo apt-get install flite espeak-ng fluidsynth timgm6mb-soundfont "
                              "asterisk-core-sounds-en-wav asterisk-moh-opsound-wav")
-    if music_ok and not fonts["heldout"]:
-        _say(f"warning: the held-out soundfont {HELDOUT_SOUNDFONT} is missing (Debian package: "
-             f"{S.SOUNDFONT_BY_NAME[HELDOUT_SOUNDFONT].package}): test_heldout gets no music items")
     quotas = SIZES[size]
+    if music_ok and not fonts["heldout"]:
+        skipped = quotas["test_heldout"] * sum(t.kind == "music" for t in tasks)
+        _say(f"warning: the held-out soundfont {HELDOUT_SOUNDFONT} is missing (install it: sudo apt-get install "
+             f"{S.SOUNDFONT_BY_NAME[HELDOUT_SOUNDFONT].package}): {skipped} test_heldout music items skipped")
     rooms = {pool: A.make_rooms(_rng(seed, "rooms", pool), pool) for pool in A.ROOMS_PER_POOL}
     _say(f"size={size} seed={seed}: {len(tasks)} tasks, {len(seen)} training voices, {len(heldout)} held-out "
          f"voices, soundfonts {', '.join(fonts['seen']) or 'none'} (held out: {', '.join(fonts['heldout']) or 'none'})"

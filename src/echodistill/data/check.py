@@ -10,6 +10,11 @@ summary line. Checks, per item: the JSON itself (``malformed_json``, ``non_utf8`
 splits, METHOD.md section 4 flaw 2), ``position_bias`` (the target nearly always stored at one position,
 flaw 1) and ``empty_manifest``.
 
+The benchmark's source fields (``meta.soundfont``, ``meta.room`` with ``rt60_s`` / ``distance_m``,
+``meta.voice``) are checked too: ``bad_source_field`` (an unknown soundfont, a room without a sane
+RT60) and ``heldout_source_in_training`` (a soundfont, room or voice that ``data build`` reserves for
+test_heldout, in any other split: the held-out results would no longer measure transfer).
+
 The per-item audio and prompt checks are ``data/validate.py``'s, the very functions the runs call with
 the same limits (``limits_from_config``), so what this check passes the runs accept and what the runs
 skip this check reports.
@@ -152,6 +157,42 @@ def _find_leak(item, line: int, q: str, clip: _Clip, seen_paths: dict, seen_clip
     return found
 
 
+_SOURCE_FIXES = {
+    "bad_source_field": "rebuild with `echodistill data build`, or correct the item's meta",
+    "heldout_source_in_training": "rebuild with `echodistill data build` (it never does this), or move the item "
+                                  "to test_heldout",
+}
+
+
+def _source_problem(item) -> Optional[tuple[str, str]]:
+    """(kind, message) when the item's benchmark source fields are malformed or use a held-out source
+    outside test_heldout; None otherwise (also for manifests without these fields)."""
+    from . import sources as S
+    from .bench import HELDOUT_SOUNDFONT, HELDOUT_VOICES
+    meta = item.meta or {}
+    font, room, voice = meta.get("soundfont"), meta.get("room"), meta.get("voice")
+    if font is not None and font not in S.SOUNDFONT_BY_NAME:
+        return "bad_source_field", (f"meta.soundfont {font!r} is not a known soundfont "
+                                    f"({', '.join(S.SOUNDFONT_BY_NAME)})")
+    if room is not None and room != "dry":
+        rt60 = meta.get("rt60_s")
+        if not isinstance(rt60, (int, float)) or not 0 < rt60 <= 5:
+            return "bad_source_field", f"meta.room {room!r} has no RT60 in (0, 5] s (meta.rt60_s = {rt60!r})"
+    if item.split in (None, "", "test_heldout"):
+        return None
+    held = []
+    if font == HELDOUT_SOUNDFONT:
+        held.append(f"soundfont {font}")
+    if isinstance(room, str) and room.startswith("heldout_room"):
+        held.append(f"room {room}")
+    if meta.get("source") != "fluidsynth" and voice in {v.name for v in HELDOUT_VOICES}:
+        held.append(f"voice {voice}")
+    if held:
+        return "heldout_source_in_training", (f"split {item.split!r} uses {' and '.join(held)}, which the "
+                                              "benchmark keeps for test_heldout only")
+    return None
+
+
 def _progress(total: int):
     """A tqdm bar on stderr for large manifests; silent when stderr is not a terminal (CI, tests)."""
     try:
@@ -199,6 +240,9 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
             why = prompt_problem(item, limits, choice_seed)
             if why:
                 problems.append(Problem("prompt_too_long", loc, why, FIXES["prompt_too_long"]))
+            source = _source_problem(item)
+            if source is not None:
+                problems.append(Problem(source[0], loc, source[1], _SOURCE_FIXES[source[0]]))
             audio_problems, clip = _audio_problems(item, row.line, path, cache, limits)
             problems.extend(audio_problems)
             q = " ".join(item.question.split()).casefold()
