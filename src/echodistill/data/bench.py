@@ -512,6 +512,9 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
             for u in uniq:
                 if vmap[u[0]].engine == "festival":
                     batches[u[0]].append((u[1], u[2]))
+            if batches:
+                _say(f"festival: {sum(map(len, batches.values()))} utterances, one process per voice "
+                     f"({', '.join(sorted(batches))})")
             list(ex.map(lambda kv: S.festival_batch(vmap[kv[0]], kv[1], cache), sorted(batches.items())))
             futs = ex.map(lambda u: S.synthesize(vmap[u[0]], u[1], u[2], u[3], cache, timbre=u[4]), uniq)
             for u, wav in zip(uniq, _progress(futs, len(uniq), "speech clips")):
