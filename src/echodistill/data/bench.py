@@ -398,6 +398,13 @@ def _room_meta(room: Optional[A.Room]) -> dict:
     return room.describe() if room is not None else {"room": "dry"}
 
 
+def draw_choices(task: Task, target: str, rng: np.random.Generator) -> list[str]:
+    """The target and 3 distractors from the same task's labels, in a seeded order."""
+    others = [lab for lab in task.labels if lab != target]
+    choices = [target] + [others[i] for i in rng.choice(len(others), 3, replace=False)]
+    return [choices[i] for i in rng.permutation(4)]
+
+
 def _allocate(specs: list[Spec], quotas: dict[str, int], rng: np.random.Generator,
               margin: float = 1.25) -> dict[str, list[Spec]]:
     """Shuffle whole groups, then hand groups to splits (small splits first) until each has its quota
@@ -552,11 +559,7 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
                 iid = f"{task.name}-{split}-{taken:04d}"
                 rel = f"audio/{task.name}/{iid}.wav"
                 write_audio(out_dir / rel, wav)
-                crng = _rng(seed, "choices", iid)
-                others = [lab for lab in task.labels if lab != s.label]
-                picks = [others[i] for i in crng.choice(len(others), 3, replace=False)]
-                choices = [s.label] + picks
-                choices = [choices[i] for i in crng.permutation(4)]
+                choices = draw_choices(task, s.label, _rng(seed, "choices", iid))
                 meta = dict(s.meta, **_room_meta(s.room), duration_s=round(wav.size / SAMPLE_RATE, 3), group=s.group)
                 items_by_split[split].append(dict(id=iid, audio=rel, question=task.question, choices=choices,
                                                   target=s.label, task=task.name, split=split, meta=meta))

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from ..audio.io import SAMPLE_RATE, write_audio
 from . import sources as S
-from .bench import TASKS, BenchmarkError, _music_spec, _rng, _say, _write_manifest, postprocess
+from .bench import TASKS, BenchmarkError, _music_spec, _rng, _say, _write_manifest, draw_choices, postprocess
 
 
 def build_soundfont_probe(out_dir: Path, n: int = 150, seed: int = 0,
@@ -53,10 +53,7 @@ def build_soundfont_probe(out_dir: Path, n: int = 150, seed: int = 0,
             iid = f"probe-{k:04d}-{font}"
             rel = f"audio/{iid}.wav"
             write_audio(out_dir / rel, wav)
-            crng = _rng(seed, "probe_choices", k)
-            others = [lab for lab in task.labels if lab != s.label]
-            choices = [s.label] + [others[i] for i in crng.choice(len(others), 3, replace=False)]
-            choices = [choices[i] for i in crng.permutation(4)]
+            choices = draw_choices(task, s.label, _rng(seed, "probe_choices", k))
             meta = {key: v for key, v in s.meta.items() if key != "mastering"}
             meta.update(soundfont=font, room="dry", probe_clip=k, duration_s=round(wav.size / SAMPLE_RATE, 3),
                         group=f"probe|{k}")
