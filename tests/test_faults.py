@@ -97,3 +97,73 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(data_dir, tiny_qw
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def _no_space(*args, **kwargs):  # the fault: what the kernel answers when the disk is full
+    import errno
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing_partial(data_dir, tiny_qwen2_audio_dir,
+                                                                                 tmp_path, monkeypatch):
+    from echodistill.train import checkpoint as C
+
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, "train.save_steps=1", "train.max_steps=2")
+    orig = C.save_file
+    calls = []
+
+    def full_on_second(*a, **k):
+        calls.append(1)
+        return orig(*a, **k) if len(calls) == 1 else _no_space()
+
+    monkeypatch.setattr(C, "save_file", full_on_second)
+    with pytest.raises(UserError, match=rf"{out}: no space left on the device while writing checkpoint-2; "
+                                        r"nothing partial was kept: .*--resume continues from checkpoint-1"):
+        T.run_train(cfg)
+    assert [s for s, _ in list_checkpoints(out)] == [1] and not list(out.glob(".tmp-checkpoint-*"))
+    assert _finite(out / "checkpoint-1")
+
+
+def test_a_full_disk_during_eval_keeps_whole_rows_only(tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    from echodistill.eval import evaluate as E
+
+    from test_evaluate import _cfg, _read, _tone, write_audio
+
+    d = tmp_path / "bench"
+    for i, f0 in enumerate((220.0, 440.0, 330.0)):
+        write_audio(d / "audio" / f"q{i}.wav", _tone(f0, seed=i))
+    rows = [{"id": f"q{i}", "audio": f"audio/q{i}.wav", "question": "Which pitch?", "choices": ["low", "high"],
+             "target": "low", "task": "pitch", "split": "test"} for i in range(3)]
+    (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(d, tiny_qwen2_audio_dir, "eval.noise_types=[white]", "eval.snr_levels=[0]", "eval.batch_size=2")
+    out = tmp_path / "ev"
+    orig = E.PredictionWriter.__init__
+
+    class FillsUp:
+        """The writer's file: the first chunk fits, then half a chunk reaches the disk and it is full."""
+
+        def __init__(self, f):
+            self.f, self.chunks = f, 0
+
+        def write(self, data):
+            self.chunks += 1
+            if self.chunks == 1:
+                return self.f.write(data)
+            self.f.write(bytes(data[: len(data) // 2]))
+            _no_space()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def init(self, path):
+        orig(self, path)
+        self.f = FillsUp(self.f)
+
+    monkeypatch.setattr(E.PredictionWriter, "__init__", init)
+    with pytest.raises(UserError, match=rf"{out}: no space left on the device"):
+        E.run_eval(cfg, out_dir=out)
+    monkeypatch.setattr(E.PredictionWriter, "__init__", orig)
+    kept = _read(out / "predictions.jsonl")  # whole rows only (json parses every line)
+    assert 0 < len(kept) and not list(out.glob("*.tmp"))
+    assert E.run_eval(cfg, out_dir=out)["timing"]["new_predictions"] > 0  # the rerun completes

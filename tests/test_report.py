@@ -98,3 +98,14 @@ def test_bad_run_dirs_raise_user_error(tmp_path):
     (bad / "predictions.jsonl").write_text('{"id": "A", "condition": "clean", "correct": true}\n{oops\n')
     with pytest.raises(UserError, match="predictions.jsonl:2"):
         make_report([bad], tmp_path / "out")
+
+
+def test_report_md_escapes_markup_in_names(tmp_path):
+    evil = "<img src=x onerror=alert(1)>`pwn"
+    a = _write_run(tmp_path / "base", _rows(4), name=evil)
+    b = _write_run(tmp_path / "other", _rows(4, flip=2))
+    make_report([a, b], tmp_path / "report", n_boot=50)
+    md = (tmp_path / "report" / "report.md").read_text()
+    import re
+    assert not re.findall(r"(?<!`)<img", md) and "&lt;img src=x onerror=alert(1)&gt;" in md  # markup only as text
+    assert "`<img src=x onerror=alert(1)>'pwn`" in md  # in a code span: shown as text, cannot close it early

@@ -122,3 +122,26 @@ def test_export_copies_only_what_the_model_owns(plain_run, tmp_path, capsys):
     assert "skipped" in capsys.readouterr().err
     assert not any("PRIVATE KEY" in p.read_text(errors="ignore") for p in (tmp_path / "export").rglob("*")
                    if p.is_file() and p.stat().st_size < 10_000)
+
+
+def test_a_pickled_checkpoint_is_refused_in_one_line(tmp_path, tiny_qwen2_audio_dir, capsys):
+    import os
+    import pickle
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen2_audio_dir, model)
+    for f in model.glob("*.safetensors"):
+        f.unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    with open(model / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"w": Payload()}, f)
+    write_audio(tmp_path / "clip.wav", tone(300.0, seconds=0.5))
+    rc = main(["predict", "--checkpoint", str(model), "--audio", str(tmp_path / "clip.wav"), "--question", "q",
+               f"model.path={model}", "model.backbone=embedded"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refused" in err and "safetensors" in err and "Traceback" not in err
+    assert not (tmp_path / "PWNED").exists()

@@ -50,7 +50,7 @@ from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..data.manifest import Item, read_manifest, seeded_subset
 from ..data.prompts import format_question, ordered_choices
 from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
-from ..errors import UserError
+from ..errors import UserError, disk_full
 from ..provenance import (code_version, content_key, content_stamps, file_stamps, sha256_file, verify_weights,
                           weights_sha256)
 from ..data.answers import extract_choice, free_answer, is_correct
@@ -393,14 +393,21 @@ class PredictionWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self.f = open(path, "a", encoding="utf-8")
+        self.f = open(path, "ab", buffering=0)  # unbuffered: a failed chunk is cut off exactly (ftruncate)
         self.written = 0
 
     def __call__(self, rows: list) -> None:
-        for r in rows:
-            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8", "backslashreplace")
+        fd = self.f.fileno()
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self.f.write(view):]
+            os.fsync(fd)
+        except OSError:  # e.g. the disk is full: no half row stays behind
+            os.ftruncate(fd, start)
+            raise
         self.written += len(rows)
 
     def close(self) -> None:
@@ -621,7 +628,9 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     # this process's own GPU; the recorded state keeps the generic name (a 1-process rerun may resume)
     run_device = str(procs.device) if procs is not None and procs.device.type != "cpu" else device
     out_dir.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
+    partial = [out_dir / (METRICS + ".tmp"), out_dir / (STATE + ".tmp"), out_dir / (PREDICTIONS + ".tmp")]
+    with disk_full(out_dir, "predictions or metrics", partial, "rerun the same command (complete rows are kept)"), \
+            FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
         state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
         if main:
             _check_state(out_dir, state, _format2_keys(items, bank))

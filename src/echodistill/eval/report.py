@@ -13,12 +13,13 @@ seeds.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import UserError
 from .formatting import cell, pct
@@ -168,8 +169,19 @@ def _diff_cell(d: dict) -> str:
     return s
 
 
+def _md(x: Any) -> str:
+    """Text from run/task/noise names or notes, safe in Markdown: HTML markup escaped, one line (a name
+    like ``<img onerror=...>`` must show as text in any Markdown viewer, as it does in report.html)."""
+    return html.escape(" ".join(str(x).split()), quote=False)
+
+
+def _code(x: Any) -> str:
+    """A name inside a `code span`: no backtick can end the span early."""
+    return " ".join(str(x).split()).replace("`", "'")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+    esc = lambda x: _md(x).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -404,11 +416,11 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
                 sp = spread[k]
                 ms = pct(sp["mean"]) + (f" ± {100 * sp['sd']:.1f}" if sp["sd"] is not None else "")
                 rows.append([h] + [pct(v) for v in sp["per_seed"]] + [ms])
-            md += [f"### {e.name}", "", _table(hdr, rows), ""]
+            md += [f"### {_md(e.name)}", "", _table(hdr, rows), ""]
 
     if paired:
-        md += [f"## Differences vs {base.name}", "",
-               f"Run minus `{base.name}`, in percentage points, on the items both runs share; the same "
+        md += [f"## Differences vs {_md(base.name)}", "",
+               f"Run minus `{_code(base.name)}`, in percentage points, on the items both runs share; the same "
                "resampled items are used for both runs (paired bootstrap). **Bold**: the 95 % interval "
                "excludes 0. `p` is the two-sided bootstrap p-value. With several comparisons, expect "
                "about one in twenty intervals to exclude 0 by chance.", ""]
@@ -450,9 +462,9 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
                 for c in ("clean", "noisy", "silent")]
         md += [_table(["Condition"] + [e.name for e in inv], rows), ""]
     if notes:
-        md += ["## Notes", ""] + [f"* {n}" for n in notes] + [""]
+        md += ["## Notes", ""] + [f"* {_md(n)}" for n in notes] + [""]
     md += ["## Runs", ""]
-    md += [f"* `{e.name}`: " + ", ".join(f"`{r.dir}`" + (f" (split {r.split})" if r.split else "")
+    md += [f"* `{_code(e.name)}`: " + ", ".join(f"`{_code(r.dir)}`" + (f" (split {_md(r.split)})" if r.split else "")
                                           for r in e.runs) for e in entries]
     md += ["", "All numbers are also in `report.json`."]
     return "\n".join(md) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -143,6 +144,9 @@ def load_hf(cls: type, path: Path, cfg_model: Any) -> nn.Module:
         return cls.hf_class().from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load a {cls.backbone} model from {path}: {e}") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickle that is more than tensors
+        raise ConfigError(f"{path}: its pickled weights (.bin/.pt) hold more than tensors and were refused (loading "
+                          "them could run code); use the model's safetensors weights") from None
 
 
 def has_processor(path: Path) -> bool:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, save_config, to_dict
-from ..errors import UserError
+from ..errors import UserError, disk_full
 from ..tracking import tracker_scalars
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Example
@@ -535,6 +535,12 @@ class Recipe:
         if any_rank(self.accelerator, not all(bool(torch.isfinite(t).all()) for t in local)):
             raise UserError(f"step {self.step}: the weights hold NaN or inf; not saving them over "
                             f"{latest_checkpoint(self.out) or 'nothing'}: lower the learning rate and resume")
+        last = latest_checkpoint(self.out)
+        with disk_full(self.out, f"checkpoint-{self.step}", [self.out / f".tmp-checkpoint-{self.step}"],
+                       f"--resume continues from {last.name if last else 'step 0'}"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         if self.engine.sharded:  # full weights gathered for model/ and trainable.safetensors, optimizer in shards
             with self.engine.full_weights():
                 save_sharded_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
@@ -551,8 +557,8 @@ class Recipe:
         final, partial = self.out / "final", self.out / "final.partial"
         acc = self.accelerator
         self.final_summary = None  # summary.json's content, on the main process (other ranks: None)
-        with self.engine.full_weights():  # FSDP2: every rank gathers, the main process writes
-            if acc.is_main_process:
+        with self.engine.full_weights(), disk_full(self.out, "final/", [partial], "rerun with --resume"):
+            if acc.is_main_process:  # FSDP2: every rank gathers, the main process writes
                 shutil.rmtree(partial, ignore_errors=True)
                 self.model.save(partial)
         if acc.is_main_process:
