@@ -15,6 +15,9 @@ items and, seed by seed, from the same warm-up: ``D = S_a - S_b``.
 * **Seed-level paired t-test**: the per-seed mean differences ``d_s = mean_items D[s]`` with a t
   interval on ``S - 1`` degrees of freedom. It treats the items as fixed (the question: would other
   training seeds on *these* items agree?), so it is narrower than the bootstrap when items differ.
+* **Three-level bootstrap** (warm-ups as a level, round 4): warm-ups, then seeds within each drawn
+  warm-up, then items; ``compare_nested`` also gives each warm-up's own estimate. Bootstrap p-values
+  and Holm's adjustment make the pre-registered decision (docs/preregistration-round4.md).
 * **Power**: from pilot variances (between-seed variance of ``d_s``, within-seed item variance), the
   number of seeds for which a true difference ``delta`` is detected with probability ``power``.
 """
@@ -168,6 +171,98 @@ def gain_recovered(M: np.ndarray, B: np.ndarray, W: np.ndarray, n_boot: int = 20
     return {"share": g_m / g_b if g_b else None, "low": low, "high": high, "unbounded": unbounded, "gain": g_m,
             "base_gain": g_b, "per_seed": [float(x) for x in per_seed], "n_seeds": M.shape[0],
             "n_items": M.shape[1], "den_nonpositive": den_nonpositive}
+
+
+def _blocks(D: Sequence[np.ndarray]) -> list[np.ndarray]:
+    blocks = [np.asarray(b, dtype=np.float64) for b in D]
+    if not blocks or any(b.ndim != 2 or b.shape[0] < 1 for b in blocks):
+        raise ValueError("three-level data: one [seeds, items] matrix (>= 1 seed) per warm-up")
+    if len({b.shape[1] for b in blocks}) != 1:
+        raise ValueError("three-level data: every warm-up's matrix must cover the same items")
+    return blocks
+
+
+def nested_mean(D: Sequence[np.ndarray]) -> float:
+    """The estimate the three-level bootstrap resamples: the mean over warm-ups of each warm-up's mean
+    over its seeds and the items (each warm-up weighs the same, however many seeds it has)."""
+    return float(np.mean([b.mean() for b in _blocks(D)]))
+
+
+def three_level_bootstrap(D: Sequence[np.ndarray], n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Replicates ``[n_boot]`` of ``nested_mean(D)``, resampling warm-ups, then seeds within each drawn
+    warm-up, then items.
+
+    ``D``: one ``[seeds_w, items]`` matrix of paired differences per warm-up (seeds nested in their
+    warm-up; items shared by all). Each replicate draws W warm-ups with replacement; every drawn slot
+    draws its own seeds with replacement from that warm-up (a warm-up drawn twice gets two independent
+    seed draws); the items are drawn once per replicate, the same for every run (items are shared), as
+    multinomial weights. With few warm-ups the outer level is understated (variance x (W-1)/W: 2/3 at
+    W = 3), which is why the report shows each warm-up's own estimate beside the pooled one.
+    """
+    blocks = _blocks(D)
+    W, I = len(blocks), blocks[0].shape[1]
+    rng = np.random.default_rng(seed)
+    item_w = rng.multinomial(I, np.full(I, 1.0 / I), size=n_boot) / I  # [n_boot, I]
+    picks = rng.integers(0, W, size=(n_boot, W))  # the warm-up drawn into each slot
+    slot_means = np.empty((n_boot, W))
+    for w, b in enumerate(blocks):
+        per_seed = item_w @ b.T  # [n_boot, S_w]: each seed's mean over the drawn items
+        S = b.shape[0]
+        # a seed draw for every slot, used where this warm-up was drawn into that slot
+        draws = rng.integers(0, S, size=(n_boot, W, S))
+        means = np.take_along_axis(per_seed[:, None, :].repeat(W, 1), draws, axis=2).mean(2)  # [n_boot, W]
+        slot_means = np.where(picks == w, means, slot_means)
+    return slot_means.mean(1)
+
+
+def three_level_interval(D: Sequence[np.ndarray], n_boot: int = 10_000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """The three-level bootstrap percentile interval of ``nested_mean(D)``."""
+    boot = three_level_bootstrap(D, n_boot, seed)
+    return float(np.percentile(boot, 50 - 50 * level)), float(np.percentile(boot, 50 + 50 * level))
+
+
+def bootstrap_p(boot: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the mean is 0": ``2 min(P(b <= 0), P(b >= 0))``, at least 1/n."""
+    b = np.asarray(boot)
+    return float(min(1.0, max(2 * min(np.mean(b <= 0), np.mean(b >= 0)), 1.0 / len(b))))
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (family-wise error control over the tests given), by name."""
+    order = sorted(pvalues, key=lambda k: pvalues[k])
+    out, running, m = {}, 0.0, len(order)
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[k]))
+        out[k] = running
+    return out
+
+
+def compare_nested(a: Mapping, b: Mapping, metric: str, strong_snr_max: float = 0.0, n_boot: int = 10_000,
+                   seed: int = 0) -> Optional[dict]:
+    """Paired a - b with warm-ups as a level. ``a``, ``b``: warm-up -> {seed: rows}; only the (warm-up,
+    seed) pairs both have count, on the items every run of both has. Returns the nested mean, the
+    three-level 95 % interval and p, each warm-up's own estimate (two-level interval over its seeds and
+    items) and the counts; None when nothing pairs."""
+    keys = [(w, s) for w in sorted(set(a) & set(b), key=str) for s in sorted(set(a[w]) & set(b[w]), key=str)]
+    if not keys:
+        return None
+    X, ids = score_matrix([*(a[w][s] for w, s in keys), *(b[w][s] for w, s in keys)], metric, strong_snr_max)
+    if not ids:
+        return None
+    D = X[:len(keys)] - X[len(keys):]
+    warmups = list(dict.fromkeys(w for w, _ in keys))
+    blocks = [D[[k for k, (w2, _) in enumerate(keys) if w2 == w]] for w in warmups]
+    boot = three_level_bootstrap(blocks, n_boot, seed)
+    lo, hi = (float(np.percentile(boot, q)) for q in (2.5, 97.5))
+    per_warmup = []
+    for w, blk in zip(warmups, blocks):
+        wlo, whi = two_level_interval(blk, min(n_boot, 2000), seed)
+        per_warmup.append({"warmup": w, "diff": float(blk.mean()), "low": wlo, "high": whi, "n_seeds": len(blk),
+                           "per_seed": [float(x) for x in blk.mean(1)]})
+    return {"metric": metric, "diff": nested_mean(blocks), "low": lo, "high": hi, "p": bootstrap_p(boot),
+            "n_warmups": len(blocks), "n_pairs": len(keys), "n_items": len(ids), "n_boot": n_boot,
+            "per_warmup": per_warmup}
 
 
 def seeds_needed(delta: float, var_between_seeds: float, var_items: float, n_items: int, power: float = 0.8,
@@ -493,5 +588,6 @@ def readme_table(store: str, split: str, regimes: Sequence[Regime], strong_snr_m
 
 
 __all__ = ["METRICS", "item_scores", "score_matrix", "two_level_bootstrap", "two_level_interval", "seed_t_test",
-           "compare", "gain_recovered", "seeds_needed", "Regime", "regimes_from_spec", "recovered_share",
-           "store_report", "readme_table"]
+           "compare", "gain_recovered", "seeds_needed", "nested_mean", "three_level_bootstrap", "three_level_interval",
+           "bootstrap_p", "holm", "compare_nested", "Regime", "regimes_from_spec", "recovered_share", "store_report",
+           "readme_table"]
