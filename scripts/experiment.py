@@ -3,6 +3,9 @@
 
     python scripts/experiment.py run configs/experiments/val_sweep.yaml [--jobs 2] [--only NAME ...]
     python scripts/experiment.py report configs/experiments/val_sweep.yaml [--baseline warmup] [--readme-table]
+    python scripts/experiment.py check configs/experiments/round4.yaml      # the store against the plan
+    python scripts/experiment.py choose configs/experiments/round4_tune.yaml  # tuning choice -> round4_chosen.yaml
+    python scripts/experiment.py power configs/experiments/decisive.yaml --delta 0.03
 
 ``run``: builds the benchmark and the embedded model if missing, trains each warm-up once, then for
 every (method, seed) trains, evaluates on the spec's split and writes the compact result to the store
@@ -13,6 +16,14 @@ other 5-20x). ``report``: the seed-aware comparison (``echodistill.eval.seeds``)
 ``<store>/report.md``, per regime (the spec's ``regimes:``; methods paired against their regime's
 baseline) with an accuracy-vs-SNR figure each (``snr_curves_<regime>.png``), and README's results table
 (``readme_table.md``; ``--readme-table`` prints only that).
+
+Round-4 specs (``formats:``; docs/preregistration-round4.md) cross every method with the response
+formats, warm-up seeds and nested training seeds (and, in the tuning spec, a grid); ``echodistill.eval.plan``
+expands them. ``run`` refuses units that cannot run in this checkout (a pending knob, a key this code
+does not know, no tuning choice yet) with the reason, unless ``--skip-blocked``; ``check`` lists what is
+stored, missing, blocked, unplanned or from another commit; ``choose`` applies the pre-registered tuning
+rule to the tuning store and writes the test spec's ``chosen`` file; ``report`` gives the contrasts with
+three-level intervals and the pre-registered decision.
 """
 
 from __future__ import annotations
@@ -35,11 +46,25 @@ def say(msg: str) -> None:
     print(f"[experiment {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_spec(path: str):
+def _read_spec(path: str):
+    """A spec file, merged over its ``base:`` spec (recursively) when it names one."""
     spec = OmegaConf.load(path)
+    if "base" in spec:  # round 4: the test spec inherits the tuning spec's methods, formats and budgets
+        spec = OmegaConf.merge(_read_spec(spec.base), {k: v for k, v in spec.items() if k != "base"})
+    return spec
+
+
+def load_spec(path: str):
+    spec = _read_spec(path)
+    if "chosen" in spec:  # a round-4 test spec runs the chosen point of each method, not its grid
+        spec = OmegaConf.create(OmegaConf.to_container(spec))
+        for m in spec.methods.values():
+            m.pop("grid", None)
     for key in ("store", "split", "work", "bench", "model", "seeds", "warmups", "methods"):
         if key not in spec:
             raise SystemExit(f"{path}: missing key {key!r}")
+    if "formats" in spec and "warmup_seeds" not in spec:
+        raise SystemExit(f"{path}: a round-4 spec (formats:) needs warmup_seeds: [...]")
     return spec
 
 
@@ -47,8 +72,9 @@ def base_overrides(spec) -> list[str]:
     return [f"data.bench_dir={spec.bench}", f"model.path={spec.model}"]
 
 
-def sh(cmd: list[str], log: Path, threads: int) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+def sh(cmd: list[str], log: Path, threads: int, env_extra: dict | None = None) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), **(env_extra or {}))
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
@@ -63,7 +89,7 @@ def prepare(spec) -> None:
     from echodistill.data.bench import build_benchmark
     from echodistill.models.embedded import build_embedded_model, read_bench_texts
 
-    if not (Path(spec.bench) / "datasheet.json").is_file():
+    if not (Path(spec.bench) / "datasheet.json").is_file() and not (Path(spec.bench) / f"{spec.split}.jsonl").is_file():
         say(f"building the benchmark in {spec.bench}")
         build_benchmark(Path(spec.bench), seed=0, size="default")
     if not (Path(spec.model) / "config.json").is_file():
@@ -92,7 +118,8 @@ def run_warmup(spec, name: str, threads: int) -> Path:
 
 
 def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, threads: int,
-               run_dir: Path | None = None, eval_args: tuple = (), eval_extra: tuple = ()) -> None:
+               run_dir: Path | None = None, eval_args: tuple = (), eval_extra: tuple = (),
+               meta: dict | None = None) -> None:
     """Evaluate ``ckpt`` on the spec's split (its ``eval`` overrides, then ``eval_extra``) into the store."""
     from echodistill.eval.predictions import read_predictions
     from echodistill.eval.store import sha256_weights, write_run
@@ -104,7 +131,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     sh(ED + ["eval", *eval_args, "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
              "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
              f"run.num_threads={threads}", *spec.get("eval", []), *eval_extra], ev.parent / f"{name}.log", threads)
-    extra = {}
+    extra = dict(meta or {})
     if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
         import json
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -114,7 +141,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
               start_sha256=sha256_weights(start), final_sha256=sha256_weights(ckpt),
               eval_settings={"overrides": [*spec.get("eval", []), *eval_extra], "manifest": f"{spec.split}.jsonl"},
               config_path=(run_dir / "config.yaml") if run_dir else None,
-              train_metrics_path=(run_dir / "metrics.jsonl") if run_dir else None, extra=extra)
+              train_metrics_path=(run_dir / "metrics.jsonl") if run_dir else None, extra=extra, threads=threads)
     say(f"stored {name}")
 
 
@@ -153,6 +180,10 @@ def warmup_eval(spec, name: str, threads: int, warmup_done) -> None:
 
 def cmd_run(args) -> None:
     spec = load_spec(args.spec)
+    from echodistill.eval.plan import is_nested_spec
+
+    if is_nested_spec(spec):
+        return cmd_run_nested(spec, args)
     threads = args.threads or (1 if args.jobs > 1 else 2)
     prepare(spec)
     ready = {w: any((warmup_dir(spec, w) / "final").glob("*.safetensors")) for w in spec.warmups}
@@ -180,6 +211,222 @@ def cmd_run(args) -> None:
         sys.exit(1)
 
 
+
+# ------------------------------------------------------------------ round 4: formats x warm-up seeds x seeds
+# The warm-ups' build is made bit-reproducible rather than stored (docs/preregistration-round4.md): one
+# thread, no wall-clock cap, and the CPU kernels pinned to one instruction set, so a later run on another
+# machine rebuilds the same weights and adds seeds to the stored units (the store checks the sha256).
+REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def nested_warmup_dir(spec, w) -> Path:
+    return Path(spec.work) / w.name
+
+
+def run_nested_warmup(spec, w, threads: int) -> Path:
+    """Build one warm-up (regime ``w.key``, format, warm-up seed) once, with one thread."""
+    out = nested_warmup_dir(spec, w)
+    if not any((out / "final").glob("*.safetensors")):
+        say(f"warm-up {w.name} -> {out}")
+        sh(ED + ["warmup", "--resume", *base_overrides(spec), f"run.output_dir={out}", "run.num_threads=1",
+                 *spec.get("common", []), *spec.formats[w.fmt], *spec.warmups[w.key].get("overrides", []),
+                 f"run.seed={w.seed}", "warmup.max_minutes=0"],
+           out.parent / f"{w.name}.log", 1, REPRODUCIBLE_ENV)
+    return out / "final"
+
+
+def nested_meta(u=None, w=None) -> dict:
+    w = w or u.warmup
+    meta = {"format": w.fmt, "warmup": w.key, "warmup_seed": w.seed}
+    if u is not None:
+        meta["point"] = u.point_dict
+    return meta
+
+
+def run_nested_unit(spec, u, threads: int, warmup_done) -> None:
+    from echodistill.eval.plan import unit_overrides
+
+    if (Path(spec.store) / u.name / "run.json").is_file():
+        return
+    start = warmup_done.result()
+    run_dir = runs_dir(spec) / "train" / u.name
+    m = spec.methods[u.method]
+    kind = m.get("kind", "train")
+    common = [*base_overrides(spec), f"run.output_dir={run_dir}", f"run.seed={u.seed}", f"run.num_threads={threads}"]
+    say(f"{kind} {u.name}")
+    if kind == "train":
+        sh(ED + ["train", "--resume", *common, f"train.init_from={start}", *unit_overrides(spec, u)],
+           run_dir.parent / f"{u.name}.log", threads)
+    elif kind == "sft":
+        sh(ED + ["warmup", "--resume", *common, f"warmup.init_from={start}", *unit_overrides(spec, u)],
+           run_dir.parent / f"{u.name}.log", threads)
+    else:
+        raise RuntimeError(f"{u.name}: unknown kind {kind!r} (round-4 specs: train | sft)")
+    store_eval(spec, u.name, u.method, u.seed, run_dir / "final", start, threads, run_dir,
+               eval_extra=(*spec.get("common", []), *spec.formats[u.fmt]), meta=nested_meta(u))
+
+
+def nested_warmup_eval(spec, w, threads: int, warmup_done) -> None:
+    final = warmup_done.result()
+    store_eval(spec, w.name, f"warmup-{w.key}", None, final, final, threads,
+               eval_extra=(*spec.get("common", []), *spec.formats[w.fmt]), meta=nested_meta(w=w))
+
+
+def select_units(spec, args):
+    from echodistill.eval.plan import plan_units
+
+    units = plan_units(spec)
+    keep = lambda u: ((not args.only or u.method in args.only) and (not args.seeds or u.seed in args.seeds)  # noqa: E731
+                      and (not args.formats or u.fmt in args.formats)
+                      and (not args.warmup_seeds or u.warmup.seed in args.warmup_seeds))
+    return [u for u in units if keep(u)]
+
+
+def cmd_run_nested(spec, args) -> None:
+    from echodistill.eval.plan import warmup_units
+
+    if str(spec.split).startswith("test") and not spec.get("frozen_commit"):
+        raise SystemExit(f"{args.spec}: split test and no frozen_commit: the pre-registration asks for every test "
+                         "unit from one frozen commit (the one with the committed tuning choice, after issues 26 "
+                         "and 22 landed); set frozen_commit to it")
+    if spec.get("frozen_commit"):
+        from echodistill.eval.store import code_version
+
+        if not code_version().startswith(str(spec.frozen_commit)):
+            raise SystemExit(f"{args.spec}: this checkout is {code_version()}, the spec's frozen_commit is "
+                             f"{spec.frozen_commit}: run from that commit (git worktree add --detach ... "
+                             f"{spec.frozen_commit})")
+    units = select_units(spec, args)
+    blocked = [u for u in units if u.blocked and not (Path(spec.store) / u.name / "run.json").is_file()]
+    if blocked:
+        reasons: dict[str, list[str]] = {}
+        for u in blocked:
+            reasons.setdefault(u.blocked, []).append(u.name)
+        msg = "\n".join(f"  {len(v)} units ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''}): {k}"
+                        for k, v in reasons.items())
+        if not args.skip_blocked:
+            raise SystemExit(f"{args.spec}: {len(blocked)} of the selected units cannot run in this checkout:\n{msg}\n"
+                             "Select the others (--formats, --only) or pass --skip-blocked to run the rest.")
+        say(f"skipping {len(blocked)} blocked units:\n{msg}")
+    units = [u for u in units if not u.blocked]
+    threads = args.threads or (1 if args.jobs > 1 else 2)
+    prepare(spec)
+    todo = [u for u in units if not (Path(spec.store) / u.name / "run.json").is_file()]
+    say(f"{len(units)} units selected, {len(todo)} to run")
+    failed = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        warm = {w: pool.submit(run_nested_warmup, spec, w, threads) for w in warmup_units(spec, units)}
+        futures = {pool.submit(run_nested_unit, spec, u, threads, warm[u.warmup]): u.name for u in units}
+        futures.update({pool.submit(nested_warmup_eval, spec, w, threads, f): f"{w.name} eval" for w, f in warm.items()})
+        for f, name in futures.items():
+            try:
+                f.result()
+            except RuntimeError as e:  # one failed unit does not stop the others; a rerun retries it
+                failed.append(name)
+                say(str(e))
+    say(f"done; failed: {', '.join(failed)}" if failed else "all selected units done")
+    if failed:
+        sys.exit(1)
+
+
+def store_metas(spec) -> dict:
+    import json
+
+    store = Path(spec.store)
+    return {d.name: json.loads((d / "run.json").read_text()) for d in sorted(store.iterdir())
+            if (d / "run.json").is_file()} if store.is_dir() else {}
+
+
+def cmd_check(args) -> None:
+    from echodistill.eval.plan import check_store, plan_units
+
+    spec = load_spec(args.spec)
+    check = check_store(spec, plan_units(spec), store_metas(spec))
+    print("\n".join(check.lines()))
+    if args.strict and not check.complete:
+        sys.exit(1)
+
+
+def cmd_choose(args, write_choice: bool = True) -> None:
+    """The pre-registered tuning choice from the tuning store -> the test spec's ``chosen`` file."""
+    from echodistill.eval.plan import choose, plan_units, tuning_table
+    from echodistill.eval.store import read_store
+
+    spec = load_spec(args.spec)
+    units = [u for u in plan_units(spec, validate=False)]
+    runs = {r.name: r for r in read_store(spec.store, spec.split)}
+    table = tuning_table(spec, units, runs)
+    chosen: dict = {}
+    lines = [f"# Tuning on {spec.split} ({args.spec}): mean strong GSR over seeds, % (docs/preregistration-round4.md)",
+             "", "| format | method | point | per seed | mean | chosen |", "|---|---|---|---|---|---|"]
+    incomplete = []
+    for (fmt, method), points in sorted(table.items()):
+        pick = choose(points)
+        if pick is None:
+            incomplete.append(f"{method} ({fmt}): " + ", ".join(n for p in points for n in p["missing"])[:200])
+        else:
+            chosen.setdefault(fmt, {})[method] = {"point": pick["point"], "strong_gsr": round(pick["mean"], 6),
+                                                  "grid": {p["label"]: None if p["mean"] is None else round(p["mean"], 6)
+                                                           for p in points}}
+        for p in points:
+            vals = ", ".join(f"{100 * v:.1f}" for v in p["values"]) or "-"
+            mean = "-" if p["mean"] is None else f"{100 * p['mean']:.2f}"
+            lines.append(f"| {fmt} | {method} | {p['label']} | {vals} | {mean} | {'**yes**' if p is pick else ''} |")
+    text = "\n".join(lines) + "\n"
+    if incomplete:
+        text += "\nNot chosen (grid incomplete):\n" + "\n".join(f"* {x}" for x in incomplete) + "\n"
+    print(text, end="")
+    Path(spec.store).mkdir(parents=True, exist_ok=True)
+    (Path(spec.store) / "tuning.md").write_text(text)
+    if not write_choice:
+        return
+    out = Path(args.out or spec.get("choice_file") or Path(args.spec).with_name(Path(args.spec).stem + "_chosen.yaml"))
+    header = (f"# Written by `python scripts/experiment.py choose {args.spec}` from {spec.store} (split {spec.split});\n"
+              "# the rule: docs/preregistration-round4.md section 4. Do not edit by hand.\n")
+    OmegaConf.save(OmegaConf.create({"source": str(spec.store), "chosen": chosen}), out)
+    out.write_text(header + out.read_text())
+    say(f"wrote {out} ({sum(len(v) for v in chosen.values())} choices; {len(incomplete)} incomplete)")
+
+
+def cmd_power(args) -> None:
+    """Seeds needed per contrast of a stored (round-3 style) experiment, from its paired variances."""
+    from echodistill.eval.seeds import compare, regimes_from_spec, seeds_needed
+    from echodistill.eval.store import paired_runs, read_store
+
+    spec = load_spec(args.spec)
+    by: dict = {}
+    for r in read_store(spec.store, spec.split):
+        by.setdefault(r.method, []).append(r)
+    print(f"| contrast | seeds | diff | seed-level SD | seeds for {100 * args.delta:g} points (power {args.power}) |")
+    print("|---|---|---|---|---|")
+    for reg in regimes_from_spec(spec):
+        for a, b in [*((m, reg.baseline) for m in reg.methods if m != reg.baseline), *reg.contrasts]:
+            if not (by.get(a) and by.get(b)):
+                continue
+            pairs = paired_runs(by[a], by[b])
+            if len(pairs) < 2:
+                continue
+            c = compare([p[0].rows for p in pairs], [p[1].rows for p in pairs], args.metric, n_boot=200)
+            n = seeds_needed(args.delta, c["var_between_seeds"], c["var_items"], c["n_items"], power=args.power)
+            print(f"| {a} - {b} | {len(pairs)} | {100 * c['diff']:+.2f} | {100 * c['var_between_seeds'] ** 0.5:.2f} "
+                  f"| {n if n is not None else '> 200'} |")
+
+
+def cmd_report_nested(spec, args) -> None:
+    """Round 4: a tuning spec's table (``<store>/tuning.md``), or a test spec's report (``<store>/report.md``)."""
+    from echodistill.eval.nested_report import nested_report
+    from echodistill.eval.plan import check_store, plan_units
+    from echodistill.eval.store import read_store
+
+    if any(m.get("grid") for m in spec.methods.values()):
+        return cmd_choose(args, write_choice=False)
+    check = check_store(spec, plan_units(spec), store_metas(spec))
+    text = nested_report(spec, read_store(spec.store, spec.split), check.lines(), complete=check.complete)
+    Path(spec.store).mkdir(parents=True, exist_ok=True)
+    (Path(spec.store) / "report.md").write_text(text)
+    print(text, end="")
+
+
 def cmd_report(args) -> None:
     """report.md, one accuracy-vs-SNR figure per regime and readme_table.md in the store; with
     ``--baseline`` only report_vs_<baseline>.md (``warmup``: each regime's warm-up)."""
@@ -188,6 +435,10 @@ def cmd_report(args) -> None:
     from echodistill.eval.seeds import readme_table, regimes_from_spec, store_report
 
     spec = load_spec(args.spec)
+    from echodistill.eval.plan import is_nested_spec
+
+    if is_nested_spec(spec):
+        return cmd_report_nested(spec, args)
     store = Path(spec.store)
     regimes = regimes_from_spec(spec)
     title = spec.get("title", Path(args.spec).stem)
@@ -219,6 +470,10 @@ def main() -> None:
     r.add_argument("--seeds", nargs="*", type=int, help="only these of the spec's seeds")
     r.add_argument("--threads", type=int, help="torch threads per run (default: 1 with --jobs > 1, else 2); "
                    "use 1 when another experiment shares the cores")
+    r.add_argument("--formats", nargs="*", help="round 4: only these response formats")
+    r.add_argument("--warmup-seeds", nargs="*", type=int, help="round 4: only these warm-up seeds")
+    r.add_argument("--skip-blocked", action="store_true", help="round 4: run what can run, list the blocked units "
+                   "(default: refuse when a selected unit cannot run in this checkout)")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="seed-aware comparison from the store")
     q.add_argument("spec")
@@ -227,6 +482,21 @@ def main() -> None:
     q.add_argument("--readme-table", action="store_true", help="only print the Markdown table for README's "
                    "Results section (report also writes it to readme_table.md)")
     q.set_defaults(fn=cmd_report)
+    c = sub.add_parser("check", help="round 4: the store against the plan (missing, blocked, extra, off-commit units)")
+    c.add_argument("spec")
+    c.add_argument("--strict", action="store_true", help="exit 1 unless every planned unit is stored")
+    c.set_defaults(fn=cmd_check)
+    ch = sub.add_parser("choose", help="round 4: the pre-registered tuning choice from a tuning store -> the "
+                        "test spec's chosen file (and <store>/tuning.md)")
+    ch.add_argument("spec")
+    ch.add_argument("--out", help="default: the spec's choice_file, else <spec>_chosen.yaml beside it")
+    ch.set_defaults(fn=cmd_choose)
+    pw = sub.add_parser("power", help="seeds needed per contrast, from a stored experiment's paired variances")
+    pw.add_argument("spec")
+    pw.add_argument("--metric", default="StrongGSR")
+    pw.add_argument("--delta", type=float, default=0.03, help="the true difference to detect (0.03 = 3 points)")
+    pw.add_argument("--power", type=float, default=0.8)
+    pw.set_defaults(fn=cmd_power)
     args = p.parse_args()
     args.fn(args)
 

@@ -3,7 +3,9 @@
 One folder per experiment, one sub-folder per evaluated run::
 
     <store>/<run>/run.json               method, seed, split, starting weights' sha256, final weights'
-                                         sha256, code version, eval settings, training wall time
+                                         sha256, code version, eval settings, training wall time, the
+                                         machine (CPU model, threads, library versions); round 4 also
+                                         format, warm-up seed and tuning point
     <store>/<run>/config.yaml            the run's resolved training config (absent for no-training rows)
     <store>/<run>/train_metrics.jsonl.gz the training log, a few keys per step
     <store>/<run>/predictions.json.gz    per (item, condition): the answer named (compact; no raw text)
@@ -17,6 +19,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +67,38 @@ def code_version() -> str:
     return "echodistill " + version("echodistill")
 
 
+# Environment variables that decide which kernels and how many threads a CPU run uses (its float results)
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPABILITY", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: Optional[int] = None) -> dict:
+    """Where a run was made: CPU model, logical CPUs, the torch threads it ran with, library versions and
+    the numeric environment. Recorded in every run.json, so runs added later on another machine can be
+    told apart (a different CPU or thread count changes results at float level)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs = {}
+    for lib in ("torch", "transformers", "numpy"):
+        try:
+            libs[lib] = version(lib)
+        except PackageNotFoundError:
+            pass
+    return {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads,
+            "platform": platform.platform(), "python": platform.python_version(), **libs,
+            "env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
+
+
 def _compact(rows: Sequence[dict]) -> dict:
     items: dict[str, list] = {}
     cells = []
@@ -84,8 +120,10 @@ def _expand(data: dict) -> list[dict]:
 
 def write_run(store: str | Path, name: str, *, method: str, seed: Optional[int], split: str, rows: Sequence[dict],
               start_sha256: str, final_sha256: str, eval_settings: dict, config_path: Optional[Path] = None,
-              train_metrics_path: Optional[Path] = None, extra: Optional[dict] = None) -> Path:
-    """Write one run's folder (``run.json`` last, so a folder without it is unfinished)."""
+              train_metrics_path: Optional[Path] = None, extra: Optional[dict] = None,
+              threads: Optional[int] = None) -> Path:
+    """Write one run's folder (``run.json`` last, so a folder without it is unfinished). ``threads``: the
+    torch threads the run trained and evaluated with (recorded with the machine, ``machine_info``)."""
     d = Path(store) / name
     d.mkdir(parents=True, exist_ok=True)
     with gzip.open(d / PRED_FILE, "wt") as f:
@@ -99,7 +137,8 @@ def write_run(store: str | Path, name: str, *, method: str, seed: Optional[int],
                     row = json.loads(line)
                     f.write(json.dumps({k: row[k] for k in TRAIN_KEYS if k in row}) + "\n")
     meta = {"name": name, "method": method, "seed": seed, "split": split, "start_sha256": start_sha256,
-            "final_sha256": final_sha256, "code_version": code_version(), "eval": eval_settings, **(extra or {})}
+            "final_sha256": final_sha256, "code_version": code_version(), "eval": eval_settings,
+            "machine": machine_info(threads), **(extra or {})}
     tmp = d / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(d / RUN_FILE)
@@ -156,18 +195,23 @@ def _conditions(eval_meta: Optional[dict]) -> Optional[dict]:
     return {**eval_meta, "overrides": kept}
 
 
+def _pair_key(r: StoredRun) -> tuple:
+    return (r.meta.get("warmup_seed"), r.seed)
+
+
 def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[StoredRun, StoredRun]]:
     """Pairs (a_s, b_s) of two methods' runs with the same seed; refuses runs from different weights.
 
     A side with one seedless run (a warm-up, an untrained front-end) pairs with every run of the other.
+    Runs that record a ``warmup_seed`` (round 4: seeds nested in warm-ups) pair on (warm-up seed, seed).
     """
     if len(a) == 1 and a[0].seed is None and not (len(b) == 1 and b[0].seed is None):
         return [(a[0], r) for r, _ in paired_runs(b, a)]
-    by_seed = {r.seed: r for r in b}
+    by_seed = {_pair_key(r): r for r in b}
     single = b[0] if len(b) == 1 and b[0].seed is None else None
     pairs = []
     for r in a:
-        other = single or by_seed.get(r.seed)
+        other = single or by_seed.get(_pair_key(r))
         if other is None:
             continue
         if r.meta["start_sha256"] != other.meta["start_sha256"]:
@@ -180,4 +224,4 @@ def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[St
     return pairs
 
 
-__all__ = ["sha256_weights", "code_version", "write_run", "read_store", "train_log", "paired_runs", "StoredRun"]
+__all__ = ["sha256_weights", "code_version", "cpu_model", "machine_info", "write_run", "read_store", "train_log", "paired_runs", "StoredRun"]

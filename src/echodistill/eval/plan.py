@@ -1,0 +1,290 @@
+"""The plan of a pre-registered experiment (round 4, issue 27): the units a spec asks for, whether each
+can run in this checkout, what the store holds against that plan, and the tuning choice.
+
+A round-4 spec (``configs/experiments/round4*.yaml``) crosses its methods with response ``formats``,
+warm-up seeds (``warmup_seeds``, a level of the design) and training seeds nested in them (``seeds``);
+a method with a ``grid`` (the tuning spec) is crossed with every point of it, one with ``chosen`` (the
+test spec) runs the point ``scripts/experiment.py choose`` wrote for it. A unit is named
+``<method>-<format>[-<point>]-w<warm-up seed>-s<seed>``; its warm-up ``warmup-<key>-<format>-w<seed>``.
+
+Pure bookkeeping: no training here (``scripts/experiment.py`` runs the units).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from ..errors import UserError
+
+# Short names for grid keys in unit names (the full key=value pairs are in the unit's run.json)
+ABBREV = {"learning_rate": "lr", "beta": "beta"}
+TIE = 0.0005  # tuning: means within 0.05 points are a tie (docs/preregistration-round4.md, section 4)
+
+
+def is_nested_spec(spec: Mapping) -> bool:
+    """A round-4 spec (formats x warm-up seeds x nested seeds) rather than a round-3 one."""
+    return "formats" in spec
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """``{"train.learning_rate": 3e-5, "train.beta": 0}`` -> ``lr3e-05-beta0``."""
+    return "-".join(f"{ABBREV.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1])}{v:g}" if isinstance(v, float)
+                    else f"{ABBREV.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1])}{v}" for k, v in point.items())
+
+
+def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
+    """Every point of a grid ``{key: [values]}``, in the order the keys and values are written."""
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class WarmupUnit:
+    key: str  # the spec's warm-up key (regime): full, frac30
+    fmt: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"warmup-{self.key}-{self.fmt}-w{self.seed}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    method: str
+    fmt: str
+    warmup: WarmupUnit
+    seed: int
+    point: tuple = ()  # ((key, value), ...): the tuning point (the chosen one in the test spec)
+    blocked: str = ""  # why it cannot run in this checkout ("" = runnable)
+
+    @property
+    def point_dict(self) -> dict:
+        return dict(self.point)
+
+    @property
+    def label(self) -> str:
+        return point_label(self.point_dict)
+
+    @property
+    def group(self) -> str:
+        """What the store groups by: the method at one point in one format (``grpo-answer-lr1e-04-beta0``)."""
+        return "-".join(x for x in (self.method, self.fmt, self.label) if x)
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}-w{self.warmup.seed}-s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.point]
+
+
+def read_chosen(path: Optional[str | Path]) -> dict:
+    """``round4_chosen.yaml`` as {format: {method: {key: value}}} ({} when it does not exist yet)."""
+    from omegaconf import OmegaConf
+
+    if not path or not Path(path).is_file():
+        return {}
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    return {fmt: {m: dict(c.get("point") or {}) for m, c in (methods or {}).items()}
+            for fmt, methods in (data.get("chosen") or {}).items()}
+
+
+def unit_overrides(spec: Mapping, unit: Unit) -> list[str]:
+    """Every override of a unit's training command, in the order they apply (the later wins)."""
+    m = spec["methods"][unit.method]
+    kind = m.get("kind", "train")
+    common = [*spec.get("common", []), *spec["formats"][unit.fmt]]
+    return [*common, *(spec.get("sft", []) if kind == "sft" else spec.get("train", [])), *m.get("train", []),
+            *unit.overrides()]
+
+
+def check_config(overrides: Sequence[str]) -> str:
+    """'' when the overrides make a valid config in this checkout, else the one-line reason."""
+    from ..config import load_config
+
+    try:
+        load_config(None, list(overrides))
+    except UserError as e:  # ConfigError, and a plug-in or reward key the config names
+        return str(e).splitlines()[0]
+    return ""
+
+
+def plan_units(spec: Mapping, chosen: Optional[Mapping] = None, validate: bool = True) -> list[Unit]:
+    """The spec's training units, each marked ``blocked`` with the reason when it cannot run here.
+
+    Blocked: the method is ``pending`` (no knob for it exists yet: the text says what is missing), the
+    test spec has no chosen point for it yet, or its overrides are not a valid config in this checkout
+    (e.g. ``data.response_format`` before issue 22 lands): then the config error is the reason, followed
+    by the method's ``needs`` text when it has one.
+    """
+    if not is_nested_spec(spec):
+        raise UserError("not a round-4 spec (no `formats:` section): use `run` / `report` as for rounds 2-3")
+    chosen = read_chosen(spec.get("chosen")) if chosen is None else chosen
+    grids = spec.get("grids") or {}
+    valid: dict[tuple, str] = {}  # one load_config per distinct override list
+    units = []
+    for fmt in spec["formats"]:
+        for method, m in spec["methods"].items():
+            if m.get("grid") and "chosen" in spec:
+                raise UserError(f"method {method}: `grid` and the spec's `chosen` exclude each other")
+            block = ""
+            if m.get("pending"):
+                block = f"pending: {m['pending']}"
+            if m.get("grid"):
+                if m["grid"] not in grids:
+                    raise UserError(f"method {method}: grid {m['grid']!r} is not in the spec's grids "
+                                    f"({', '.join(grids) or 'none'})")
+                points = grid_points(grids[m["grid"]])
+            elif "chosen" in spec:
+                c = chosen.get(fmt, {}).get(method)
+                points = [c if c is not None else {}]
+                if c is None and not block:
+                    block = f"not tuned yet: no choice for {method} ({fmt}) in {spec['chosen']} " \
+                            "(run `scripts/experiment.py choose` on the tuning spec)"
+            else:
+                points = [{}]
+            for point, ws, seed in itertools.product(points, spec["warmup_seeds"], spec["seeds"]):
+                unit = Unit(method, fmt, WarmupUnit(m["warmup"], fmt, int(ws)), int(seed), tuple(point.items()))
+                reason = block
+                if not reason and validate:
+                    ov = tuple(unit_overrides(spec, unit))
+                    if ov not in valid:
+                        valid[ov] = check_config(ov)
+                    reason = valid[ov] and valid[ov] + (f" -- needs {m['needs']}" if m.get("needs") else "")
+                units.append(Unit(**{**unit.__dict__, "blocked": reason}))
+    return units
+
+
+def warmup_units(spec: Mapping, units: Sequence[Unit]) -> list[WarmupUnit]:
+    return list(dict.fromkeys(u.warmup for u in units))
+
+
+# ------------------------------------------------------------------ the store against the plan
+@dataclass
+class PlanCheck:
+    planned: int
+    stored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # runnable, not stored yet
+    blocked: dict[str, list[str]] = field(default_factory=dict)  # reason -> units
+    extra: list[str] = field(default_factory=list)  # in the store, not in the plan
+    off_commit: list[str] = field(default_factory=list)  # stored from another code version than the frozen one
+    mismatched: list[str] = field(default_factory=list)  # stored under a planned name with other settings
+
+    def lines(self) -> list[str]:
+        out = [f"Plan: {self.planned} units (training units and warm-up evaluations); stored "
+               f"{len(self.stored)}, missing {len(self.missing)}, blocked "
+               f"{sum(len(v) for v in self.blocked.values())}, extra {len(self.extra)}."]
+        if self.missing:
+            out.append(f"* missing ({len(self.missing)}): " + ", ".join(self.missing))
+        for reason, names in self.blocked.items():
+            out.append(f"* blocked ({len(names)}): {reason} -- " + _few(names))
+        if self.extra:
+            out.append(f"* **extra, not in the plan** ({len(self.extra)}): " + ", ".join(self.extra))
+        if self.off_commit:
+            out.append(f"* **not from the frozen commit** ({len(self.off_commit)}): " + ", ".join(self.off_commit))
+        if self.mismatched:
+            out.append(f"* **stored with other settings than planned** ({len(self.mismatched)}): "
+                       + ", ".join(self.mismatched))
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.blocked)
+
+
+def _few(names: Sequence[str], k: int = 6) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
+
+
+def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, dict]) -> PlanCheck:
+    """Compare the planned units (and their warm-ups' evaluations) with the store's run.json files
+    (``store_meta``: run name -> meta). A stored unit whose method, format, seeds or point differ from
+    its planned name's is listed as mismatched; with ``frozen_commit`` set, one whose code version does
+    not start with it as off-commit."""
+    planned: dict[str, Optional[Unit]] = {u.name: u for u in units}
+    planned.update({w.name: None for w in warmup_units(spec, units)})
+    check = PlanCheck(planned=len(planned))
+    runnable_warmups = {u.warmup.name for u in units if not u.blocked}
+    for name, u in planned.items():
+        meta = store_meta.get(name)
+        if meta is not None:
+            check.stored.append(name)
+            if u is not None and _settings(meta) != _settings_of(u):
+                check.mismatched.append(name)
+        elif u is not None and u.blocked:
+            check.blocked.setdefault(u.blocked, []).append(name)
+        elif u is None and name not in runnable_warmups:
+            check.blocked.setdefault("its methods are all blocked", []).append(name)
+        else:
+            check.missing.append(name)
+    check.extra = sorted(n for n in store_meta if n not in planned)
+    frozen = str(spec.get("frozen_commit") or "")
+    if frozen:
+        check.off_commit = sorted(n for n, m in store_meta.items()
+                                  if n in planned and not str(m.get("code_version", "")).startswith(frozen))
+    return check
+
+
+def _settings(meta: Mapping) -> tuple:
+    return (meta.get("method"), meta.get("format"), meta.get("warmup_seed"), meta.get("seed"),
+            tuple(sorted((meta.get("point") or {}).items())))
+
+
+def _settings_of(u: Unit) -> tuple:
+    return (u.method, u.fmt, u.warmup.seed, u.seed, tuple(sorted(u.point)))
+
+
+# ------------------------------------------------------------------ tuning: the choice from the store
+def tuning_table(spec: Mapping, units: Sequence[Unit], runs_by_name: Mapping[str, Any], metric: str = "StrongGSR",
+                 strong_snr_max: float = 0.0) -> dict:
+    """Per (format, method): every grid point with its per-seed metric (from the stored runs) and mean.
+
+    Returns {(fmt, method): [{"point": {...}, "label": str, "values": [per seed], "mean": float | None,
+    "missing": [unit names]}]}. A run whose rows have no item with the metric counts as 0 (it failed to
+    answer anything), as the pre-registration says.
+    """
+    from .seeds import item_scores
+
+    table: dict[tuple, list] = defaultdict(list)
+    by_point: dict[tuple, list[Unit]] = defaultdict(list)
+    for u in units:
+        by_point[(u.fmt, u.method, u.point)].append(u)
+    for (fmt, method, point), us in by_point.items():
+        values, missing = [], []
+        for u in us:
+            r = runs_by_name.get(u.name)
+            if r is None:
+                missing.append(u.name)
+                continue
+            s = item_scores(r.rows, metric, strong_snr_max)
+            values.append(sum(s.values()) / len(s) if s else 0.0)
+        mean = sum(values) / len(values) if values and not missing else None
+        table[(fmt, method)].append({"point": dict(point), "label": point_label(dict(point)), "values": values,
+                                     "mean": mean, "missing": missing})
+    return dict(table)
+
+
+def choose(points: Sequence[dict], lr_keys: Sequence[str] = ("learning_rate",)) -> Optional[dict]:
+    """The pre-registered choice among one method's grid points: the highest mean; means within ``TIE``
+    of the best go to the lower learning rate, then to beta 0. None while any point is incomplete."""
+    if not points or any(p["mean"] is None for p in points):
+        return None
+    best = max(p["mean"] for p in points)
+    tied = [p for p in points if p["mean"] >= best - TIE - 1e-12]
+
+    def simpler(p: dict) -> tuple:
+        lr = next((v for k, v in p["point"].items() if k.rsplit(".", 1)[-1] in lr_keys), math.inf)
+        beta = next((v for k, v in p["point"].items() if k.rsplit(".", 1)[-1] == "beta"), 0)
+        return (float(lr), float(beta) != 0.0)
+
+    return min(tied, key=simpler)
+
+
+__all__ = ["is_nested_spec", "point_label", "grid_points", "WarmupUnit", "Unit", "read_chosen", "unit_overrides",
+           "check_config", "plan_units", "warmup_units", "PlanCheck", "check_store", "tuning_table", "choose"]
