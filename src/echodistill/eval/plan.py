@@ -32,7 +32,7 @@ def is_nested_spec(spec: Mapping) -> bool:
 
 
 def point_label(point: Mapping[str, Any]) -> str:
-    """``{"train.learning_rate": 3e-5, "train.beta": 0}`` -> ``lr3e-05-beta0``."""
+    """``{"train.beta": 0, "train.learning_rate": 3e-5}`` -> ``beta0-lr3e-05``."""
     return "-".join(f"{ABBREV.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1])}{v:g}" if isinstance(v, float)
                     else f"{ABBREV.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1])}{v}" for k, v in point.items())
 
@@ -150,7 +150,8 @@ def plan_units(spec: Mapping, chosen: Optional[Mapping] = None, validate: bool =
             else:
                 points = [{}]
             for point, ws, seed in itertools.product(points, spec["warmup_seeds"], spec["seeds"]):
-                unit = Unit(method, fmt, WarmupUnit(m["warmup"], fmt, int(ws)), int(seed), tuple(point.items()))
+                # point keys sorted: a unit's name does not depend on how a file orders them
+                unit = Unit(method, fmt, WarmupUnit(m["warmup"], fmt, int(ws)), int(seed), tuple(sorted(point.items())))
                 reason = block
                 if not reason and validate:
                     ov = tuple(unit_overrides(spec, unit))
