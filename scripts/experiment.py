@@ -178,6 +178,21 @@ def warmup_eval(spec, name: str, threads: int, warmup_done) -> None:
     store_eval(spec, f"warmup-{name}", f"warmup-{name}", None, final, final, threads)
 
 
+def wait_all(named_futures) -> None:
+    """Wait for every (name, future); a failed unit does not stop the others (a rerun retries it), but
+    the command exits 1 naming them."""
+    failed = []
+    for name, f in named_futures:
+        try:
+            f.result()
+        except RuntimeError as e:
+            failed.append(name)
+            say(str(e))
+    say(f"done; failed: {', '.join(failed)}" if failed else "all units done")
+    if failed:
+        sys.exit(1)
+
+
 def cmd_run(args) -> None:
     spec = load_spec(args.spec)
     from echodistill.eval.plan import is_nested_spec
@@ -193,23 +208,13 @@ def cmd_run(args) -> None:
     # a method without training (kind: enhance) is one seedless unit, listed with the first seed
     units = sorted({(m, None if spec.methods[m].get("kind") == "enhance" else s) for s in seeds for m in methods},
                    key=lambda u: (not ready[spec.methods[u[0]].warmup], seeds.index(u[1]) if u[1] is not None else 0))
-    failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
         # units wait for their warm-up's training only; its evaluation is one more unit
         warm = {w: pool.submit(run_warmup, spec, w, threads) for w in spec.warmups}
         futures = {pool.submit(run_unit, spec, m, s, threads, warm[spec.methods[m].warmup]):
                    m if s is None else f"{m}-s{s}" for m, s in units}
         futures.update({pool.submit(warmup_eval, spec, w, threads, f): f"warmup-{w} eval" for w, f in warm.items()})
-        for name, f in [*((f"warmup-{w}", f) for w, f in warm.items()), *((n, f) for f, n in futures.items())]:
-            try:
-                f.result()
-            except RuntimeError as e:  # one failed unit does not stop the others; a rerun retries it
-                failed.append(name)
-                say(str(e))
-    say(f"done; failed: {', '.join(failed)}" if failed else "all units done")
-    if failed:
-        sys.exit(1)
-
+        wait_all([*((f"warmup-{w}", f) for w, f in warm.items()), *((n, f) for f, n in futures.items())])
 
 
 # ------------------------------------------------------------------ round 4: formats x warm-up seeds x seeds
@@ -313,20 +318,11 @@ def cmd_run_nested(spec, args) -> None:
     prepare(spec)
     todo = [u for u in units if not (Path(spec.store) / u.name / "run.json").is_file()]
     say(f"{len(units)} units selected, {len(todo)} to run")
-    failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
         warm = {w: pool.submit(run_nested_warmup, spec, w, threads) for w in warmup_units(spec, units)}
         futures = {pool.submit(run_nested_unit, spec, u, threads, warm[u.warmup]): u.name for u in units}
         futures.update({pool.submit(nested_warmup_eval, spec, w, threads, f): f"{w.name} eval" for w, f in warm.items()})
-        for f, name in futures.items():
-            try:
-                f.result()
-            except RuntimeError as e:  # one failed unit does not stop the others; a rerun retries it
-                failed.append(name)
-                say(str(e))
-    say(f"done; failed: {', '.join(failed)}" if failed else "all selected units done")
-    if failed:
-        sys.exit(1)
+        wait_all([(n, f) for f, n in futures.items()])
 
 
 def store_metas(spec) -> dict:
