@@ -170,16 +170,12 @@ class SignalSet:
     def answer_scope(self, label_groups) -> Optional[list[int]]:
         """Items whose greedy clean answer any signal reads; None = all. ``label_groups()`` ->
         (all_equal [B], all_wrong [B]) against the label targets (only called when a scope needs it)."""
-        readers = [s for s in self.signals if s.passes().answer]
-        if self.passes.answer and self.teacher.gate == "confidence" or self.target_source in readers:
+        if self.teacher.gate == "confidence" or (self.target_source and self.target_source.passes().answer):
+            return None  # the gate weighs every item by its answer; pseudo-labels are every item's target
+        scopes = [s.answer_scope(label_groups) for s in self.signals if s.passes().answer]
+        if not scopes or any(sc is None for sc in scopes):
             return None
-        scopes = [s.answer_scope(label_groups) for s in readers]
-        if any(sc is None for sc in scopes):
-            return None
-        union = scopes[0].clone()
-        for sc in scopes[1:]:
-            union |= sc
-        return union.nonzero().flatten().tolist()
+        return torch.stack(scopes).any(0).nonzero().flatten().tolist()
 
     # ---- rewards and advantages
     def targets(self, r) -> Optional[list]:
@@ -187,14 +183,8 @@ class SignalSet:
 
     def teacher_score(self, r) -> Optional[torch.Tensor]:
         """[N] the bonus: the sum of the signals' weighted scores (None: no signal scores)."""
-        scores = [s.score(r) for s in self.signals]
-        scores = [x for x in scores if x is not None]
-        if not scores:
-            return None
-        total = scores[0]
-        for x in scores[1:]:
-            total = total + x
-        return total
+        scores = [x for x in (s.score(r) for s in self.signals) if x is not None]
+        return sum(scores[1:], scores[0]) if scores else None
 
     def snr_weight(self, snrs: list[float]) -> torch.Tensor:
         """[N] the bonus weight w(snr) per completion (``teacher.w0``, shaped over the training band)."""
