@@ -167,3 +167,29 @@ def test_a_full_disk_during_eval_keeps_whole_rows_only(tiny_qwen2_audio_dir, tmp
     kept = _read(out / "predictions.jsonl")  # whole rows only (json parses every line)
     assert 0 < len(kept) and not list(out.glob("*.tmp"))
     assert E.run_eval(cfg, out_dir=out)["timing"]["new_predictions"] > 0  # the rerun completes
+
+
+def test_env_secrets_reach_no_written_file_or_folder_name(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from echodistill.card import export_model
+
+    secret_model = tmp_path / "s3cr3t-model"
+    shutil.copytree(tiny_qwen2_audio_dir, secret_model)
+    monkeypatch.setenv("ED_MODEL_DIR", str(secret_model))
+    monkeypatch.setenv("ED_PROJECT", "s3cr3t-project")
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, "train.max_steps=1", "train.eval_steps=0",
+                      "model.path=${oc.env:ED_MODEL_DIR}", "run.log_with=tensorboard",
+                      "run.project_name=${oc.env:ED_PROJECT}", "model.lora.enabled=true", "model.lora.r=2",
+                      "model.lora.alpha=4")
+    T.run_train(cfg)
+    export_model(out, tmp_path / "export")
+    for folder in (out, tmp_path / "export"):
+        for p in folder.rglob("*"):
+            assert "s3cr3t" not in p.name, p
+            if p.is_file():
+                assert b"s3cr3t" not in p.read_bytes(), p
+    assert "${oc.env:ED_MODEL_DIR}" in (out / "final" / "README.md").read_text()
+    from echodistill.models import load_adapter
+    assert load_adapter(cfg.model, path=out / "final", train=False).peft is not None  # loads: model.path re-resolves

@@ -133,8 +133,8 @@ def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None
                 eval_dirs: Sequence[str | Path] = (), lora: bool = False, config_ref: str = "config.yaml") -> str:
     """The card's Markdown (with the Hub's YAML header). ``config_ref``: where the resolved config lies,
     relative to the card (the reproduce command names it)."""
-    base = base_model or str(_get(cfg, "model.path", ""))
-    init = str(_get(cfg, f"{'warmup' if mode == 'warmup' else 'train'}.init_from", "") or "")
+    base = _public(base_model or str(_get(cfg, "model.path", "")))  # an ${oc.env:...} value: its interpolation
+    init = _public(str(_get(cfg, f"{'warmup' if mode == 'warmup' else 'train'}.init_from", "") or ""))
     variant = "warmup" if mode == "warmup" else str(_get(cfg, "train.variant", ""))
     tags = ["echodistill", "audio", "audio-question-answering", "noise-robustness",
             "grpo" if mode != "warmup" else "sft", variant]
@@ -168,7 +168,7 @@ def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None
              "## Use", "```bash",
              "echodistill predict --checkpoint <this folder> --audio clip.wav --question \"...\" --choices a b c",
              "```", ""]
-    return "\n".join(head + body)
+    return _public("\n".join(head + body))  # a secret inside model.path or a data path: masked
 
 
 def summary_from_metrics(run_dir: Path) -> dict:
@@ -202,6 +202,7 @@ def write_model_card(final_dir: str | Path, cfg: Any, summary: Optional[dict] = 
     card (loading uses the absolute path ``echodistill_model.json`` records, then that name)."""
     final_dir = Path(final_dir)
     _set_base(final_dir / "adapter_config.json", str(_get(cfg, "model.path", "")) or None)
+    _mask_meta(final_dir)
     summary = summary or summary_from_metrics(final_dir.parent)
     mode = _mode(mode or summary.get("mode"))
     lora = (final_dir / "adapter_config.json").is_file()
@@ -256,7 +257,7 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
         _set_base(dst / "adapter_config.json", base)
         stages.append(f"stages/{i}")
     if meta:
-        meta.update(base_path=base, merged_adapters=stages)
+        meta.update(base_path=_public(base), merged_adapters=stages)
         meta_path.write_text(json.dumps(meta, indent=2))
     lora = _set_base(out / "adapter_config.json", base)
     save_config(cfg, out / CONFIG_COPY)
@@ -267,7 +268,7 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     mode = _mode((summary or {}).get("mode"))
     (out / CARD).write_text(render_card(cfg, mode=mode, summary=summary, base_model=base, eval_dirs=eval_dirs,
                                         lora=lora, config_ref=CONFIG_COPY), encoding="utf-8")
-    print(f"export: wrote {out} (base model {base}); upload with huggingface_hub.upload_folder(folder_path="
+    print(f"export: wrote {out} (base model {_public(base)}); upload with huggingface_hub.upload_folder(folder_path="
           f"'{out}', repo_id=...) -- nothing was uploaded")
     return out
 
@@ -315,6 +316,30 @@ def _unowned(folder: Path, *patterns: str):
     return ignore
 
 
+def _public(text: str) -> str:
+    """``text`` with every value that came from ``${oc.env:...}`` masked (config.to_dict's rule)."""
+    from .config import _mask
+    return _mask(text)
+
+
+def _mask_meta(folder: Path) -> None:
+    """Mask secrets in a saved model's ``echodistill_model.json`` (base path, merged stages),
+    ``adapter_config.json`` (base model) and README.md: loading then falls back to ``model.path``, which re-resolves the
+    secret from the environment."""
+    from .config import _mask
+    from .models.base import META_FILE
+
+    for path in (folder / META_FILE, folder / "adapter_config.json"):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            public = _mask(data)  # every string, at any depth
+            if public != data:
+                path.write_text(json.dumps(public, indent=2))
+    card = folder / CARD  # PEFT's generic card names the base path too
+    if card.is_file() and _mask(text := card.read_text(encoding="utf-8")) != text:
+        card.write_text(_mask(text), encoding="utf-8")
+
+
 def _set_base(adapter_config: Path, base: Optional[str]) -> bool:
     """Point a PEFT adapter config at ``base``; False when there is no adapter config."""
     if not adapter_config.is_file():
@@ -322,7 +347,7 @@ def _set_base(adapter_config: Path, base: Optional[str]) -> bool:
     if not base:
         return True
     d = json.loads(adapter_config.read_text())
-    d["base_model_name_or_path"] = base
+    d["base_model_name_or_path"] = _public(base)
     adapter_config.write_text(json.dumps(d, indent=2))
     return True
 

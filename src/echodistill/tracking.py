@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,8 +54,17 @@ def resolve_log_with(cfg: Any) -> Optional[list[str]]:
     return out or None
 
 
+def public_name(name: str) -> str:
+    """A tracker project/run name with no secret in it: a name that holds an ``${oc.env:...}`` value
+    (it would become a folder name, a W&B project) becomes its masked form, made a safe file name."""
+    from .config import _mask
+
+    masked = _mask(name)
+    return name if masked == name else (re.sub(r"[^\w.-]+", "_", masked).strip("_.") or "masked")
+
+
 def run_name(cfg: Any) -> str:
-    return str(cfg.run.get("run_name") or "") or Path(str(cfg.run.output_dir)).name
+    return public_name(str(cfg.run.get("run_name") or "") or Path(str(cfg.run.output_dir)).name)
 
 
 def start_trackers(accelerator: Any, cfg: Any, hparams: dict) -> None:
@@ -63,7 +73,7 @@ def start_trackers(accelerator: Any, cfg: Any, hparams: dict) -> None:
         return
     name = run_name(cfg)
     kwargs = {"wandb": {"name": name, "dir": str(cfg.run.output_dir)}, "trackio": {"name": name}}
-    accelerator.init_trackers(str(cfg.run.get("project_name") or "echodistill"), config=hparams,
+    accelerator.init_trackers(public_name(str(cfg.run.get("project_name") or "echodistill")), config=hparams,
                               init_kwargs={k: v for k, v in kwargs.items() if k in tracker_names(cfg)})
 
 

@@ -540,15 +540,21 @@ class Recipe:
                        f"--resume continues from {last.name if last else 'step 0'}"):
             self._save_checkpoint()
 
+    def _save_model(self, folder: Path) -> None:
+        """The HF-format model of a checkpoint, its metadata with ``${oc.env:...}`` values masked."""
+        from ..card import _mask_meta
+        self.model.save(folder)
+        _mask_meta(Path(folder))
+
     def _save_checkpoint(self) -> None:
         if self.engine.sharded:  # full weights gathered for model/ and trainable.safetensors, optimizer in shards
             with self.engine.full_weights():
                 save_sharded_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
-                                        save_model=self.model.save, optimizer=self.optimizer,
+                                        save_model=self._save_model, optimizer=self.optimizer,
                                         scheduler=self.scheduler, state=self.state_dict(), keep=2)
             return
         save_checkpoint(self.out, self.step, accelerator=self.accelerator, model=self.model.model,
-                        save_model=self.model.save, optimizer=self.optimizer, scheduler=self.scheduler,
+                        save_model=self._save_model, optimizer=self.optimizer, scheduler=self.scheduler,
                         state=self.state_dict(), keep=2)
 
     def _finish(self) -> Path:
