@@ -159,8 +159,7 @@ def model_cfg(backbone: str, path: Path, *, G: int, B: int, T: int, variant: str
 
 # ============================================================== 1. step-time breakdown
 def _clear(adapter) -> None:
-    if hasattr(adapter, "clear_feature_cache"):
-        adapter.clear_feature_cache()
+    adapter.features.clear()
 
 
 def real_examples(bench_dir: Path, n: int, window_s: float):
@@ -244,7 +243,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, 
                        for v in variants}, {v: clips[(o, v)] for v in variants})
         return out
 
-    modes = (True, False) if hasattr(adapter, "clear_feature_cache") and not a.quick else (True,)
+    modes = (True, False) if not a.quick else (True,)
     allres = run_all(modes)
 
     def run(optimised: bool):
@@ -263,7 +262,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, 
         txt, ok = targets.get(v, ("(no target)", lambda r: True))
         rows.append(row("1 step", name, f"step time {v} / grpo", v, res[v]["total"], "grpo", g["total"], "s",
                         txt, ok, **{f"{v}_phases": res[v]}))
-    if hasattr(adapter, "clear_feature_cache") and not a.quick:
+    if not a.quick:
         res0, clips0 = run(False)
         g0, e0 = res0["grpo"], res0["echodistill"]
         rows.append(row("1 step", name, "[before opt.] step time echodistill / grpo", "echodistill", e0["total"],
@@ -283,7 +282,7 @@ def bench_encode(adapter, name, a, rows, window_s):
     G, B, L = a.G, a.B, a.T
     ex = make_examples(B, window_s * 0.75)
     prompts, wavs = [e.prompt for e in ex], [e.noisy for e in ex]
-    timer = EncoderTimer(adapter.audio_encoder(adapter.hf))
+    timer = EncoderTimer(adapter.family.audio_encoder(adapter.hf))
     stats = {"ours": [0.0, 0], "naive": [0.0, 0]}
 
     def ours():
@@ -328,20 +327,20 @@ def bench_teacher(adapter, name, a, rows, window_s):
     torch.manual_seed(0)
     comp = adapter.generate(noisy, G, max_new_tokens=L, do_sample=True)
     ids, mask = comp.ids, comp.mask
-    with adapter.teacher():
-        clean = adapter.build_inputs(prompts, [e.clean for e in ex])
-        singles = [adapter.build_inputs([prompts[i]], [ex[i].clean]) for i in range(B)]
+    with adapter.teacher() as teacher:
+        clean = teacher.build_inputs(prompts, [e.clean for e in ex])
+        singles = [teacher.build_inputs([prompts[i]], [ex[i].clean]) for i in range(B)]
         out = {}
 
         def batched():
-            out["b"] = adapter.token_logprobs(clean, ids, mask, num_samples=G)
+            out["b"] = teacher.token_logprobs(clean, ids, mask, num_samples=G)
 
         def per_candidate():
             rows_ = []
             for i in range(B):
                 for j in range(G):
                     k = i * G + j
-                    rows_.append(adapter.token_logprobs(singles[i], ids[k:k + 1], mask[k:k + 1], num_samples=1))
+                    rows_.append(teacher.token_logprobs(singles[i], ids[k:k + 1], mask[k:k + 1], num_samples=1))
             out["p"] = torch.cat(rows_)
 
         tp, tb = compare(per_candidate, batched, a.reps, a.warmup)
@@ -351,11 +350,13 @@ def bench_teacher(adapter, name, a, rows, window_s):
 
 
 # ============================================================== 6. evaluation throughput
-def bench_eval(adapter, name, a, rows, window_s):
+def bench_eval(student, name, a, rows, window_s):
     n = a.eval_items
     ex = make_examples(n, window_s * 0.75, seed=7)
     prompts, wavs = [e.prompt for e in ex], [e.noisy for e in ex]
     texts = {}
+    from echodistill.models.teacher import teacher_view
+    adapter = teacher_view(student)  # eval runs the untrained model with nothing trainable: the teacher path
 
     def batched():
         b = adapter.build_inputs(prompts, wavs)
@@ -367,8 +368,7 @@ def bench_eval(adapter, name, a, rows, window_s):
             out += adapter.generate(adapter.build_inputs([p], [w]), 1, max_new_tokens=a.T, do_sample=False).texts
         texts["s"] = out
 
-    with adapter.teacher():  # eval runs the untrained model with nothing trainable: same as teacher path
-        ts, tb = compare(single, batched, a.reps, a.warmup)
+    ts, tb = compare(single, batched, a.reps, a.warmup)
     same = sum(x == y for x, y in zip(texts["b"], texts["s"])) / n
     rows.append(row("6 eval", name, f"items/s batched / one-at-a-time ({n} items)", "batched", n / med(tb),
                     "single", n / med(ts), "items/s", ">= 2", lambda r: r >= 2.0, same_answer_share=same))
@@ -405,8 +405,8 @@ def memory_probe(backbone: str, path: str, mode: str, window_s: float) -> dict:
     prompts = [e.prompt for e in ex]
     b = m.build_inputs(prompts, [e.noisy for e in ex])
     c = m.generate(b, 4, max_new_tokens=4)
-    with m.teacher():
-        m.token_logprobs(m.build_inputs(prompts, [e.clean for e in ex]), c.ids, c.mask, num_samples=4)
+    with m.teacher() as t:
+        t.token_logprobs(t.build_inputs(prompts, [e.clean for e in ex]), c.ids, c.mask, num_samples=4)
     m.token_logprobs(b, c.ids, c.mask, num_samples=4, with_grad=True).sum().backward()
     rss1 = rss()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB (not reset by clear_refs)

@@ -178,8 +178,8 @@ def test_lora_teacher_is_base_model(model_dir, tiny_waveforms):
     b = a.build_inputs(PROMPTS, tiny_waveforms)
     c = a.generate(b, 2, max_new_tokens=6)
     student = a.token_logprobs(b, c.ids, c.mask, num_samples=2)
-    with a.teacher():
-        teacher = a.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    with a.teacher() as t:
+        teacher = t.token_logprobs(b, c.ids, c.mask, num_samples=2)
     ref = base.token_logprobs(base.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
     assert torch.allclose(teacher, ref, atol=1e-5)
     assert (student - teacher).abs().max() > 1e-3
@@ -198,8 +198,8 @@ def test_frozen_copy_teacher(tiny_qwen2_audio_dir, tiny_waveforms):
     b = a.build_inputs(PROMPTS, tiny_waveforms)
     c = a.generate(b, 2, max_new_tokens=6)
     student = a.token_logprobs(b, c.ids, c.mask, num_samples=2)
-    with a.teacher():
-        teacher = a.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    with a.teacher() as t:
+        teacher = t.token_logprobs(b, c.ids, c.mask, num_samples=2)
     ref = base.token_logprobs(base.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
     assert torch.allclose(teacher, ref, atol=1e-5)
     assert (student - teacher).abs().max() > 1e-3
@@ -244,7 +244,7 @@ def test_save_load_lora_round_trip(model_dir, tiny_waveforms, tmp_path):
     assert torch.allclose(r.token_logprobs(r.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2),
                           before, atol=1e-5)
     # and with plain peft
-    hf = type(a).hf_class().from_pretrained(str(path))
+    hf = a.family.hf_class().from_pretrained(str(path))
     pm = PeftModel.from_pretrained(hf, str(out))
     w = [p for n, p in pm.named_parameters() if "lora_B" in n][0]
     w0 = [p for n, p in a.model.named_parameters() if "lora_B" in n][0]
@@ -282,8 +282,8 @@ def test_lora_stage_after_lora_warmup_has_the_warmup_as_teacher(tiny_qwen2_audio
     b = rl.build_inputs(PROMPTS, tiny_waveforms)
     c = rl.generate(b, 2, max_new_tokens=6)
     student = rl.token_logprobs(b, c.ids, c.mask, num_samples=2)
-    with rl.teacher():
-        teacher = rl.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    with rl.teacher() as t:
+        teacher = t.token_logprobs(b, c.ids, c.mask, num_samples=2)
     ref = warm_eval.token_logprobs(warm_eval.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
     assert torch.allclose(teacher, ref, atol=1e-5)
     assert (student - teacher).abs().max() > 1e-3
@@ -292,3 +292,33 @@ def test_lora_stage_after_lora_warmup_has_the_warmup_as_teacher(tiny_qwen2_audio
     final = load_adapter(_cfg("qwen2_audio", path), path=rl.save(tmp_path / "rl"), train=False)
     again = final.token_logprobs(final.build_inputs(PROMPTS, tiny_waveforms), c.ids, c.mask, num_samples=2)
     assert torch.allclose(again, student, atol=1e-5)
+
+
+# ------------------------------------------------------------------ families and the teacher view
+def test_every_backbone_name_resolves_to_a_registered_family():
+    from echodistill.config import BACKBONES
+    from echodistill.models.family import Family, family_for
+
+    for name in BACKBONES:
+        assert issubclass(family_for(name), Family)
+    assert family_for("embedded") is family_for("qwen2_audio")  # the embedded default is a small Qwen2-Audio
+    assert family_for("embedded").name == "qwen2_audio"  # the name a checkpoint records
+    with pytest.raises(ConfigError, match="unknown"):
+        family_for("no_such_backbone")
+
+
+def test_teacher_is_a_read_only_view_and_the_student_stays_the_student(tiny_qwen2_audio_dir, tiny_waveforms, tmp_path):
+    a = load_adapter(_cfg("qwen2_audio", tiny_qwen2_audio_dir, lora=True))
+    _perturb_lora(a)
+    b = a.build_inputs(PROMPTS, tiny_waveforms)
+    c = a.generate(b, 2, max_new_tokens=6)
+    student = a.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    with a.teacher() as t:
+        assert t is not a and t.is_teacher and not a.is_teacher and t.features is a.features
+        teacher = t.token_logprobs(b, c.ids, c.mask, num_samples=2)
+        # the student computes as the student while its teacher view exists
+        torch.testing.assert_close(a.token_logprobs(b, c.ids, c.mask, num_samples=2), student, rtol=0, atol=0)
+        assert not t.trainable_parameters() and a.trainable_parameters()
+        with pytest.raises(TypeError, match="read-only"):
+            t.save(tmp_path / "nope")
+    assert (student - teacher).abs().max() > 1e-3

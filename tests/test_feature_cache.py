@@ -27,8 +27,8 @@ def _load(path, lora, **kw):
 def _teacher_scores(a, waves):
     b = a.build_inputs(PROMPTS, waves)
     ids = torch.full((4, 3), a.eos_token_ids[0])
-    with a.teacher():
-        return a.token_logprobs(b, ids, torch.ones_like(ids), num_samples=2)
+    with a.teacher() as t:
+        return t.token_logprobs(b, ids, torch.ones_like(ids), num_samples=2)
 
 
 def test_a_later_run_has_no_first_epoch_miss(tiny_qwen2_audio_dir, tmp_path):
@@ -43,7 +43,7 @@ def test_a_later_run_has_no_first_epoch_miss(tiny_qwen2_audio_dir, tmp_path):
         later = _load(tiny_qwen2_audio_dir, lora, feature_cache_dir=str(disk))  # another run, same model
         c1 = later.encoder_clips
         out = _teacher_scores(later, _waves())
-        assert later.encoder_clips == c1 and later.clip_cache.disk_hits == 2  # no encoder pass in epoch 1
+        assert later.encoder_clips == c1 and later.features.clips.disk_hits == 2  # no encoder pass in epoch 1
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
         new_clip = [_waves()[0], _waves(seed=5)[1]]  # keyed by content: one clip changed, one miss
         _teacher_scores(later, new_clip)
@@ -64,7 +64,7 @@ def test_the_warmup_encodings_serve_the_teacher(tiny_qwen2_audio_dir, tmp_path):
     c0 = rl.encoder_clips
     got = _teacher_scores(rl, _waves())
     assert rl.encoder_clips == c0  # no encoder pass: the warm-up's encodings, this teacher's projector
-    rl.clip_cache.max_mb, rl.clip_cache.disk_dir = 0, None  # the same scores when encoding afresh
+    rl.features.clips.max_mb, rl.features.clips.disk_dir = 0, None  # the same scores when encoding afresh
     torch.testing.assert_close(_teacher_scores(rl, _waves()), got, rtol=0, atol=1e-6)
     assert rl.encoder_clips == c0 + 2
 
@@ -80,7 +80,7 @@ def test_other_weights_do_not_hit(tiny_qwen2_audio_dir, tmp_path):
     assert b.encoder_clips == c0  # ... from the same encoder's cached output
     c = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path))
     with torch.no_grad():
-        c.audio_encoder(c.hf).layer_norm.weight.mul_(1.1)  # another encoder: nothing cached applies
+        c.family.audio_encoder(c.hf).layer_norm.weight.mul_(1.1)  # another encoder: nothing cached applies
     c0 = c.encoder_clips
     _teacher_scores(c, _waves())
     assert c.encoder_clips == c0 + 2
@@ -100,3 +100,20 @@ def test_bounds_memory_and_disk(tmp_path):
     cache.clear()
     assert cache.get(("fp", "clip7")) is None and cache.misses == 2
     assert not ClipFeatureCache(max_mb=0).enabled
+
+
+def test_batch_features_live_in_the_service_not_on_the_batch(tiny_qwen2_audio_dir):
+    """Sampling then scoring one batch encodes its clips once; the batch object carries nothing of
+    ours, and its entry in the service ends when the batch is collected."""
+    import gc
+
+    a = _load(tiny_qwen2_audio_dir, True)  # LoRA: the whole audio path is frozen
+    b = a.build_inputs(PROMPTS, _waves())
+    attrs = set(vars(b))
+    held, c0 = a.features.batches_held, a.encoder_clips
+    c = a.generate(b, 2, max_new_tokens=3)
+    a.token_logprobs(b, c.ids, c.mask, num_samples=2)
+    assert a.encoder_clips - c0 == 2 and set(vars(b)) == attrs and a.features.clip_keys(b) is not None
+    del b
+    gc.collect()
+    assert a.features.batches_held == held - 1

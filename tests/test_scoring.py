@@ -57,8 +57,8 @@ def _setup(tiny_qwen2_audio_dir):
 def test_greedy_answer_read_off_the_scoring_pass_equals_decoding(tiny_qwen2_audio_dir):
     a, examples, clean = _setup(tiny_qwen2_audio_dir)
     cfg = OmegaConf.create({"train": {"max_completion_length": T, "num_generations": G}})
-    with a.teacher():
-        y = a.generate(clean, 1, max_new_tokens=T, do_sample=False)
+    with a.teacher() as t:
+        y = t.generate(clean, 1, max_new_tokens=T, do_sample=False)
         # candidates: item 0 all on the greedy path; item 1 one on it among others sharing only its
         # first token; item 2 none on it (decoded as a fallback)
         g = torch.Generator().manual_seed(3)
@@ -71,12 +71,12 @@ def test_greedy_answer_read_off_the_scoring_pass_equals_decoding(tiny_qwen2_audi
         ids[G + 1:2 * G, 0] = y.ids[1, 0]
         ids[2 * G:, 0] = (y.ids[2, 0] + 1) % 50 + 5
         r = Rollout(examples, None, ids, mask, mask, [""] * len(ids), torch.zeros(ids.shape), clean_batch=clean)
-        plain = teacher_answer(a, r, cfg, with_logits=True)
-        scored = distinct_logits(a, clean, ids, mask, G)
+        plain = teacher_answer(t, r, cfg, with_logits=True)
+        scored = distinct_logits(t, clean, ids, mask, G)
         assert len(set(scored[1].inverse[:G].tolist())) == 1  # item 0: one distinct candidate
-        fast = teacher_answer(a, r, cfg, with_logits=True, scored=scored)
-        suppress = torch.tensor([i for i in a.suppress_token_ids if i < scored[0].shape[-1]])
-        path = greedy_from_scores(*scored, eos_ids=a.eos_token_ids, suppress=suppress, pad_id=a.pad_token_id,
+        fast = teacher_answer(t, r, cfg, with_logits=True, scored=scored)
+        suppress = torch.tensor([i for i in t.suppress_token_ids if i < scored[0].shape[-1]])
+        path = greedy_from_scores(*scored, eos_ids=t.eos_token_ids, suppress=suppress, pad_id=t.pad_token_id,
                                   max_new_tokens=T)
     assert path.covered.tolist() == [True, True, False]  # read off for items 0, 1; item 2 decoded
     torch.testing.assert_close(fast.ids, plain.ids)
@@ -94,9 +94,9 @@ def test_distinct_logprobs_equal_scoring_every_row(tiny_qwen2_audio_dir):
     ids[1], ids[2] = ids[0], ids[0]  # repeats within item 0
     mask = torch.ones_like(ids)
     mask[5, 2:] = 0
-    with a.teacher():
-        full = a.token_logprobs(clean, ids, mask, num_samples=G)
-        once = distinct_logprobs(a, clean, ids, mask, G)
+    with a.teacher() as t:
+        full = t.token_logprobs(clean, ids, mask, num_samples=G)
+        once = distinct_logprobs(t, clean, ids, mask, G)
     torch.testing.assert_close(once, full, **TOL)
 
 
@@ -144,8 +144,8 @@ def test_rescue_answers_only_its_all_wrong_items(tiny_qwen2_audio_dir):
     from echodistill.train.signals import group_kinds
     assert signals.answer_scope(lambda: group_kinds(labels)) == [1]
     teacher_phase(a, r, signals, cfg.train)
-    with a.teacher():
-        full = teacher_answer(a, r, cfg, with_logits=True)
+    with a.teacher() as t:
+        full = teacher_answer(t, r, cfg, with_logits=True)
     ta = r.teacher_answer
     assert ta.answered.tolist() == [False, True, False]
     assert ta.mask[[0, 2]].sum() == 0 and ta.confidence[[0, 2]].tolist() == [0.0, 0.0]
@@ -161,8 +161,8 @@ def test_kd_on_selected_items_equals_masking_the_whole_batch(tiny_qwen2_audio_di
 
     a, examples, clean = _setup(tiny_qwen2_audio_dir)
     r, cfg = _rescue_rollout(a, examples, clean)
-    with a.teacher():
-        r.teacher_answer = teacher_answer(a, r, cfg, with_logits=True)
+    with a.teacher() as t:
+        r.teacher_answer = teacher_answer(t, r, cfg, with_logits=True)
     params = a.trainable_parameters()
     ta, rows = r.teacher_answer, torch.tensor([False, True, False])
 

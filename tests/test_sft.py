@@ -88,7 +88,7 @@ def test_loss_decreases_on_a_repeated_batch(tiny_data, tiny_qwen2_audio_dir, tmp
         loss_cached, _ = sft_forward(ad, prompt_ids, targets, ad.project_audio(ad.hf, torch.cat(hidden)))
         full = ad.build_inputs([item_prompt(it, cfg.data.choice_seed)[0] for it in items],
                                [data.clean(it) for it in items])
-        loss_full, _ = sft_forward(ad, prompt_ids, targets, ad.encode_audio(ad.hf, full))
+        loss_full, _ = sft_forward(ad, prompt_ids, targets, ad.family.encode_audio(ad.hf, full))
     assert abs(float(loss_cached) - float(loss_full)) < 1e-4
 
 

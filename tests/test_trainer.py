@@ -74,11 +74,11 @@ def test_teacher_scores_clean_student_samples_noisy(data_dir, tiny_qwen2_audio_d
         return b
 
     def lp(self, batch, *a, **k):
-        calls.append(("score", self._in_teacher, bool(k.get("with_grad")), batch.__dict__["_wavs"]))
+        calls.append(("score", self.is_teacher, bool(k.get("with_grad")), batch.__dict__["_wavs"]))
         return orig_lp(self, batch, *a, **k)
 
     def gen(self, batch, *a, **k):
-        calls.append(("generate", self._in_teacher, k.get("do_sample", True), batch.__dict__["_wavs"]))
+        calls.append(("generate", self.is_teacher, k.get("do_sample", True), batch.__dict__["_wavs"]))
         return orig_gen(self, batch, *a, **k)
 
     monkeypatch.setattr(AudioLLM, "build_inputs", build)

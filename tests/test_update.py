@@ -68,10 +68,10 @@ def _loss(a, noisy, ids, mask, behaviour, adv, ref, kd_ids, kd_mask, kd_logits):
 def _teacher_passes(a, shared: bool, noisy, clean, ids, mask) -> dict:
     """The no-grad passes: reference on the noisy clip, teacher logits on the clean one (G and 1 rows)."""
     a.share_prefix = shared
-    with a.teacher():
-        return {"ref": a.token_logprobs(noisy, ids, mask, num_samples=G),
-                "teacher_logits": a.completion_logits(clean, ids, mask, num_samples=G),
-                "kd_logits": a.completion_logits(clean, ids[::G], mask[::G], num_samples=1)}
+    with a.teacher() as t:
+        return {"ref": t.token_logprobs(noisy, ids, mask, num_samples=G),
+                "teacher_logits": t.completion_logits(clean, ids, mask, num_samples=G),
+                "kd_logits": t.completion_logits(clean, ids[::G], mask[::G], num_samples=1)}
 
 
 def _grads(a, shared: bool, state: dict, noisy, ids, mask, behaviour, adv, t: dict) -> dict:

@@ -122,13 +122,14 @@ class WhisperCascade:
     """Batched greedy transcription with Whisper tiny.en (``models/whisper_ct2``)."""
 
     def __init__(self, max_new_tokens: int = 24, device: str = "cpu"):
-        from ..models.whisper_ct2 import EOT, NO_TIMESTAMPS, SOT, load_whisper_tiny_en
+        from ..models.whisper_ct2 import EOT, NO_TIMESTAMPS, SOT, load_whisper_tiny_en, log_mel
 
         self.model, self.processor = load_whisper_tiny_en()
         self.model.to(device)
         self.device = device
         self.sot, self.eot, self.no_ts = SOT, EOT, NO_TIMESTAMPS
         self.max_new_tokens = int(max_new_tokens)
+        self.log_mel = log_mel
 
     def transcribe(self, wavs: Sequence[np.ndarray]) -> list[str]:
         """16 kHz float32 clips (each <= 30 s) -> transcripts, one greedy pass for the batch."""
@@ -136,8 +137,7 @@ class WhisperCascade:
 
         if not wavs:
             return []
-        feats = self.processor.feature_extractor([np.asarray(w, dtype=np.float32) for w in wavs],
-                                                 sampling_rate=16000, return_tensors="pt").input_features
+        feats = self.log_mel(self.processor, [np.asarray(w, dtype=np.float32) for w in wavs])
         b = feats.shape[0]
         with torch.no_grad():
             enc = self.model.model.encoder(feats.to(self.device, self.model.dtype)).last_hidden_state

@@ -1,24 +1,31 @@
-"""Audio-feature caches: what a frozen audio path computed, reused instead of encoding again.
+"""The feature-cache service: what a frozen audio path computed, reused instead of encoding again.
 
-Two caches, each with explicit keys:
+``FeatureCache`` is one object per loaded model, passed to whoever needs it (the adapter, its
+teacher view, the warm-up): nothing is stored in batch objects. It holds
 
-* ``BatchFeatures`` -- lives on one batch (``build_inputs`` output) and dies with it. Rollout,
-  scoring and the update of the same batch share one encoder pass. Keys: ``("projected", model,
-  device)`` (whole audio path frozen) and ``("hidden", encoder, device)`` (encoder frozen, projector
-  trains: only the projector reruns).
-* ``ClipFeatureCache`` -- the frozen teacher's features per clip across steps, keyed by
-  ``(fingerprint of the teacher's audio weights, clip content hash)``. A clean clip's features never
-  change during training, so every epoch after the first is a hit (memory LRU, ``max_mb``). With a
-  disk folder (``model.feature_cache_dir``) the entries outlive the process: every later run from the
-  same model on the same clips (other seeds, other variants, a resumed run) has no miss in its first
-  epoch either. The disk layer is bounded too (``disk_mb``; oldest files go first). Safetensors files:
-  loading one runs no code.
+* per batch -- the features computed for one ``build_inputs`` batch, while that batch lives
+  (keyed by the batch object's identity; ``weakref.finalize`` drops the entry when the batch is
+  collected). Rollout, scoring and the update of the same batch share one encoder pass. Keys:
+  ``("projected", model, device)`` (whole audio path frozen) and ``("hidden", encoder, device)``
+  (encoder frozen, projector trains: only the projector reruns). The batch's clip content keys
+  (``clip_key``) are registered here by ``build_inputs`` too.
+* per clip -- ``clips`` (``ClipFeatureCache``): the frozen teacher's features and the frozen
+  encoder's output per clip across steps, keyed by ``(fingerprint of the weights, clip content
+  hash)``. A clean clip's features never change during training, so every epoch after the first is a
+  hit (memory LRU, ``max_mb``). With a disk folder (``model.feature_cache_dir``) the entries outlive
+  the process: every later run from the same model on the same clips (other seeds, other variants, a
+  resumed run) has no miss in its first epoch either. The disk layer is bounded too (``disk_mb``;
+  oldest files go first). Safetensors files: loading one runs no code. The warm-up pins the encoder
+  outputs of the clips it trains on (reused every epoch: never evicted, kept on the CPU); the RL
+  teacher then reads them under the same keys.
+* counters -- ``encoder_calls`` (forwards of an audio encoder), ``encoder_clips`` (clips encoded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -26,9 +33,6 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 from torch import nn
-
-BATCH_ATTR = "_echodistill_features"  # where a batch carries its BatchFeatures
-
 
 def clip_key(wav: np.ndarray) -> str:
     """Content key of one float32 clip: sha1 of its samples + its length."""
@@ -62,24 +66,6 @@ def _state_tensors(mod: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
                 yield (f"{prefix}.{n}" if prefix else n), t
 
 
-class BatchFeatures:
-    """Features computed for one batch, by explicit key (see the module docstring)."""
-
-    def __init__(self, clip_keys: list[str]):
-        self.clip_keys = clip_keys  # [B] content keys of the clips, in batch order
-        self.store: dict[tuple[str, int, str], torch.Tensor] = {}
-
-    @staticmethod
-    def of(batch: Any) -> Optional["BatchFeatures"]:
-        return batch.__dict__.get(BATCH_ATTR)
-
-    @staticmethod
-    def attach(batch: Any, clip_keys: list[str]) -> "BatchFeatures":
-        feats = BatchFeatures(clip_keys)
-        batch.__dict__[BATCH_ATTR] = feats
-        return feats
-
-
 class ClipFeatureCache:
     """Per-clip tensors keyed by ``(fingerprint, clip_key)``: a memory LRU and an optional disk layer."""
 
@@ -87,6 +73,7 @@ class ClipFeatureCache:
         self.max_mb, self.disk_mb = float(max_mb), float(disk_mb)
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self._mem: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._pinned: dict[tuple[str, str], torch.Tensor] = {}  # outside the LRU bound (``put(pin=True)``)
         self._bytes = 0
         self.hits = self.disk_hits = self.misses = 0
         self._disk_bytes: Optional[int] = None  # scanned on the first write, then kept up to date
@@ -103,6 +90,9 @@ class ClipFeatureCache:
         return self.disk_dir / fp / (ck.replace(":", "_") + ".safetensors")
 
     def get(self, key: tuple[str, str]) -> Optional[torch.Tensor]:
+        if key in self._pinned:
+            self.hits += 1
+            return self._pinned[key]
         if key in self._mem:
             self._mem.move_to_end(key)
             self.hits += 1
@@ -124,11 +114,20 @@ class ClipFeatureCache:
         self.misses += 1
         return None
 
-    def put(self, key: tuple[str, str], value: torch.Tensor) -> None:
+    def put(self, key: tuple[str, str], value: torch.Tensor, pin: bool = False) -> None:
+        """Store ``value``; ``pin``: a CPU copy kept outside the memory bound (the warm-up's training clips)."""
         value = value.detach()
-        self._remember(key, value)
+        if pin:
+            self.pin(key, value)
+        else:
+            self._remember(key, value)
         if self.disk_dir is not None:
             self._write(key, value)
+
+    def pin(self, key: tuple[str, str], value: torch.Tensor) -> None:
+        """Keep a CPU copy of ``value`` outside the memory bound (no disk write)."""
+        if key not in self._pinned:
+            self._pinned[key] = value.detach().cpu().clone()
 
     def _remember(self, key, value: torch.Tensor) -> None:
         if self.max_mb <= 0:
@@ -168,9 +167,59 @@ class ClipFeatureCache:
         self._disk_bytes = total
 
     def clear(self) -> None:
-        """Drop the memory layer (the disk layer stays: it is keyed by content)."""
+        """Drop the memory layer, pinned entries included (the disk layer stays: it is keyed by content)."""
         self._mem.clear()
+        self._pinned.clear()
         self._bytes = 0
 
 
-__all__ = ["BatchFeatures", "ClipFeatureCache", "clip_key", "weights_fingerprint"]
+class FeatureCache:
+    """The service (see the module docstring): per-batch features, per-clip ``clips``, encoder counters."""
+
+    def __init__(self, clips: Optional[ClipFeatureCache] = None):
+        self.clips = clips if clips is not None else ClipFeatureCache()
+        self._batches: dict[int, tuple[Optional[list[str]], dict]] = {}  # id(batch) -> (clip keys, features)
+        self._fingerprints: dict[tuple, str] = {}  # ids of frozen modules -> fingerprint of their weights
+        self.encoder_calls = 0
+        self.encoder_clips = 0
+
+    def register(self, batch: Any, clip_keys: Optional[list[str]]) -> dict:
+        """Start ``batch``'s entry (its clips' content keys, no features yet); it ends with the batch."""
+        key = id(batch)
+        if key not in self._batches:
+            weakref.finalize(batch, self._batches.pop, key, None)
+        self._batches[key] = (clip_keys, {})
+        return self._batches[key][1]
+
+    def clip_keys(self, batch: Any) -> Optional[list[str]]:
+        """The content keys of ``batch``'s clips (None for a batch ``build_inputs`` did not make)."""
+        entry = self._batches.get(id(batch))
+        return entry[0] if entry is not None else None
+
+    def of_batch(self, batch: Any) -> dict:
+        """``batch``'s features by key (``("projected" | "hidden", id(module), device)``), created on first use."""
+        entry = self._batches.get(id(batch))
+        return entry[1] if entry is not None else self.register(batch, None)
+
+    @property
+    def batches_held(self) -> int:
+        """Batches with an entry now (each ends when its batch is collected)."""
+        return len(self._batches)
+
+    def fingerprint(self, modules: list[nn.Module]) -> str:
+        """``weights_fingerprint`` of frozen ``modules``, computed once per set of module objects."""
+        key = tuple(id(mod) for mod in modules)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = weights_fingerprint(modules)
+        return self._fingerprints[key]
+
+    def count_call(self, *args: Any, **kwargs: Any) -> None:
+        """Forward pre-hook of every audio encoder: counts its forwards, whoever calls it."""
+        self.encoder_calls += 1
+
+    def clear(self) -> None:
+        """Drop the per-clip features held in memory (per-batch entries die with their batch)."""
+        self.clips.clear()
+
+
+__all__ = ["FeatureCache", "ClipFeatureCache", "clip_key", "weights_fingerprint"]

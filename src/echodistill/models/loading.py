@@ -1,8 +1,8 @@
 """Loading, LoRA and adapter folding, and saving: how an ``AudioLLM`` comes to be and is written out.
 
-Not part of the computing contract (``base.py``): these functions take the adapter class (``cls``)
-whose hooks (``hf_class``, ``load_processor``, ``lora_target_modules``, ``lm_prefix``) they use.
-``AudioLLM.load`` / ``AudioLLM.save`` are the entry points.
+Not part of the computing contract (``base.py``): these functions take the backbone family
+(``family.py``) whose hooks (``hf_class``, ``load_processor``, ``lora_target_modules``, ``lm_prefix``,
+``audio_encoder``) they use. ``models.load_adapter`` / ``AudioLLM.save`` are the entry points.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .feature_cache import ClipFeatureCache
+from .feature_cache import ClipFeatureCache, FeatureCache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 META_FILE = "echodistill_model.json"  # written by ``save``: backbone name, base path, lora flag
 
 
-def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train: bool = True,
+def load(cls: type, family: Any, path: str | Path, cfg_model: Any, *, lora: Any = None, train: bool = True,
          base_path: Optional[str | Path] = None, fold_adapter: bool = True):
-    """Load from a local HF directory: full weights, or a saved PEFT adapter (adapter_config.json).
+    """An ``AudioLLM`` (``cls``) of ``family`` from a local HF directory: full weights, or a saved PEFT
+    adapter (adapter_config.json).
 
     ``cfg_model``: ``ModelConfig`` (dtype, device_map, attn_implementation, trust_remote_code,
     teacher_mode, freeze_audio_encoder). ``lora``: ``LoraConfig`` (default ``cfg_model.lora``);
@@ -52,7 +53,7 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
                           if b and Path(b).is_dir()), cfg_model.path))
     else:
         base = path
-    hf = load_hf(cls, base, cfg_model)
+    hf = load_hf(family, base, cfg_model)
     merged = list(read_meta(path).get("merged_adapters", [])) if is_adapter else []
     for stage in merged:  # earlier LoRA stages this adapter was trained on top of
         hf = merge_adapter(hf, path / stage)  # relative: shipped inside the folder (`echodistill export`)
@@ -60,7 +61,7 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
         hf = merge_adapter(hf, path)
         merged.append(str(path.resolve()))
         is_adapter = False
-    processor = cls.load_processor(path if has_processor(path) else base, cfg_model)
+    processor = family.load_processor(path if has_processor(path) else base, cfg_model)
     teacher_mode = getattr(cfg_model, "teacher_mode", "auto")
     use_lora = is_adapter or bool(lora is not None and getattr(lora, "enabled", False) and train)
     if teacher_mode == "auto":
@@ -81,23 +82,23 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
     elif use_lora:
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-        target = lora_targets(cls, hf, lora.target_modules)
+        target = lora_targets(family, hf, lora.target_modules)
         pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                               target_modules=target)
         peft_model = get_peft_model(hf, pcfg)
     if peft_model is not None:
         hf = peft_model.get_base_model()
-        check_lora_scope(cls, hf)
+        check_lora_scope(family, hf)
     elif not train:
         hf.requires_grad_(False)
-    obj = cls(hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
-              base_path=str(base.resolve()) if base.is_dir() else str(base))
+    features = FeatureCache(ClipFeatureCache(max_mb=getattr(cfg_model, "feature_cache_mb", 256.0),
+                                             disk_dir=getattr(cfg_model, "feature_cache_dir", "") or None,
+                                             disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0)))
+    obj = cls(family, hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
+              base_path=str(base.resolve()) if base.is_dir() else str(base), features=features)
     obj.merged_adapters = merged
-    obj.clip_cache = ClipFeatureCache(max_mb=getattr(cfg_model, "feature_cache_mb", 256.0),
-                                      disk_dir=getattr(cfg_model, "feature_cache_dir", "") or None,
-                                      disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0))
     if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
-        obj.audio_encoder(hf).requires_grad_(False)
+        family.audio_encoder(hf).requires_grad_(False)
     if not train and peft_model is not None:
         for p in peft_model.parameters():
             p.requires_grad_(False)
@@ -105,45 +106,45 @@ def load(cls: type, path: str | Path, cfg_model: Any, *, lora: Any = None, train
     return obj
 
 
-def lora_targets(cls: type, hf: nn.Module, regex: str) -> list[str]:
+def lora_targets(family: Any, hf: nn.Module, regex: str) -> list[str]:
     """Full names of the nn.Linear modules the regex matches (``re.fullmatch``, as PEFT does).
 
     Passed to PEFT as an explicit list: given the regex *string*, PEFT 0.21 rewrites it for MoE
     models (Qwen3-Omni) into bare suffixes {q_proj, k_proj, ...} that also hit the audio tower.
     """
-    regex = cls.lora_target_modules(regex)
+    regex = family.lora_target_modules(regex)
     try:
         pat = re.compile(regex)
     except re.error as e:
         raise ConfigError(f"model.lora.target_modules={regex!r} is not a valid regex: {e}") from None
     names = [n for n, mod in hf.named_modules() if isinstance(mod, nn.Linear) and pat.fullmatch(n)]
     if not names:
-        raise ConfigError(f"model.lora.target_modules={regex!r} matched no linear layer of the {cls.backbone} "
-                          f"model: module names look like {cls.lm_prefix}.layers.0.self_attn.q_proj")
+        raise ConfigError(f"model.lora.target_modules={regex!r} matched no linear layer of the {family.name} "
+                          f"model: module names look like {family.lm_prefix}.layers.0.self_attn.q_proj")
     return names
 
 
-def check_lora_scope(cls: type, hf: nn.Module) -> None:
+def check_lora_scope(family: Any, hf: nn.Module) -> None:
     names = [n for n, m in hf.named_modules() if hasattr(m, "lora_A")]
     if not names:
         raise ConfigError("model.lora.target_modules matched no module of the language model: check the regex "
-                          f"against module names under {cls.lm_prefix!r}")
-    outside = [n for n in names if not n.startswith(cls.lm_prefix + ".")]
+                          f"against module names under {family.lm_prefix!r}")
+    outside = [n for n in names if not n.startswith(family.lm_prefix + ".")]
     if outside:
         raise ConfigError(f"model.lora.target_modules adapts modules outside the language model "
-                          f"({outside[:3]}...): limit the regex to {cls.lm_prefix!r}")
+                          f"({outside[:3]}...): limit the regex to {family.lm_prefix!r}")
 
 
-def load_hf(cls: type, path: Path, cfg_model: Any) -> nn.Module:
+def load_hf(family: Any, path: Path, cfg_model: Any) -> nn.Module:
     dtype = DTYPES[getattr(cfg_model, "dtype", "float32")]
     kwargs = dict(dtype=dtype, attn_implementation=getattr(cfg_model, "attn_implementation", "sdpa"),
                   trust_remote_code=bool(getattr(cfg_model, "trust_remote_code", False)))
     if getattr(cfg_model, "device_map", None):
         kwargs["device_map"] = cfg_model.device_map
     try:
-        return cls.hf_class().from_pretrained(str(path), **kwargs)
+        return family.hf_class().from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load a {cls.backbone} model from {path}: {e}") from None
+        raise ConfigError(f"cannot load a {family.name} model from {path}: {e}") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickle that is more than tensors
         raise ConfigError(f"{path}: its pickled weights (.bin/.pt) hold more than tensors and were refused (loading "
                           "them could run code); use the model's safetensors weights") from None

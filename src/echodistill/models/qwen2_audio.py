@@ -1,4 +1,4 @@
-"""Qwen2-Audio (``Qwen2AudioForConditionalGeneration``) behind the adapter contract.
+"""The Qwen2-Audio family (``Qwen2AudioForConditionalGeneration``; the embedded default is one).
 
 transformers 5.x module paths: ``model.model.audio_tower`` (Whisper-style encoder; needs the mel
 length to equal ``2 * max_source_positions`` exactly), ``model.model.multi_modal_projector``,
@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import AudioLLM
+from .family import Family, register
 
 
-class Qwen2AudioLLM(AudioLLM):
-    backbone = "qwen2_audio"
-    lm_prefix = "model.language_model"
+@register("qwen2_audio", "embedded", "tiny")
+class Qwen2Audio(Family):
     has_separate_projector = True  # audio_tower -> multi_modal_projector
 
     @classmethod
@@ -30,11 +29,10 @@ class Qwen2AudioLLM(AudioLLM):
     def audio_modules(self, m: nn.Module) -> list[nn.Module]:
         return [m.model.audio_tower, m.model.multi_modal_projector]
 
-    @property
-    def audio_token_id(self) -> int:
-        return int(self.hf.config.audio_token_id)
+    def audio_token_id(self, m: nn.Module) -> int:
+        return int(m.config.audio_token_id)
 
-    def encode_audio_hidden(self, m: nn.Module, batch: Any) -> torch.Tensor:
+    def encode_audio_hidden(self, m: nn.Module, features: Any) -> torch.Tensor:
         """Encoder only (before the projector), valid frames of every clip in order -> [n, H].
 
         Used by the warm-up to cache the frozen encoder's output per clip while the projector trains.
@@ -45,8 +43,8 @@ class Qwen2AudioLLM(AudioLLM):
 
         tower = m.model.audio_tower
         dev = next(tower.parameters()).device
-        feats = batch["input_features"].to(dev)
-        fmask = batch["feature_attention_mask"].to(dev)
+        feats = features["input_features"].to(dev)
+        fmask = features["feature_attention_mask"].to(dev)
         conv_lengths, out_lengths = tower._get_feat_extract_output_lengths(fmask.sum(-1))
         b, _, n_mel = feats.shape
         max_len = (n_mel - 2) // 2 + 1
@@ -57,13 +55,13 @@ class Qwen2AudioLLM(AudioLLM):
         valid = torch.arange(hidden.shape[1], device=dev)[None, :] < out_lengths[:, None]
         return hidden[valid]
 
-    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
+    def encode_audio(self, m: nn.Module, features: Any) -> torch.Tensor:
         """Encoder + projector on all B clips in one call; keep the valid frames of each -> [n, D]."""
-        return self.project_audio(m, self.encode_audio_hidden(m, batch))
+        return self.project_audio(m, self.encode_audio_hidden(m, features))
 
     def project_audio(self, m: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Projector on encoder frames [n, H] -> [n, D] (per frame, so caching ``hidden`` is exact)."""
         return m.model.multi_modal_projector(hidden)
 
 
-__all__ = ["Qwen2AudioLLM"]
+__all__ = ["Qwen2Audio"]

@@ -1,4 +1,4 @@
-"""Qwen2.5-Omni and Qwen3-Omni thinkers (audio + text only) behind the adapter contract.
+"""The Qwen2.5-Omni and Qwen3-Omni thinker families (audio + text only).
 
 Only the thinker (the text-generating half) is used; the talker/vocoder are never loaded. Module paths
 in transformers 5.x: ``model.model.audio_tower`` (its own ``proj`` maps to the LM width, so there is
@@ -7,7 +7,7 @@ no separate projector), ``model.model.visual`` (unused), ``model.model.language_
 
 Positions: the thinkers use 3-D multimodal rope; for audio-only prompts all three components equal
 the plain sequential positions (``get_rope_index`` gives audio tokens ``arange(len) + start``), and
-the text model expands 2-D position ids to 3-D itself, so the base class's cumsum positions are
+the text model expands 2-D position ids to 3-D itself, so the family's default cumsum positions are
 correct (a test compares against the HF forward).
 
 Processor: the stock Omni processors build image/video processors that need torchvision (not usable
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import AudioLLM
+from .family import Family, register
 from .small_tokenizer import chatml_audio_template
 
 OMNI_NAMED_SPECIALS = {
@@ -69,23 +69,16 @@ def _audio_only_processor_class(base_name: str):
     return AudioOnly
 
 
-class _OmniThinkerLLM(AudioLLM):
-    lm_prefix = "model.language_model"
+class _OmniThinker(Family):
+    """The thinker's audio tower projects to the LM width itself (no separate projector)."""
+
     processor_base = "Qwen2_5OmniProcessor"
 
-    def audio_modules(self, m: nn.Module) -> list[nn.Module]:
-        return [m.model.audio_tower]
-
-    @property
-    def audio_token_id(self) -> int:
-        cfg = self.hf.config
-        return int(getattr(cfg, "audio_token_id", None) or cfg.audio_token_index)
-
-    def encode_audio(self, m: nn.Module, batch: Any) -> torch.Tensor:
+    def encode_audio(self, m: nn.Module, features: Any) -> torch.Tensor:
         """All clips in one encoder call (the Omni encoder packs them by length) -> [n, D]."""
         dev = next(m.model.audio_tower.parameters()).device
-        out = m.model.get_audio_features(batch["input_features"].to(dev),
-                                         feature_attention_mask=batch["feature_attention_mask"].to(dev),
+        out = m.model.get_audio_features(features["input_features"].to(dev),
+                                         feature_attention_mask=features["feature_attention_mask"].to(dev),
                                          return_dict=True)
         return out.last_hidden_state
 
@@ -95,8 +88,8 @@ class _OmniThinkerLLM(AudioLLM):
         return klass.from_pretrained(str(path))
 
 
-class Qwen25OmniLLM(_OmniThinkerLLM):
-    backbone = "qwen2_5_omni"
+@register("qwen2_5_omni", "qwen_omni")
+class Qwen25Omni(_OmniThinker):
     processor_base = "Qwen2_5OmniProcessor"
 
     @classmethod
@@ -106,14 +99,14 @@ class Qwen25OmniLLM(_OmniThinkerLLM):
         return Qwen2_5OmniThinkerForConditionalGeneration
 
 
-class Qwen3OmniLLM(_OmniThinkerLLM):
+@register("qwen3_omni")
+class Qwen3Omni(_OmniThinker):
     """Qwen3-Omni-MoE thinker: same structure as Qwen2.5-Omni's (audio_tower / language_model / lm_head).
 
     LoRA reaches the attention projections; the MoE experts are fused parameters (not nn.Linear), so
     the default regex leaves them untouched.
     """
 
-    backbone = "qwen3_omni"
     processor_base = "Qwen3OmniMoeProcessor"
 
     @classmethod
@@ -123,4 +116,4 @@ class Qwen3OmniLLM(_OmniThinkerLLM):
         return Qwen3OmniMoeThinkerForConditionalGeneration
 
 
-__all__ = ["Qwen25OmniLLM", "Qwen3OmniLLM", "OMNI_NAMED_SPECIALS", "OMNI_CHAT_TEMPLATE"]
+__all__ = ["Qwen25Omni", "Qwen3Omni", "OMNI_NAMED_SPECIALS", "OMNI_CHAT_TEMPLATE"]

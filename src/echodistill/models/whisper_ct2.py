@@ -241,10 +241,15 @@ def load_whisper_tiny_en():
     return model, processor
 
 
+def log_mel(processor, wavs) -> "torch.Tensor":
+    """Whisper's log-mel input [B, 80, 3000] of 16 kHz float32 clips (one clip or a list of clips)."""
+    return processor.feature_extractor(wavs, sampling_rate=16000, return_tensors="pt").input_features
+
+
 def transcribe(model, processor, wav: np.ndarray, max_new_tokens: int = 48) -> str:
     """Greedy English transcription of one 16 kHz clip (<= 30 s) with a plain Whisper model."""
     import torch
-    feats = processor.feature_extractor(wav, sampling_rate=16000, return_tensors="pt").input_features
+    feats = log_mel(processor, wav)
     ids = [SOT, NO_TIMESTAMPS]
     with torch.no_grad():
         enc = model.model.encoder(feats.to(model.dtype)).last_hidden_state

@@ -1,7 +1,7 @@
 """Supervised warm-up (clean) and the ``sft-noisy`` baseline: ``echodistill warmup``.
 
 Teacher-forced cross-entropy on the answer tokens only. The completion is the target choice's text
-followed by the end-of-turn token (``<|im_end|>``); the prompt is built exactly as at RL and
+followed by the backbone's end-of-turn token (``adapter.end_of_turn_id``); the prompt is built exactly as at RL and
 evaluation time (``format_question(question, ordered_choices(item, data.choice_seed))`` in the
 adapter's chat template, from ``build_inputs``), so the warmed-up model answers in the answer format
 the shared extractor reads.
@@ -9,9 +9,10 @@ the shared extractor reads.
 Trainable: projector + language model (audio encoder frozen), or with ``model.lora.enabled`` the LoRA
 parameters only.
 
-Speed: the frozen encoder's output is **cached per clip** (``warmup.cache_audio``; needs the adapter's
-``encode_audio_hidden`` / ``project_audio`` hooks, else it encodes each batch): clean warm-up encodes
-each distinct clip once, then only the projector and the LM run. ``warmup.noisy=true`` (sft-noisy)
+Speed: the frozen encoder's output is **cached per clip** (``warmup.cache_audio``; needs a family with
+a separate projector, else it encodes each batch) in the model's feature-cache service
+(``adapter.features``, pinned: kept every epoch), the store the RL teacher reads its clean clips
+from: clean warm-up encodes each distinct clip once, then only the projector and the LM run. ``warmup.noisy=true`` (sft-noisy)
 trains on noisy mixes (type from ``noise.train_types``, SNR uniform in ``noise.train_snr_min..max``),
 seeded per (run.seed, item, version) with ``version = epoch % warmup.noise_versions``: K pre-drawn
 noisy versions per item, each encoded once (``noise_versions=0``: a fresh draw every epoch, no cache).
@@ -43,6 +44,7 @@ from ..data.manifest import Item, read_manifest
 from ..data.prompts import format_question, ordered_choices
 from ..data.validate import usable_training_items
 from ..errors import UserError
+from ..models.audio_path import encoder_fingerprint
 from .data import load_clip
 from .loop import PhaseTimer, Recipe, get_lr, val_examples
 
@@ -56,25 +58,28 @@ def item_prompt(item: Item, choice_seed: int) -> tuple[str, list[str]]:
 
 def completion_ids(adapter: Any, target: str) -> list[int]:
     """Token ids of the supervised completion: the target text + the end-of-turn token."""
-    tok = adapter.tokenizer
-    ids = tok(target, add_special_tokens=False)["input_ids"]
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    end = im_end if isinstance(im_end, int) and im_end in adapter.eos_token_ids else adapter.eos_token_ids[0]
-    return list(ids) + [int(end)]
+    ids = adapter.tokenizer(target, add_special_tokens=False)["input_ids"]
+    return list(ids) + [int(adapter.end_of_turn_id)]
 
 
 class AudioCache:
-    """Per-clip prompt ids and frozen-encoder outputs.
+    """What the warm-up remembers per row, beside the model's feature cache (which holds the encodings).
 
-    ``prompt[item_id]``: unpadded prompt token ids (list[int]); ``hidden[clip_key]``: encoder output
-    frames [n, H] (CPU) for one clip. ``encoded``: number of clips put through the encoder.
+    ``prompt[item_id]``: unpadded prompt token ids (list[int]); ``clip[row clip key]``: the row's
+    audio in the model's feature cache (``adapter.features.clips`` key; its encoder output frames
+    [n, H] are pinned there). ``encoded``: number of clips put through the encoder.
     """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.prompt: dict[str, list[int]] = {}
-        self.hidden: dict[Any, torch.Tensor] = {}
+        self.clip: dict[Any, tuple[str, str]] = {}
         self.encoded = 0
+
+    def hidden(self, adapter: Any, row_key: Any) -> Optional[torch.Tensor]:
+        """The encoder output [n, H] of the row's clip, or None when not encoded yet."""
+        key = self.clip.get(row_key)
+        return adapter.features.clips.get(key) if key is not None else None
 
 
 @dataclass
@@ -124,7 +129,7 @@ class WarmupData:
 
 # ---------------------------------------------------------------- the forward pass
 def _encoder_frozen(adapter: Any) -> bool:
-    return not any(p.requires_grad for p in adapter.audio_encoder(adapter.hf).parameters())
+    return not any(p.requires_grad for p in adapter.family.audio_encoder(adapter.hf).parameters())
 
 
 def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed: int):
@@ -134,10 +139,11 @@ def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed:
     clips not seen before (a clip repeated within the step is encoded once).
     Returns (prompt_ids: list[list[int]], hidden: list[Tensor [n_i, H]]).
     """
+    hidden = {r.clip_key: cache.hidden(adapter, r.clip_key) for r in rows}
     need, seen = [], set()
     for r in rows:
         k = (r.item.id, r.clip_key)
-        if (r.item.id not in cache.prompt or r.clip_key not in cache.hidden) and k not in seen:
+        if (r.item.id not in cache.prompt or hidden[r.clip_key] is None) and k not in seen:
             seen.add(k)
             need.append(r)
     if need:
@@ -148,14 +154,17 @@ def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed:
             cache.prompt[r.item.id] = batch["input_ids"][j][am[j].bool()].tolist()
         todo, keys = [], []
         for j, r in enumerate(need):
-            if r.clip_key not in cache.hidden and r.clip_key not in keys:
+            if hidden[r.clip_key] is None and r.clip_key not in keys:
                 todo.append(j)
                 keys.append(r.clip_key)
-        if todo:  # through the adapter's clip cache: the RL teacher reuses these encodings (clean clips)
+        if todo:  # into the model's feature cache, pinned: the RL teacher reuses these encodings (clean clips)
             cache.encoded += len(todo)
-            for key, part in zip(keys, adapter.encoder_output(batch, todo)):
-                cache.hidden[key] = part.detach().cpu().clone()
-    return [cache.prompt[r.item.id] for r in rows], [cache.hidden[r.clip_key] for r in rows]
+            encoder_key = encoder_fingerprint(adapter.family, adapter.features, adapter.hf)
+            clip_keys = adapter.features.clip_keys(batch)
+            for j, key, part in zip(todo, keys, adapter.encoder_output(batch, todo, pin=True)):
+                cache.clip[key] = (encoder_key, clip_keys[j])
+                hidden[key] = cache.hidden(adapter, key)
+    return [cache.prompt[r.item.id] for r in rows], [hidden[r.clip_key] for r in rows]
 
 
 def sft_forward(adapter: Any, prompt_ids: list[list[int]], targets: list[list[int]],
@@ -328,7 +337,7 @@ class SFTRecipe(Recipe):
 
     def summary(self) -> dict:
         train_s = time.time() - self.started - self.eval_seconds
-        audio = self.model.audio_modules(self.model.hf)[1:]
+        audio = self.model.family.audio_modules(self.model.hf)[1:]
         return {"epochs": self.epoch + self.pos / max(1, len(self.train_items)), "samples": self.samples,
                 "samples_per_s": round(self.samples / max(1e-9, train_s), 2), "clips_encoded": self.cache.encoded,
                 "audio_cache": self.use_cache,

@@ -125,7 +125,7 @@ def teacher_scoring(model, r, signals, *, reference: bool, max_new_tokens: int,
     need, G = signals.passes, signals.G
     prompts = [e.prompt for e in r.examples]
     scored = None
-    with model.teacher():
+    with model.teacher() as model:  # the read-only teacher view (models/teacher.py)
         if need.clean:
             r.clean_batch = model.build_inputs(prompts, [e.clean for e in r.examples])
         if need.scores:
