@@ -322,3 +322,6 @@ def test_teacher_is_a_read_only_view_and_the_student_stays_the_student(tiny_qwen
         with pytest.raises(TypeError, match="read-only"):
             t.save(tmp_path / "nope")
     assert (student - teacher).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="as teacher"):  # the old idiom would score with the student
+        with a.teacher():
+            a.token_logprobs(b, c.ids, c.mask, num_samples=2)

@@ -35,7 +35,7 @@ from .feature_cache import FeatureCache, clip_key
 from .loading import DTYPES, META_FILE, backbone_of
 from .sampler import Completions, special_tokens, top_p_filter
 from .scorer import PromptState
-from .teacher import computes, teacher_view
+from .teacher import checked, computes
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -67,7 +67,7 @@ class AudioLLM:
         self.base_path, self.system_prompt = base_path, system_prompt
         self.features = features if features is not None else FeatureCache()
         self.merged_adapters: list[str] = []
-        self.is_teacher = False
+        self.is_teacher, self.calls = False, 0  # calls: computing calls made (``teacher.checked``)
         self._model = hf_model  # the HF model this object computes with (the frozen copy in a teacher view)
         self._adapter_off = False  # a LoRA teacher view inside one of its calls
         self.cache_encoder_output = self.share_prefix = self.share_prefix_grad = self.pack_completions = True
@@ -220,7 +220,8 @@ class AudioLLM:
     def teacher(self) -> Iterator["AudioLLM"]:
         """``with model.teacher() as teacher:`` a read-only view computing with the frozen initial model
         (LoRA disabled, or the frozen copy; ``teacher.py``). ``model`` itself stays the student."""
-        yield teacher_view(self)
+        with checked(self) as view:
+            yield view
 
     def save(self, out_dir: str | Path) -> Path:
         """HF format: the PEFT adapter (``PeftModel.from_pretrained`` loads it) or full weights; + processor."""

@@ -9,7 +9,9 @@ token sets and the feature-cache service, marked ``is_teacher``, that computes w
 * ``self`` -- the model itself (an untrained evaluation model is its own initial model).
 
 Nothing on the student changes: it keeps computing as the student while a view exists. The view
-cannot be saved and has no trainable parameters.
+cannot be saved and has no trainable parameters. ``with model.teacher():`` followed by calls on
+``model`` (the student) would silently score with the student: ``checked`` raises at the end of a
+block in which the student computed and its view did not.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def teacher_view(student: Any) -> Any:
     if student.is_teacher:
         return student
     view = copy.copy(student)
-    view.is_teacher = True
+    view.is_teacher, view.calls = True, 0
     if student.teacher_mode == "frozen_copy":
         view._model = student.teacher_model
     return view
@@ -46,12 +48,23 @@ def adapter_scope(llm: Any) -> Iterator[None]:
 
 
 def computes(fn: Callable) -> Callable:
-    """Decorator of ``AudioLLM``'s computing methods: each runs inside ``adapter_scope``."""
+    """Decorator of ``AudioLLM``'s computing methods: each runs inside ``adapter_scope`` and is counted."""
     @functools.wraps(fn)
     def run(self, *args, **kwargs):
+        self.calls += 1
         with adapter_scope(self):
             return fn(self, *args, **kwargs)
     return run
 
 
-__all__ = ["teacher_view", "adapter_scope", "computes"]
+@contextmanager
+def checked(student: Any) -> Iterator[Any]:
+    """``teacher_view(student)`` for a ``with`` block; raises if only the student computed inside it."""
+    view, before = teacher_view(student), student.calls
+    yield view
+    if view is not student and view.calls == 0 and student.calls > before:
+        raise RuntimeError("inside `with model.teacher():` the student computed and the teacher did not: "
+                           "write `with model.teacher() as teacher:` and call teacher.*")
+
+
+__all__ = ["teacher_view", "adapter_scope", "computes", "checked"]

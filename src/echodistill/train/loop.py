@@ -158,16 +158,16 @@ def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noi
         chunk = [examples[k] for k in mine[i:i + bs]]
         prompts, choices = [e.prompt for e in chunk], [e.choices for e in chunk]
 
-        def answers(wavs):
-            return [answer_of(e.choices, text, idx) for e, (text, idx) in zip(chunk, predict(prompts, choices, wavs))]
+        def answers(wavs, by=predict):
+            return [answer_of(e.choices, text, idx) for e, (text, idx) in zip(chunk, by(prompts, choices, wavs))]
 
         clean = answers([e.clean for e in chunk])
         noisy_ans = answers([e.noisy for e in chunk]) if noisy else [None] * len(chunk)
         if teacher_cache is not None and noisy:
             todo = [k for k in mine[i:i + bs] if k not in teacher_cache]
             if todo:
-                with model.teacher():
-                    got = answers([e.clean for e in chunk])
+                with model.teacher() as teacher:  # the read-only teacher view answers
+                    got = answers([e.clean for e in chunk], model_predictor(teacher, cfg.eval.max_new_tokens))
                 teacher_cache.update(zip(mine[i:i + bs], got))
         for k, e, a, z in zip(mine[i:i + bs], chunk, clean, noisy_ans):
             ok_clean, ok_noisy = is_correct(a, e.item.target, not e.choices), is_correct(z, e.item.target, not e.choices)
