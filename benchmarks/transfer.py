@@ -69,8 +69,30 @@ def table(eval_dir: Path, manifest: Path, by: str, task: str | None, train: list
     if train and heldout:
         a = row("**training: " + "+".join(train) + "**", [v for g in train for v in groups.get(g, [])])
         b = row("**held out: " + "+".join(heldout) + "**", [v for g in heldout for v in groups.get(g, [])])
-        lines += ["", f"gap (training - held out): {100 * (a - b):+.1f} points"]
+        lines += ["", f"gap (training - held out): {100 * (a - b):+.1f} points" + _paired_gap(preds, meta, by, train,
+                                                                                             heldout)]
     return "\n".join(lines)
+
+
+def _paired_gap(preds: list, meta: dict, by: str, train: list, heldout: list) -> str:
+    """On the probe (``meta.probe_clip``: one clip rendered by every soundfont) the gap is paired by
+    clip: per clip, mean correctness over the training groups minus over the held-out ones; the
+    interval resamples clips."""
+    per_clip: dict = {}
+    for r in preds:
+        m = meta[r["id"]]
+        if "probe_clip" not in m:
+            return ""
+        side = 0 if _group_of(m, by) in train else 1 if _group_of(m, by) in heldout else None
+        if side is not None:
+            per_clip.setdefault(m["probe_clip"], ([], []))[side].append(float(r["correct"]))
+    diffs = np.asarray([np.mean(t) - np.mean(h) for t, h in per_clip.values() if t and h])
+    if diffs.size == 0:
+        return ""
+    rng = np.random.default_rng(0)
+    boot = diffs[rng.integers(0, diffs.size, size=(1000, diffs.size))].mean(axis=1)
+    return (f", paired by clip over {diffs.size} clips: 95 % CI [{100 * np.percentile(boot, 2.5):+.1f}, "
+            f"{100 * np.percentile(boot, 97.5):+.1f}]")
 
 
 def main(argv=None) -> int:
