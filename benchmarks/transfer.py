@@ -28,6 +28,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found (an `echodistill eval --out` folder holds predictions.jsonl; "
+                         "--manifest is the manifest that was evaluated)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
