@@ -76,19 +76,24 @@ def machine_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+# What a timing reads: wall seconds, or with --clock cpu this process's CPU seconds (on a shared machine
+# the time spent waiting for a core is not the code's cost; pin the process and use one thread).
+clock = time.perf_counter
+
+
 def compare(fa, fb, reps: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Wall seconds of fa and fb, alternated (A B A B ...), after ``warmup`` runs of each."""
+    """Seconds (``clock``) of fa and fb, alternated (A B A B ...), after ``warmup`` runs of each."""
     for _ in range(warmup):
         fa()
         fb()
     ta, tb = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fa()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        ta.append(clock() - t0)
+        t0 = clock()
         fb()
-        tb.append(time.perf_counter() - t0)
+        tb.append(clock() - t0)
     return ta, tb
 
 
@@ -137,10 +142,10 @@ class EncoderTimer:
         self._h = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _pre(self, *a):
-        self._t0 = time.perf_counter()
+        self._t0 = clock()
 
     def _post(self, *a):
-        self.seconds += time.perf_counter() - self._t0
+        self.seconds += clock() - self._t0
 
     def remove(self):
         for h in self._h:
@@ -197,20 +202,20 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, 
 
     def step(v) -> dict:
         cfg, sig, out = cfgs[v], signals[v], {}
-        t0 = time.perf_counter()
+        t0 = clock()
         r = T.rollout(adapter, examples, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
-        t1 = time.perf_counter()
+        t1 = clock()
         T.teacher_phase(adapter, r, sig, cfg.train)
-        t2 = time.perf_counter()
+        t2 = clock()
         T.compute_rewards(r, sig, cfg.train)
         T.compute_advantages(r, sig, cfg.train)
-        t3 = time.perf_counter()
+        t3 = clock()
         loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
+        t4 = clock()
         out.update(rollout=t1 - t0, teacher=t2 - t1, rewards=t3 - t2, update=t4 - t3, total=t4 - t0)
         return out
 
@@ -637,6 +642,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall seconds, or this process's CPU seconds (robust to other load on a shared machine)")
     ap.add_argument("--embedded-path", default=str(ROOT / "models" / "embedded"))
     ap.add_argument("--real-model", help="a trained embedded model (e.g. a warm-up's final/): row 1 again on "
                                          "real items of --real-bench")
@@ -655,6 +662,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     a = Sizes(args.quick, args.reps, args.warmup)
     which = set(args.bench.split(","))
     models = [m for m in args.models.split(",") if m]
@@ -691,6 +700,7 @@ def main(argv=None) -> int:
         if "memmodel" in which:
             bench_memmodel(a, rows, row)
     info["loadavg_end"] = list(os.getloadavg())
+    info["clock"] = args.clock
     info["wall_s"] = time.time() - t_start
     result = {"machine": info, "sizes": vars(a), "quick": args.quick, "rows": rows, "notes": notes}
     md = table(rows)
