@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -164,7 +165,11 @@ def content_stamps(paths: Iterable[str]) -> list:
     out = []
     for p in paths:
         try:
-            out.append((os.path.realpath(p), os.stat(p).st_size, quick_sha256(p)))
+            st = os.stat(p)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end: not a clip
+                out.append((p, None, None))
+                continue
+            out.append((os.path.realpath(p), st.st_size, quick_sha256(p)))
         except OSError:
             out.append((p, None, None))
     return out
