@@ -229,6 +229,9 @@ def make_cli_corpus(d: Path) -> dict:
     add("symlink_to_audio", it("symlink", c["symlink"]), ok=True)
     add("premixed_ok", it("premixed_ok", c["good"], noisy_audio=str(c["noisy_ok"]), noise_type="white", snr=5),
         ok=True)
+    # an open-ended question (no choices) with its reference answer: trained and evaluated as free text
+    add("open_ended_labeled", {"id": "openq", "audio": "audio/good.wav", "question": "What do you hear?",
+                               "target": "a tone", "task": "t", "split": "train"}, ok=True)
     # ---- long clips: truncated to the window, counted (data.long_audio=truncate, the default)
     add("long_clip_truncated", it("long3s", c["long"]), note="truncated", truncated=True)
     add("ten_minute_clip_bounded", it("tenmin", c["ten_minutes"]), note="truncated", truncated=True)

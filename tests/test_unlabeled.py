@@ -57,6 +57,10 @@ def test_label_free_variants_are_the_ones_that_read_no_label():
     assert needs_labels(load_config(overrides=["train.variant=grpo"]))
     assert needs_labels(load_config(overrides=["train.variant=echodistill-rescue"]))  # KD scope from the labels
     assert not needs_labels(load_config(overrides=["train.variant=grpo", "signals.majority_vote.weight=1"]))
+    assert not needs_labels(load_config(overrides=["train.variant=ttrl"]))  # the samples' majority replaces them
+    # what decides is the run's signals: the rescue's distillation on every item needs no label
+    assert not needs_labels(load_config(overrides=["train.variant=echodistill-rescue", "signals.distill.scope=all",
+                                                   "train.reward_weights=[0, 0]"]))
 
 
 def test_a_labels_needing_variant_refuses_an_unlabeled_item_in_one_line(tmp_path):
@@ -116,6 +120,7 @@ def test_labeled_fraction_zero_and_items_without_targets(tmp_path):
     ("train.fp16=true", "use model.dtype=float16"),
     ("num_train_epochs=3", "use train.max_steps"),
     ("learning_rate=1e-5", "use train.learning_rate"),
+    ("train.num_completions_to_print=4", "train.log_completions=true"),
 ])
 def test_trl_key_names_give_a_one_line_hint(override, hint):
     with pytest.raises(ConfigError) as e:
@@ -285,15 +290,14 @@ def test_eval_cli_on_an_unlabeled_mixed_manifest(tmp_path, tiny_qwen2_audio_dir,
 
 
 # ------------------------------------------------------------------ training without labels
-def test_label_free_run_validates_without_labels_and_keeps_the_best(tmp_path, tiny_qwen2_audio_dir, monkeypatch):
+def test_label_free_run_validates_without_labels_and_keeps_the_best(tmp_path, tiny_qwen2_audio_dir):
     import math
 
     from echodistill.train import trainer as T
 
-    monkeypatch.setattr(T.GRPORecipe, "val_teacher", True)
     root = make_unlabeled_dataset(tmp_path / "d")
     out = tmp_path / "run"
-    cfg = tiny_config(root, tiny_qwen2_audio_dir, out, "train.variant=distill-only", "train.eval_steps=1",
+    cfg = tiny_config(root, tiny_qwen2_audio_dir, out, "train.variant=clean-distill", "train.eval_steps=1",
                       "train.eval_items=4", "train.metric_for_best_model=val_teacher_agreement")
     T.run_train(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -313,7 +317,7 @@ def test_metric_for_best_model_must_be_a_validation_metric(tmp_path, tiny_qwen2_
     from echodistill.train import trainer as T
 
     root = make_unlabeled_dataset(tmp_path / "d")
-    cfg = tiny_config(root, tiny_qwen2_audio_dir, tmp_path / "run", "train.variant=distill-only", "train.max_steps=1",
+    cfg = tiny_config(root, tiny_qwen2_audio_dir, tmp_path / "run", "train.variant=clean-distill", "train.max_steps=1",
                       "train.eval_steps=1", "train.eval_items=2", "train.metric_for_best_model=val_accuracy")
     with pytest.raises(ConfigError, match="val_accuracy.*is not a validation metric.*val_consistency"):
         T.run_train(cfg)
@@ -324,3 +328,62 @@ def test_tracker_scalars_are_grouped_like_trl():
 
     got = tracker_scalars({"step": 3, "loss": 0.5, "val_consistency": 0.75, "kd": float("nan"), "mode": "x"})
     assert got == {"train/loss": 0.5, "eval/consistency": 0.75}
+
+
+# ------------------------------------------------------------------ open-ended questions in training
+def test_open_ended_rewards_compare_normalised_text():
+    from echodistill.train import rewards as R
+
+    texts = ["A pure tone.", "a  pure tone", "noise", "", "low", "Low.", "high", "low"]  # B=2 items x G=4
+    choices = [[], ["low", "high"]]
+    acc = R.accuracy_rewards(texts, choices, ["a pure tone", "low"], 4)
+    assert acc.tolist() == [1, 1, 0, 0, 1, 1, 0, 1]
+    assert R.format_rewards(texts, choices, 4).tolist() == [1, 1, 1, 0, 1, 1, 1, 1]  # open-ended: any answer
+    assert R.majority_vote(texts, choices, 4) == ["a pure tone", 0]
+    assert R.accuracy_rewards(texts, choices, [None, None], 4).tolist() == [0] * 8  # unlabeled: no signal
+
+
+def test_teacher_answer_of_an_open_ended_item_is_its_text(tmp_path, tiny_qwen2_audio_dir):
+    """The clean teacher's greedy answer is the distillation target of an open-ended item (its normalised
+    text stands for it where a choice index would), and the accuracy target of pseudo-labels."""
+    from echodistill.audio.noise import NoiseBank
+    from echodistill.train import trainer as T
+    from echodistill.train.data import load_examples
+    from echodistill.train.signals import build_signals
+    from echodistill.models import load_adapter
+
+    root = make_unlabeled_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tiny_qwen2_audio_dir, tmp_path / "o", "train.variant=clean-distill",
+                      "signals.distill.scope=all")
+    items = read_manifest(root / "train.jsonl")[:4]
+    examples, bad = load_examples(items, cfg, NoiseBank(str(root / "noise")), 0)
+    assert not bad and [e.target for e in examples] == [None] * 4 and examples[1].choices == []
+    model = load_adapter(cfg.model, train=True)
+    signals = build_signals(cfg)
+    r = T.prepare(model, examples, cfg, signals, T._generator(model.device, 0, "t"))
+    texts = model.decode(r.teacher_answer.ids, r.teacher_answer.mask)
+    from echodistill.data.answers import read_answer
+    assert r.teacher_answer.choice == [read_answer(t, e.choices) for t, e in zip(texts, examples)]
+    assert r.kd_items.tolist() == [c is not None for c in r.teacher_answer.choice]
+
+
+def test_label_free_run_logs_completions_and_the_terms_it_trains(tmp_path, tiny_qwen2_audio_dir):
+    from echodistill.train import trainer as T
+
+    root = make_unlabeled_dataset(tmp_path / "d")
+    out = tmp_path / "run"
+    for variant, extra in (("clean-distill", []), ("ttrl", ["train.max_steps=1"])):
+        run = out / variant
+        cfg = tiny_config(root, tiny_qwen2_audio_dir, run, f"train.variant={variant}", "train.eval_steps=0",
+                          "train.log_completions=true", *extra)
+        recipe = T.GRPORecipe(cfg, progress=False).setup()
+        recipe.train()
+        rows = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        if variant == "clean-distill":  # nothing sampled: the teacher's answers it distills toward, per item
+            assert len(rows) == 2 * 2 and {"teacher_answer", "distilled"} <= set(rows[0])
+            assert set(recipe._progress_postfix(last)) == {"kd"}
+        else:  # samples with the majority-vote target they were rewarded against (open-ended: normalised text)
+            assert len(rows) == 2 * 4 and {"completion", "answer", "target", "reward", "advantage"} <= set(rows[0])
+            assert {"reward", "acc", "policy"} <= set(recipe._progress_postfix(last))
+        assert all(r["step"] >= 1 for r in rows)

@@ -178,6 +178,9 @@ class TrainConfig:
     metric_for_best_model: str = ""
     greater_is_better: bool = True  # for metric_for_best_model (False for val_noisy_invalid)
     logging_steps: int = 1  # rows in metrics.jsonl every this many steps
+    # TRL's log_completions: every logging_steps, the first micro-batch's completions (question, noise,
+    # completion, answer, target, reward, advantage; the teacher's answer) to completions.jsonl and the trackers
+    log_completions: bool = False
     # Where rollouts come from (train/rollout_backends.py): builtin = our sampler in the trainer; vllm = a
     # vLLM OpenAI-compatible server (docs/scale-out.md), weights synced after each update, log-probs recomputed
     rollout_backend: str = "builtin"  # builtin | vllm
@@ -374,6 +377,8 @@ TRL_HINTS: dict[str, tuple[str, str]] = {
     "seed": ("run.seed", "run.seed={value}"),
     "run_name": ("run.run_name", "run.run_name={value}"),
     "gradient_checkpointing_kwargs": ("train.gradient_checkpointing", "train.gradient_checkpointing=true"),
+    "num_completions_to_print": ("train.log_completions", "train.log_completions=true (the first micro-batch's "
+                                                          "completions every train.logging_steps)"),
 }
 
 

@@ -88,4 +88,26 @@ def tracker_scalars(row: dict) -> dict[str, float]:
     return out
 
 
-__all__ = ["TRACKERS", "tracker_names", "resolve_log_with", "start_trackers", "run_name", "tracker_scalars"]
+def _markdown(columns: list[str], rows: list[list]) -> str:
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def log_table(accelerator: Any, name: str, columns: list[str], rows: list[list], step: int) -> None:
+    """A table (TRL's ``log_completions``) to the trackers that show one: W&B and trackio as a table,
+    TensorBoard as a Markdown text panel. Call on every process (trackers live on the main one)."""
+    for tracker in getattr(accelerator, "trackers", []):
+        if tracker.name == "wandb":
+            tracker.log_table(name, columns=columns, data=rows, step=step)
+        elif tracker.name == "trackio":
+            import trackio
+
+            if hasattr(trackio, "Table"):  # older trackio versions log scalars only
+                tracker.log({name: trackio.Table(columns=columns, data=rows)}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.writer.add_text(name, _markdown(columns, rows), global_step=step)
+
+
+__all__ = ["TRACKERS", "tracker_names", "resolve_log_with", "start_trackers", "run_name", "tracker_scalars",
+           "log_table"]

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Optional, Sequence
 
-__all__ = ["extract_choice", "normalize", "free_answer", "is_correct"]
+__all__ = ["extract_choice", "normalize", "free_answer", "is_correct", "read_answer"]
 
 # ----------------------------------------------------------------------------------------------
 # Extraction
@@ -245,3 +245,10 @@ def is_correct(answer: Optional[str], target: Optional[str], open_ended: bool) -
     if answer is None:
         return False
     return normalize(answer) == normalize(target) if open_ended else answer == target
+
+
+def read_answer(text: str, choices: Sequence[str]) -> Optional[int | str]:
+    """The answer ``text`` gives, as training compares answers: the index of the offered choice it names
+    (``extract_choice``), or, for an open-ended question (no choices), its normalised text
+    (``free_answer``). None: no answer."""
+    return extract_choice(text, choices) if choices else free_answer(text)

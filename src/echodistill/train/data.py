@@ -26,7 +26,8 @@ class Example:
     item: Item
     prompt: str
     choices: list[str]
-    target: Optional[int]  # index of item.target in ``choices``; None: unlabeled, or open-ended (item.target)
+    # index of item.target in ``choices``; an open-ended question's target text; None: unlabeled
+    target: Optional[int | str]
     clean: np.ndarray  # float32 [S]
     noisy: np.ndarray  # float32 [S]
     noise_type: str
@@ -142,7 +143,7 @@ def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr
     clean = load_clip(item.audio, min_duration_s, max_duration_s, long_audio)
     draw = draw_noisy(clean, bank, noise_types, rng, snr_range=snr_range)
     choices = ordered_choices(item, choice_seed)
-    target = None
+    target = item.target  # open-ended: the reference text (the accuracy reward normalises it)
     if item.target is not None and choices:
         if item.target not in choices:
             raise AudioError(f"item {item.id}: target {item.target!r} is not one of its choices", "bad_item")

@@ -281,6 +281,10 @@ class Recipe:
     def _progress_postfix(self, m: dict) -> dict:
         return {}
 
+    def _completion_rows(self, batches: list) -> tuple[list[str], list[list]]:
+        """(columns, rows) of what the model produced this step (TRL's log_completions); none by default."""
+        return [], []
+
     def state_dict(self) -> dict:
         """The recipe's data position (JSON-serialisable), saved in trainer_state.json."""
         return {}
@@ -421,6 +425,8 @@ class Recipe:
                 m.update(self._evaluate())
             if self.step % max(1, a.logging_steps) == 0 or self.step == 1 or last:
                 self._write(m)
+                if getattr(a, "log_completions", False):
+                    self._log_completions(batches)
             if acc.log_with:
                 acc.log(tracker_scalars(m), step=self.step)  # train/... and eval/..., as TRL groups them
             self.bar.set_postfix(**self._progress_postfix(m), refresh=False)
@@ -524,6 +530,20 @@ class Recipe:
                 partial.rename(best)
                 (self.out / "best.json").write_text(json.dumps(self.best, indent=1))
         acc.wait_for_everyone()
+
+    def _log_completions(self, batches: list) -> None:
+        """This process's completions of the step to ``completions.jsonl`` (main process) and the trackers."""
+        from ..tracking import log_table
+
+        columns, rows = self._completion_rows(batches)
+        if not rows:
+            return
+        if self.accelerator.is_main_process:
+            with open(self.out / "completions.jsonl", "a") as f:
+                for row in rows:
+                    f.write(json.dumps({"step": self.step, **dict(zip(columns, row))}) + "\n")
+        if self.accelerator.log_with:
+            log_table(self.accelerator, "completions", ["step", *columns], [[self.step, *r] for r in rows], self.step)
 
     def _write(self, row: dict) -> None:
         if self.accelerator.is_main_process:

@@ -16,10 +16,11 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 
 from ..config import CONSISTENCY_MODES  # allowed values, defined once
-from ..data.answers import extract_choice, normalize as _norm  # re-exported: the one extractor
+from ..data.answers import extract_choice, normalize as _norm, read_answer  # re-exported: the one extractor
 
 __all__ = [
     "extract_choice",
+    "read_answer",
     "accuracy_rewards",
     "format_rewards",
     "consistency",
@@ -42,7 +43,10 @@ def _check_n(texts: Sequence[str], n_items: int, num_generations: int) -> None:
                          f"completions (item-major), got {len(texts)}")
 
 
-def _target_index(target: Union[str, int], choices: Sequence[str]) -> int:
+def _target_index(target: Union[str, int], choices: Sequence[str]) -> Union[int, str]:
+    """The target as ``read_answer`` gives answers: a choice index, or an open-ended question's normalised text."""
+    if not choices:
+        return _norm(str(target))
     if isinstance(target, int):
         return target
     norm = [_norm(c) for c in choices]
@@ -57,7 +61,8 @@ def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[s
                      wrong: float = 0.0) -> torch.Tensor:
     """``r_acc [N]``: 1.0 where ``extract_choice`` gives the target, else ``wrong`` (0 or -1).
 
-    ``texts``: N completions, item-major. ``choices_per_item``: B lists in displayed order.
+    ``texts``: N completions, item-major. ``choices_per_item``: B lists in displayed order; an empty
+    list is an open-ended question, right when the normalised completion equals the normalised target.
     ``targets``: B target strings (one of the choices) or indices; ``None`` = no target for that item
     (a pseudo-label that was not confident enough): all its G rewards are ``wrong``, so its group
     has no accuracy signal. No answer (None) counts as wrong.
@@ -72,7 +77,7 @@ def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[s
         t = _target_index(target, choices)
         for g in range(num_generations):
             n = i * num_generations + g
-            if extract_choice(texts[n], choices) == t:
+            if read_answer(texts[n], choices) == t:
                 out[n] = 1.0
     return out
 
@@ -90,7 +95,8 @@ def format_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str
 
     ``fmt="choice"``: the completion is exactly one offered choice once surrounding whitespace and
     final punctuation (``.!?,;:``) are stripped; case-insensitive, otherwise verbatim ("dog" for
-    choice "dog", "Dog." too; "It's a dog" or "dog, I think" not).
+    choice "dog", "Dog." too; "It's a dog" or "dog, I think" not). An open-ended question (no choices):
+    any non-empty answer.
     """
     if fmt != "choice":
         raise ValueError(f"unknown answer format {fmt!r}; known: choice")
@@ -101,7 +107,7 @@ def format_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str
         for g in range(num_generations):
             n = i * num_generations + g
             t = texts[n] if isinstance(texts[n], str) else ""
-            if t.strip() and _strip_format(t) in allowed:
+            if t.strip() and (_strip_format(t) in allowed if choices else read_answer(t, choices) is not None):
                 out[n] = 1.0
     return out
 
@@ -174,16 +180,17 @@ def snr_weight(snr: Union[float, Sequence[float], torch.Tensor], w0: float, snr_
 
 
 def majority_vote(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
-                  num_generations: int) -> list[Optional[int]]:
-    """TTRL's label-free target: per item, the choice most of its G samples name (``[B]`` indices).
+                  num_generations: int) -> list[Optional[Union[int, str]]]:
+    """TTRL's label-free target: per item, the choice most of its G samples name (``[B]`` indices; an
+    open-ended question's most frequent normalised answer).
 
     ``None`` where no sample names an offered choice. Ties go to the choice named first among the
     samples (sampling order is random, so no choice position is favoured).
     """
     _check_n(texts, len(choices_per_item), num_generations)
-    out: list[Optional[int]] = []
+    out: list[Optional[Union[int, str]]] = []
     for i, choices in enumerate(choices_per_item):
-        votes = [extract_choice(texts[i * num_generations + g], choices) for g in range(num_generations)]
+        votes = [read_answer(texts[i * num_generations + g], choices) for g in range(num_generations)]
         valid = [v for v in votes if v is not None]
         out.append(max(valid, key=lambda v: (valid.count(v), -valid.index(v))) if valid else None)
     return out

@@ -28,7 +28,8 @@ class TeacherAnswer:
 
     ids: torch.Tensor  # [B, T'] greedy tokens
     mask: torch.Tensor  # [B, T'] 1 up to and including EOS
-    choice: list[Optional[int]]  # [B] the offered choice it names (None: names none)
+    # [B] the offered choice it names, or an open-ended question's normalised answer text (None: no answer)
+    choice: list[Optional[int | str]]
     confidence: torch.Tensor  # [B] p_T(answer tokens | clean clip), EOS excluded
     logits: Optional[torch.Tensor] = None  # [B, T', V] its logits on that answer (distillation)
     answered: Optional[torch.Tensor] = None  # [B] bool: items answered (None: all); the others have
@@ -108,7 +109,7 @@ def teacher_answer(model, r, max_new_tokens: int, with_logits: bool, scored: Opt
         path = GreedyPath(path.ids[:, :t], path.mask[:, :t], path.logprobs[:, :t], path.logits[:, :t], path.covered)
     confidence = (path.logprobs * answer_mask(model, path.ids, path.mask)).sum(1).exp()
     texts = model.decode(path.ids, path.mask)
-    choice = [R.extract_choice(text, e.choices) for text, e in zip(texts, r.examples)]
+    choice = [R.read_answer(text, e.choices) for text, e in zip(texts, r.examples)]
     answered = None
     if items is not None:
         answered = path.covered.cpu()

@@ -180,6 +180,7 @@ def micro_loss(model, r: Rollout, signals: SignalSet, t, *, first_iteration: boo
         terms["policy"], stats = grpo.policy_loss(logp, old, r.advantages, r.mask, t.epsilon, t.epsilon_high,
                                                   t.loss_type, t.max_completion_length, t.beta, r.ref_logp,
                                                   num_tokens)
+        stats["policy"] = float(terms["policy"].detach())  # the PPO term alone (with beta * KL), for the bar
         if first_iteration:
             m = r.mask.float()
             stats["entropy"] = float((ent.detach() * m).sum() / m.sum().clamp(min=1))
@@ -226,20 +227,34 @@ def sample_metrics(rolls: list[Rollout], signals: SignalSet) -> dict[str, float]
     if "consistency" in rolls[0].rewards:
         c = torch.cat([r.rewards["consistency"] for r in rolls]).view(-1, G)
         out["consistency_within_group_std"] = float(c.std(1).mean())
-    labels = [e.target for r in rolls for e in r.examples]
-    targets = [tg for r in rolls for tg in r.targets]
-    have = [tg is not None for tg in targets]
-    out["target_coverage"] = float(np.mean(have))
-    out["target_label_agreement"] = (float(np.mean([tg == y for tg, y in zip(targets, labels) if tg is not None]))
-                                     if any(have) else float("nan"))
+    labels = [label_of(e) for r in rolls for e in r.examples]
+    targets = [label_of(e, tg) for r in rolls for e, tg in zip(r.examples, r.targets)]
+    out["target_coverage"] = float(np.mean([tg is not None for tg in targets]))
+    out["target_label_agreement"] = agreement(targets, labels)
     out["completion_length"] = float(torch.cat([r.mask.sum(1).float() for r in rolls]).mean())
     return out
 
 
+def label_of(e: Example, answer: Any = "label") -> Any:
+    """An answer (default: the item's label) as ``read_answer`` gives answers: a choice index, or an open-ended
+    question's normalised text; None stays None (unlabeled, or no answer)."""
+    a = e.target if answer == "label" else answer
+    if a is None or e.choices:
+        return a
+    return R.read_answer(str(a), [])
+
+
+def agreement(answers: list, labels: list) -> float:
+    """Share of ``answers`` equal to their label, over the pairs that have both; NaN when none has
+    (unlabeled items: the true labels are only ever read here, for logging)."""
+    pairs = [(a, y) for a, y in zip(answers, labels) if a is not None and y is not None]
+    return float(np.mean([a == y for a, y in pairs])) if pairs else float("nan")
+
+
 def teacher_answer_metrics(rolls: list[Rollout]) -> dict[str, float]:
     """How much the teacher knows: its clean answers checked against the true labels, which only this
-    logging reads in the label-free regime."""
-    labels = [e.target for r in rolls for e in r.examples]
+    logging reads in the label-free regime (NaN where there are none)."""
+    labels = [label_of(e) for r in rolls for e in r.examples]
     ta_choice = [c for r in rolls for c in r.teacher_answer.choice]
     answered = torch.cat([r.teacher_answer.answered if r.teacher_answer.answered is not None
                           else torch.ones(len(r.examples), dtype=torch.bool) for r in rolls])
@@ -247,8 +262,10 @@ def teacher_answer_metrics(rolls: list[Rollout]) -> dict[str, float]:
     # answered only in a signal's scope (``SignalSet.answer_scope``): its accuracy there is another quantity
     scope = "_kd_scope" if any(r.teacher_answer.answered is not None for r in rolls) else ""
     some = bool(answered.any())  # the same keys on every rank (NaN when none answered here)
-    return {f"teacher_clean_acc{scope}": (float(np.mean([c == y for c, y, ok in zip(ta_choice, labels,
-                                                                                   answered.tolist()) if ok]))
+    # a teacher that names no choice is wrong where there is a label
+    told = [c if c is not None else -1 for c in ta_choice]
+    return {f"teacher_clean_acc{scope}": (agreement([c for c, ok in zip(told, answered.tolist()) if ok],
+                                                    [y for y, ok in zip(labels, answered.tolist()) if ok])
                                           if some else float("nan")),
             f"teacher_confidence{scope}": float(conf[answered].mean()) if some else float("nan"),
             "teacher_answered_frac": float(answered.float().mean())}
@@ -269,6 +286,7 @@ class GRPORecipe(Recipe):
     ``gradient_accumulation_steps`` micro-batches of phases 1-4, then ``num_iterations`` updates."""
 
     summed_keys = ("skipped_items", "encoder_clips")  # counts: summed over ranks, not averaged
+    val_teacher = True  # label-free validation: the noisy student's agreement with the clean teacher
 
     def __init__(self, cfg: Any, resume: bool = False, progress: bool = True):
         super().__init__(cfg, cfg.train, resume=resume, progress=progress)
@@ -379,12 +397,46 @@ class GRPORecipe(Recipe):
     def _row_position(self) -> dict:
         return {"epoch": self.stream.epoch_of(self.position - 1)}
 
+    def _completion_rows(self, rolls: list[Rollout]) -> tuple[list[str], list[list]]:
+        """The first micro-batch's completions (TRL's ``log_completions``): one row per sample, with its
+        answer, the target it was checked against, reward, advantage and the teacher's clean answer; a run
+        that samples nothing logs, per item, the clean teacher's answer it distills toward."""
+        r = rolls[0]
+        ta = r.teacher_answer
+        teacher = self.model.decode(ta.ids, ta.mask) if ta is not None else [None] * len(r.examples)
+        head = ["id", "question", "noise_type", "snr"]
+        if not r.sampled:
+            rows = [[e.item.id, e.item.question, e.noise_type, round(e.snr, 2), t,
+                     None if r.kd_items is None else bool(r.kd_items[i])] for i, (e, t) in enumerate(zip(r.examples, teacher))]
+            return head + ["teacher_answer", "distilled"], rows
+        G = self.signals.G
+        adv = r.advantages if r.advantages.dim() == 1 else \
+            (r.advantages * r.mask).sum(1) / r.mask.sum(1).clamp(min=1)  # per-token credit: its mean
+
+        def shown(e: Example, a: Any) -> Any:  # a choice index as its text
+            return e.choices[a] if isinstance(a, int) and e.choices else a
+
+        rows = []
+        for n, text in enumerate(r.texts):
+            i = n // G
+            e = r.examples[i]
+            rows.append([e.item.id, e.item.question, e.noise_type, round(e.snr, 2), text,
+                         shown(e, R.read_answer(text, e.choices)), shown(e, r.targets[i]),
+                         round(float(r.rewards["total"][n]), 4), round(float(adv[n]), 4), teacher[i]])
+        return head + ["completion", "answer", "target", "reward", "advantage", "teacher_answer"], rows
+
     def _progress_postfix(self, m: dict) -> dict:
-        """The terms this run trains: reward and accuracy when it samples, the signals' losses."""
+        """The terms this run trains: reward and accuracy when it samples (policy loss, KL when beta > 0),
+        the signals' losses (KD, clean KL); the label-free val agreement when there is one."""
         out = {}
         if self.signals.samples:
-            out.update(reward=f"{m['reward_total_mean']:.3f}", acc=f"{m['reward_accuracy_mean']:.2f}")
+            out.update(reward=f"{m['reward_total_mean']:.3f}", acc=f"{m['reward_accuracy_mean']:.2f}",
+                       policy=f"{m['policy']:.4f}")
+            if self.cfg.train.beta > 0:
+                out["kl"] = f"{m['kl']:.4f}"
         out.update({k: f"{m[k]:.4f}" for k in ("kd", "clean_kl") if k in m})
+        if "val_teacher_agreement" in m:
+            out["val_agree"] = f"{m['val_teacher_agreement']:.2f}"
         return out
 
 
