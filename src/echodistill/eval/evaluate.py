@@ -547,8 +547,9 @@ def summary_text(meta: dict) -> str:
                  f"95% bootstrap CIs over items")
     labeled = m.get("counts", {}).get("labeled_items", n)
     if labeled < n:  # label-free figures: the student's clean-vs-noisy agreement per SNR, invalid answers
-        lines.append(f"  {n - labeled} unlabeled item(s): accuracies and GSR over the {labeled} labeled one(s); "
-                     "label-free, Consistency (noisy answer = clean answer) by SNR: "
+        scope = f"accuracies and GSR over the {labeled} labeled one(s)" if labeled else "no accuracy without labels"
+        lines.append(f"  {n - labeled} unlabeled item(s): {scope}; label-free, Consistency (noisy answer = clean "
+                     "answer) by SNR: "
                      + ", ".join(f"{k} dB {_pct(f)}" for k, f in m.get("consistency_by_snr", {}).items()))
     if meta.get("bad_items", {}).get("count"):
         b = meta["bad_items"]
