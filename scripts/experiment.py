@@ -319,8 +319,11 @@ def cmd_run_nested(spec, args) -> None:
     todo = [u for u in units if not (Path(spec.store) / u.name / "run.json").is_file()]
     say(f"{len(units)} units selected, {len(todo)} to run")
     with ThreadPoolExecutor(args.jobs) as pool:
-        warm = {w: pool.submit(run_nested_warmup, spec, w, threads) for w in warmup_units(spec, units)}
-        futures = {pool.submit(run_nested_unit, spec, u, threads, warm[u.warmup]): u.name for u in units}
+        # a warm-up is built only when a unit still needs it (its evaluation or a training unit is not stored)
+        needed = [w for w in warmup_units(spec, units)
+                  if not (Path(spec.store) / w.name / "run.json").is_file() or any(u.warmup == w for u in todo)]
+        warm = {w: pool.submit(run_nested_warmup, spec, w, threads) for w in needed}
+        futures = {pool.submit(run_nested_unit, spec, u, threads, warm[u.warmup]): u.name for u in todo}
         futures.update({pool.submit(nested_warmup_eval, spec, w, threads, f): f"{w.name} eval" for w, f in warm.items()})
         wait_all([(n, f) for f, n in futures.items()])
 
