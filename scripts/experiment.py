@@ -295,12 +295,13 @@ def cmd_run_nested(spec, args) -> None:
                          "unit from one frozen commit (the one with the committed tuning choice, after issues 26 "
                          "and 22 landed); set frozen_commit to it")
     if spec.get("frozen_commit"):
+        from echodistill.eval.plan import made_from
         from echodistill.eval.store import code_version
 
-        if not code_version().startswith(str(spec.frozen_commit)):
-            raise SystemExit(f"{args.spec}: this checkout is {code_version()}, the spec's frozen_commit is "
-                             f"{spec.frozen_commit}: run from that commit (git worktree add --detach ... "
-                             f"{spec.frozen_commit})")
+        if not made_from(code_version(), str(spec.frozen_commit)):
+            raise SystemExit(f"{args.spec}: the code imported is {code_version()}, the spec's frozen_commit is "
+                             f"{spec.frozen_commit}: run with that commit's code (git worktree add --detach "
+                             f"../r4-frozen {spec.frozen_commit}; then PYTHONPATH=../r4-frozen/src)")
     units = select_units(spec, args)
     blocked = [u for u in units if u.blocked and not (Path(spec.store) / u.name / "run.json").is_file()]
     if blocked:

@@ -85,7 +85,7 @@ def test_choose_applies_the_rule_and_the_test_spec_reads_the_choice(tmp_path):
 
 
 def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts_until_complete(tmp_path):
-    spec = _spec(tmp_path, grids={}, seeds=[0, 1], frozen_commit="abc123",
+    spec = _spec(tmp_path, grids={}, seeds=[0, 1], frozen_commit="abc1234",
                  methods={"a": {"warmup": "full"}, "b": {"warmup": "full"}},
                  contrasts={"P1": {"a": "a", "b": "b", "predicted": ">0", "role": "primary"}})
     units = P.plan_units(spec)
@@ -103,7 +103,7 @@ def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts
     check = P.check_store(spec, units, metas)
     assert check.missing == ["b-answer-w1-s1", "warmup-full-answer-w0", "warmup-full-answer-w1"]
     assert check.extra == ["a-answer-w5-s0"]
-    assert len(check.off_commit) == 7  # none of them was made from commit abc123
+    assert len(check.off_commit) == 7  # none of them was made from commit abc1234
     text = nested_report(spec, read_store(store, "val"), check.lines(), n_boot=500, complete=check.complete)
     assert "**extra, not in the plan** (1): a-answer-w5-s0" in text
     assert "(incomplete: no verdict)" in text and "| P1/answer | +25.0 |" in text
@@ -158,3 +158,9 @@ def test_a_seed_added_later_by_a_fresh_process_rebuilds_the_warmup_bit_identical
     assert runs["grpo-answer-w0-s1"].meta["start_sha256"] == first["start_sha256"]  # bit-identical warm-up
     check = _run(path, "check", "--strict")
     assert check.returncode == 0 and "missing 0, blocked 0, extra 0" in check.stdout, check.stdout + check.stderr
+
+
+def test_made_from_accepts_a_clean_checkout_of_the_frozen_commit_only():
+    assert P.made_from("45b579b", "45b579b1c2d3") and P.made_from("v0.4-12-g45b579b", "45b579b")
+    assert not P.made_from("45b579b-dirty", "45b579b") and not P.made_from("7f66f16", "45b579b")
+    assert not P.made_from("45b579b", "45b")  # too short to name a commit

@@ -228,8 +228,17 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
     frozen = str(spec.get("frozen_commit") or "")
     if frozen:
         check.off_commit = sorted(n for n, m in store_meta.items()
-                                  if n in planned and not str(m.get("code_version", "")).startswith(frozen))
+                                  if n in planned and not made_from(str(m.get("code_version", "")), frozen))
     return check
+
+
+def made_from(code_version: str, commit: str) -> bool:
+    """Whether a ``git describe --always --dirty`` string (a run's code version) is a clean checkout of
+    ``commit`` (any length of its hash, 7 hex digits at least)."""
+    if not code_version or code_version.endswith("-dirty") or len(commit) < 7:
+        return False
+    described = code_version.rsplit("-g", 1)[-1]  # "v1.0-5-gabc1234" -> "abc1234"; a bare hash stays
+    return described.startswith(commit) or commit.startswith(described)
 
 
 def _settings(meta: Mapping) -> tuple:
@@ -288,4 +297,4 @@ def choose(points: Sequence[dict], lr_keys: Sequence[str] = ("learning_rate",)) 
 
 
 __all__ = ["is_nested_spec", "point_label", "grid_points", "WarmupUnit", "Unit", "read_chosen", "unit_overrides",
-           "check_config", "plan_units", "warmup_units", "PlanCheck", "check_store", "tuning_table", "choose"]
+           "check_config", "plan_units", "warmup_units", "PlanCheck", "check_store", "made_from", "tuning_table", "choose"]
