@@ -164,3 +164,16 @@ def test_made_from_accepts_a_clean_checkout_of_the_frozen_commit_only():
     assert P.made_from("45b579b", "45b579b1c2d3") and P.made_from("v0.4-12-g45b579b", "45b579b")
     assert not P.made_from("45b579b-dirty", "45b579b") and not P.made_from("7f66f16", "45b579b")
     assert not P.made_from("45b579b", "45b")  # too short to name a commit
+
+
+def test_the_store_keeps_the_reasoning_formats_evidence_fields_and_old_stores_still_read(tmp_path):
+    rows = [{"id": "i0", "task": "t", "target": "a", "condition": "noisy", "noise_type": "white", "snr": -5.0,
+             "answer": "a", "evidence": "a low tone", "evidence_target": "a low tone", "well_formed": True}]
+    write_run(tmp_path, "r", method="m", seed=0, split="val", rows=rows, start_sha256="s", final_sha256="f",
+              eval_settings={})
+    back = read_store(tmp_path)[0].rows[0]
+    assert (back["evidence"], back["evidence_target"], back["well_formed"], back["correct"]) == \
+        ("a low tone", "a low tone", True, True)
+    write_run(tmp_path, "old", method="m", seed=0, split="val", rows=_rows(1, 1), start_sha256="s", final_sha256="f",
+              eval_settings={})
+    assert "evidence" not in read_store(tmp_path)[0].rows[0]

@@ -48,6 +48,13 @@ def verdict(c: dict, adj_p: float, predicted: str) -> str:
     return "not shown" + note
 
 
+def _scores(rows, metric: str, strong: float):
+    try:
+        return score_matrix(rows, metric, strong)
+    except ValueError:  # a metric this code does not define yet (the evidence metrics before issue 22)
+        return None, []
+
+
 def _method_table(fmt: str, methods: Sequence[str], by: Mapping, metrics: Sequence[str], strong: float) -> list[str]:
     lines = ["| method | units | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for m in methods:
@@ -58,7 +65,7 @@ def _method_table(fmt: str, methods: Sequence[str], by: Mapping, metrics: Sequen
         rows = [rs for w in cell.values() for rs in w.values()]
         vals = []
         for metric in metrics:
-            X, ids = score_matrix(rows, metric, strong)
+            X, ids = _scores(rows, metric, strong)
             vals.append(_pct(float(X.mean()), False) if ids else "-")
         lines.append(f"| {m} | {len(rows)} | " + " | ".join(vals) + " |")
     return lines
@@ -71,6 +78,7 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
     ``complete``: every planned unit is stored (otherwise no verdict is stated, only estimates)."""
     by = nested_runs(runs)
     contrasts = dict(spec.get("contrasts") or {})
+    extra = spec.get("format_metrics") or {}  # e.g. {reasoning: [StrongEvidenceF1]}
     lines = [f"# {spec.get('title', 'Round 4')}", "", f"Split `{spec['split']}`; store `{spec['store']}`. "
              "Percent; paired a - b on (warm-up seed, training seed, item); 95 %: three-level percentile bootstrap "
              f"({n_boot} replicates: warm-ups, then seeds within each, then items); per warm-up: its own estimate "
@@ -82,17 +90,21 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
     primary: dict[str, tuple] = {}
     sections = []
     for fmt in spec["formats"]:
+        fmt_metrics = [*metrics, *extra.get(fmt, [])]
         for regime, w in spec["warmups"].items():
             methods = [m for m, c in spec["methods"].items() if c["warmup"] == regime]
-            sec = [f"## {fmt} format, regime `{regime}`", "", *_method_table(fmt, methods, by, metrics,
+            sec = [f"## {fmt} format, regime `{regime}`", "", *_method_table(fmt, methods, by, fmt_metrics,
                                                                                 strong_snr_max), ""]
             rows = []
             for cid, c in contrasts.items():
                 if c["a"] not in methods or c["b"] not in methods:
                     continue
                 a, b = by.get((fmt, c["a"])), by.get((fmt, c["b"]))
-                for metric in metrics:
-                    res = compare_nested(a, b, metric, strong_snr_max, n_boot) if a and b else None
+                for metric in fmt_metrics:
+                    try:
+                        res = compare_nested(a, b, metric, strong_snr_max, n_boot) if a and b else None
+                    except ValueError:  # not defined in this code yet
+                        res = None
                     if res is None:
                         rows.append((cid, c, metric, None))
                         continue

@@ -100,21 +100,27 @@ def machine_info(threads: Optional[int] = None) -> dict:
 
 
 def _compact(rows: Sequence[dict]) -> dict:
+    """Per item [task, target(, evidence_target)], per cell [id, condition, noise type, SNR, answer(, evidence,
+    well_formed)]: the reasoning format's evidence fields (issue 22) only when the rows carry them."""
+    evidence = any("evidence" in r for r in rows)
     items: dict[str, list] = {}
     cells = []
     for r in rows:
-        items.setdefault(r["id"], [r.get("task"), r.get("target")])
-        cells.append([r["id"], r["condition"], r.get("noise_type"), r.get("snr"), r.get("answer")])
+        items.setdefault(r["id"], [r.get("task"), r.get("target")] + ([r.get("evidence_target")] if evidence else []))
+        cells.append([r["id"], r["condition"], r.get("noise_type"), r.get("snr"), r.get("answer")]
+                     + ([r.get("evidence"), r.get("well_formed")] if evidence else []))
     return {"items": items, "cells": cells}
 
 
 def _expand(data: dict) -> list[dict]:
     rows = []
-    for item_id, cond, noise, snr, answer in data["cells"]:
-        task, target = data["items"][item_id]
-        rows.append({"id": item_id, "task": task, "condition": cond, "noise_type": noise, "snr": snr,
-                     "answer": answer, "target": target, "correct": answer is not None and answer == target,
-                     "invalid": answer is None})
+    for item_id, cond, noise, snr, answer, *ev in data["cells"]:
+        task, target, *ev_target = data["items"][item_id]
+        row = {"id": item_id, "task": task, "condition": cond, "noise_type": noise, "snr": snr, "answer": answer,
+               "target": target, "correct": answer is not None and answer == target, "invalid": answer is None}
+        if ev:
+            row.update(evidence=ev[0], well_formed=ev[1], evidence_target=ev_target[0] if ev_target else None)
+        rows.append(row)
     return rows
 
 
