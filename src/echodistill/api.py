@@ -132,8 +132,11 @@ def evaluate(config: Any = None, checkpoint: Optional[str | Path] = None, manife
              out_dir: str | Path = "runs/eval", method: str = "model", name: Optional[str] = None) -> dict:
     """Greedy evaluation (clean, noise types x SNR, silent); returns metrics.json's content."""
     from .eval.evaluate import run_eval
+    from .run_config import config_for_checkpoint
 
-    return run_eval(_as_config(config), checkpoint=checkpoint, manifest=manifest, out_dir=Path(out_dir),
+    # no config: the checkpoint's own run config, as `echodistill eval --checkpoint` (run_config.py)
+    cfg = config_for_checkpoint(checkpoint) if config is None else _as_config(config)
+    return run_eval(cfg, checkpoint=checkpoint, manifest=manifest, out_dir=Path(out_dir),
                     method=method, name=name)
 
 
@@ -169,7 +172,7 @@ def load_model(checkpoint: str | Path, config: Any = None, *, trust_remote_code:
     import torch
 
     from .models import load_adapter
-    from .inference import config_for_checkpoint
+    from .run_config import config_for_checkpoint
 
     if config is None:
         cfg = config_for_checkpoint(checkpoint, overrides=_group_items(groups), trust_remote_code=trust_remote_code)

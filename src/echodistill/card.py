@@ -17,6 +17,7 @@ resolved config, the evaluation metrics, and the card.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections import Counter
@@ -195,18 +196,41 @@ def _mode(name: Optional[str]) -> str:
     return "warmup" if name in ("warmup", "sft-noisy") else "train"
 
 
+def named_base(cfg: Any, mode: str = "train") -> Optional[str]:
+    """The model a LoRA adapter of this run goes on, as the user named it.
+
+    A run that starts from a full-weight checkpoint (``train.init_from`` / ``warmup.init_from``: e.g. a
+    LoRA trained on a full-weight warm-up) adapts *that* model, not ``model.path``: loaded on the raw
+    ``model.path`` the adapter would answer garbage. A start that is itself an adapter is folded in
+    (``merged_adapters``, shipped by ``export``) and the base is that adapter's own base."""
+    init = str(_get(cfg, f"{'warmup' if mode == 'warmup' else 'train'}.init_from", "") or "")
+    if init and Path(init).is_dir():
+        adapter_cfg = Path(init) / "adapter_config.json"
+        if adapter_cfg.is_file():
+            try:
+                return json.loads(adapter_cfg.read_text()).get("base_model_name_or_path") or \
+                    (str(_get(cfg, "model.path", "")) or None)
+            except (OSError, json.JSONDecodeError):
+                pass
+        elif (Path(init) / "config.json").is_file():
+            return init
+    return str(_get(cfg, "model.path", "")) or None
+
+
 def write_model_card(final_dir: str | Path, cfg: Any, summary: Optional[dict] = None, mode: Optional[str] = None) -> Path:
     """``final_dir/README.md`` for a run's final model (its config.yaml is one folder up).
 
-    A LoRA adapter's ``base_model_name_or_path`` is set to ``model.path`` as the user gave it, like the
-    card (loading uses the absolute path ``echodistill_model.json`` records, then that name)."""
+    A LoRA adapter's ``base_model_name_or_path`` is set to the model it was trained on, as the user named
+    it (``named_base``: ``model.path``, or a full-weight ``init_from``), like the card (loading uses the
+    absolute path ``echodistill_model.json`` records, then that name)."""
     final_dir = Path(final_dir)
-    _set_base(final_dir / "adapter_config.json", str(_get(cfg, "model.path", "")) or None)
-    _mask_meta(final_dir)
     summary = summary or summary_from_metrics(final_dir.parent)
     mode = _mode(mode or summary.get("mode"))
+    base = named_base(cfg, mode)
+    _set_base(final_dir / "adapter_config.json", base)
+    _mask_meta(final_dir)
     lora = (final_dir / "adapter_config.json").is_file()
-    text = render_card(cfg, mode=mode, summary=summary, lora=lora, config_ref="../config.yaml")
+    text = render_card(cfg, mode=mode, summary=summary, base_model=base, lora=lora, config_ref="../config.yaml")
     (final_dir / CARD).write_text(text, encoding="utf-8")
     return final_dir / CARD
 
@@ -238,16 +262,24 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     not_empty = out.exists() and any(out.iterdir())
     if not_empty and not overwrite:
         raise UserError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary_from_metrics(run)
+    mode = _mode((summary or {}).get("mode"))
     meta_path = final / META_FILE
-    stage_dirs = [_stage_folder(final, s) for s in (json.loads(meta_path.read_text()).get("merged_adapters", [])
-                                                   if meta_path.is_file() else [])]
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if base_model_id:  # a published card must not call a 50 M-parameter model a 7B one
+        weights = final if not (final / "adapter_config.json").is_file() else Path(meta.get("base_path") or "")
+        why = base_mismatch(weights, base_model_id) if weights.is_dir() else None
+        if why:
+            raise UserError(f"--base-model-id {base_model_id}: {why}; pass the id of the model this run was "
+                            f"trained from ({named_base(cfg, mode)}), or leave --base-model-id out")
+    stage_dirs = [_stage_folder(final, s) for s in meta.get("merged_adapters", [])]
     _check_out_folder(out, stage_dirs)
     if not_empty:
         shutil.rmtree(out)
     shutil.copytree(final, out, ignore=_unowned(final, "*.pt", "trainer_state*", "*.tmp"))
-    base = base_model_id or str(cfg.model.path)
+    base = base_model_id or named_base(cfg, mode)
     meta_path = out / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     stages = []
     for i, stage in enumerate(stage_dirs):  # earlier LoRA stages: ship their adapter files along
         dst = out / "stages" / str(i)
@@ -263,9 +295,6 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     save_config(cfg, out / CONFIG_COPY)
     for i, d in enumerate(eval_dirs):
         shutil.copy2(Path(d) / "metrics.json", out / f"eval_{i}_{Path(d).name}_metrics.json")
-    summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else summary_from_metrics(run)
-    mode = _mode((summary or {}).get("mode"))
     (out / CARD).write_text(render_card(cfg, mode=mode, summary=summary, base_model=base, eval_dirs=eval_dirs,
                                         lora=lora, config_ref=CONFIG_COPY), encoding="utf-8")
     print(f"export: wrote {out} (base model {_public(base)}); upload with huggingface_hub.upload_folder(folder_path="
@@ -352,4 +381,92 @@ def _set_base(adapter_config: Path, base: Optional[str]) -> bool:
     return True
 
 
-__all__ = ["write_model_card", "render_card", "export_model", "eval_table", "data_summary"]
+
+
+# ------------------------------------------------------------------ export: is --base-model-id this model?
+# Architecture fields compared between the model and the named base (top level and nested sub-configs).
+_ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size", "d_model", "encoder_layers", "num_mel_bins")
+_SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+_FAMILIES = {"qwen2-audio": ("qwen2_audio",), "qwen2.5-omni": ("qwen2_5_omni",), "qwen3-omni": ("qwen3_omni",)}
+
+
+def _arch(cfg: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of the architecture fields, through nested sub-configs (text_config, ...)."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and (k.endswith("_config") or k == "thinker_config"):
+            out.update(_arch(v, f"{prefix}{k}."))
+        elif k in _ARCH_KEYS:
+            out[prefix + k] = v
+    return out
+
+
+def _config_json(folder: Path) -> Optional[dict]:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _cached_hub_config(repo_id: str) -> Optional[dict]:
+    """config.json of a Hub model from the local Hugging Face cache (offline; nothing is downloaded)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the Hub library refuses, a broken cache: nothing to compare with
+        return None
+    return json.loads(Path(hit).read_text()) if isinstance(hit, str) and Path(hit).is_file() else None
+
+
+def count_parameters(folder: Path) -> Optional[int]:
+    """Parameters stored in a model folder's safetensors files (headers only; nothing is loaded)."""
+    total, found = 0, False
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        except (OSError, ValueError):
+            return None
+        for name, t in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in t.get("shape", []):
+                    n *= int(d)
+                total += n
+                found = True
+    return total if found else None
+
+
+def base_mismatch(base_dir: Path, base_model_id: str) -> Optional[str]:
+    """Why ``base_model_id`` cannot be the model in ``base_dir`` (None when it matches or cannot be checked).
+
+    Compared with the named model's config.json (a local folder, or the Hub cache), else with what the id
+    says: its family (Qwen2-Audio, Qwen2.5-Omni, ...) and its size (``7B``) against the stored parameters.
+    """
+    mine = _config_json(base_dir)
+    if mine is None:
+        return None
+    theirs = _config_json(Path(base_model_id)) if Path(base_model_id).is_dir() else _cached_hub_config(base_model_id)
+    if theirs is not None:
+        a, b = _arch(mine), _arch(theirs)
+        diff = [f"{k} {a[k]} vs {b[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+        return f"its config differs from {base_model_id}'s ({'; '.join(diff[:4])})" if diff else None
+    name = base_model_id.lower()
+    model_type = str(mine.get("model_type", ""))
+    for family, types in _FAMILIES.items():
+        if family in name and not model_type.startswith(types):
+            return f"{base_model_id} names a {family} model, this one is model_type {model_type!r}"
+    m = _SIZE_RE.search(base_model_id.split("/")[-1])
+    params = count_parameters(base_dir)
+    if m and params:
+        claimed = float(m.group(1)) * (1e9 if m.group(2).lower() == "b" else 1e6)
+        if not 0.5 <= params / claimed <= 2.0:
+            return (f"{base_model_id} names a {m.group(1)}{m.group(2).upper()}-parameter model, this one has "
+                    f"{params / 1e6:.1f} M parameters")
+    return None
+
+
+__all__ = ["write_model_card", "render_card", "export_model", "eval_table", "data_summary", "named_base",
+           "base_mismatch", "count_parameters"]

@@ -2,7 +2,8 @@
 
 Every subcommand that trains or evaluates takes ``--config FILE`` plus dotted overrides
 (``train.learning_rate=1e-5``). Heavy imports happen inside the handlers so ``--help`` is instant.
-User mistakes (bad config, bad data) end with one clear line and exit code 2, never a traceback.
+User mistakes (bad config, bad data) end with one clear line and exit code 2, never a traceback; the
+exit codes are listed in ``EXIT_CODES`` (and in ``--help``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from pathlib import Path
 from .config import LONG_AUDIO
 from .errors import UserError
 
+# Exit codes scripts can rely on (also in `echodistill --help`).
+EXIT_NOTHING_DONE = 1  # the command ran but nothing succeeded (e.g. every predict file failed)
+EXIT_USER_ERROR = 2  # a mistake to fix: command line, config, data; one line names which and where
+EXIT_PARTIAL = 3  # some items succeeded, some failed (each failure is in the output, with its reason)
+EXIT_INTERRUPTED = 130
+EXIT_CODES = ("exit codes: 0 done; 1 nothing succeeded; 2 a mistake in the command line, config or data (one "
+              "line says which); 3 partly done (predict: some files failed, see their rows); 130 interrupted; "
+              "anything else is a bug (with a traceback)")
+
 
 def _cfg(args):
     from .config import load_config
@@ -21,7 +31,9 @@ def _cfg(args):
 
 
 def _add_config_args(p: argparse.ArgumentParser, example: str = "train.learning_rate=1e-5 run.seed=1") -> None:
-    p.add_argument("--config", "-c", default=None, help="YAML config (see configs/); defaults are used without it")
+    p.add_argument("--config", "-c", default=None,
+                   help="a YAML file, or the name of a config shipped with echodistill (e.g. demo; "
+                        "`echodistill config list`); defaults are used without it")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help=f"dotted config overrides applied last, e.g. {example} (every key: `echodistill config show`)")
 
@@ -139,18 +151,26 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .eval.evaluate import run_eval
-    run_eval(_cfg(args), checkpoint=args.checkpoint, manifest=args.manifest, out_dir=Path(args.out),
+    from .run_config import config_for_checkpoint
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, command="eval")
+    run_eval(cfg, checkpoint=args.checkpoint, manifest=args.manifest, out_dir=Path(args.out),
              method=args.method, name=args.name, split_name=args.split_name,
              path_map=_path_map(args.path_map), fmt=args.format)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .inference import config_for_checkpoint, run_predict
-    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, trust_remote_code=args.trust_remote_code)
-    run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise, snr=args.snr,
-                out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))
-    return 0
+    from .inference import run_predict
+    from .run_config import config_for_checkpoint
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, command="predict",
+                                trust_remote_code=args.trust_remote_code)
+    rows = run_predict(cfg, args.checkpoint, args.audio, args.question, args.choices, noise_type=args.noise,
+                       snr=args.snr, out=args.out, batch_size=args.batch_size, path_map=_path_map(args.path_map))
+    failed = sum(1 for r in rows if r.get("error"))
+    if failed:
+        print(f"echodistill: predict: {failed} of {len(rows)} file(s) failed (their error is in the row)",
+              file=sys.stderr)
+    return EXIT_NOTHING_DONE if failed == len(rows) else EXIT_PARTIAL if failed else 0
 
 
 def cmd_export(args) -> int:
@@ -185,6 +205,20 @@ def cmd_config_show(args) -> int:
     return 0
 
 
+def cmd_config_list(args) -> int:
+    from .config_files import config_names, configs_dir
+    for name in config_names():
+        print(name)
+    print(f"(in {configs_dir()})", file=sys.stderr)
+    return 0
+
+
+def cmd_config_path(args) -> int:
+    from .config_files import resolve_config_path
+    print(resolve_config_path(args.name).resolve())
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.manifest import FORMATS  # light module: the one list of manifest formats
@@ -195,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echodistill",
         description="Make audio LLMs robust to noise: GRPO post-training with a clean-audio teacher "
                     "(noisy-to-clean self-distillation), plus data tools and an honest evaluation.",
-        epilog="Every command has --help. Python API: import echodistill (README, 'Python API').\n" + ACCELERATE)
+        epilog="Every command has --help. Python API: import echodistill (README, 'Python API').\n" + ACCELERATE
+               + "\n\n" + EXIT_CODES)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -268,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.output_dir")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="greedy evaluation: clean, noisy (types x SNR), silent; metrics with 95%% CIs")
+    e = sub.add_parser("eval", help="greedy evaluation: clean, noisy (types x SNR), silent; metrics with 95%% CIs",
+                       description="Settings: --config if given, else the run's config.yaml beside --checkpoint "
+                                   "(its data folders, window and seeds), else the defaults; overrides last. "
+                                   "The same rule as predict and the Python API.")
     _add_config_args(e, "eval.noise_types=[white,babble] eval.snr_levels=[-5,0,5] eval.max_items=100")
     e.add_argument("--checkpoint", default=None, help="model/adapter dir (default: model.path)")
     e.add_argument("--manifest", default=None, help="manifest to evaluate (default: data.test_manifest)")
@@ -282,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="answer a question about audio files with a trained model (text + JSONL)",
-                        description="Greedy answers per file. Without --config the run's config.yaml beside the "
-                                    "checkpoint is used (same window and seeds as training), else the defaults.",
+                        description="Greedy answers per file. Settings: --config if given, else the run's config.yaml "
+                                    "beside the checkpoint (same window and seeds as training), else the defaults; "
+                                    "overrides last (the same rule as eval).",
                         epilog="example: echodistill predict --checkpoint runs/ed/final --audio clip.wav "
-                               "--question 'Which word is spoken?' --choices yes no maybe --noise white --snr 0")
+                               "--question 'Which word is spoken?' --choices yes no maybe --noise white --snr 0\n\n"
+                               + EXIT_CODES)
     _add_config_args(pr, "data.max_duration_s=2.0 run.device=cuda")
     pr.add_argument("--checkpoint", required=True, help="trained model folder (e.g. runs/ed/final) or a base model")
     pr.add_argument("--audio", required=True, metavar="PATH",
@@ -338,19 +378,28 @@ def build_parser() -> argparse.ArgumentParser:
     show = cs.add_parser("show", help="print defaults <- preset <- file <- overrides, resolved")
     _add_config_args(show, "train.variant=grpo")
     show.set_defaults(func=cmd_config_show)
+    ls = cs.add_parser("list", help="the configs shipped with echodistill, by name (usable as -c NAME)")
+    ls.set_defaults(func=cmd_config_list)
+    cp = cs.add_parser("path", help="the file of a shipped config, e.g. for accelerate launch --config_file",
+                       epilog="example: accelerate launch --config_file $(echodistill config path accelerate/ddp_cpu) "
+                              "-m echodistill.cli train -c demo")
+    cp.add_argument("name", help="a name from `echodistill config list` (e.g. demo, accelerate/ddp_gpu)")
+    cp.set_defaults(func=cmd_config_path)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .progress import quiet_library_bars
+    quiet_library_bars()  # our own bars only: transformers' shard bars would interleave with them
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"echodistill: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("echodistill: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -552,9 +552,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     base = _schema()
     layers = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        from .config_files import resolve_config_path
+        path = resolve_config_path(path)  # a file, or a config shipped with the package by name (`-c demo`)
         try:
             layers.append(OmegaConf.load(path))
         except Exception as e:  # yaml.YAMLError and OmegaConf errors alike
@@ -574,7 +573,14 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}"
                                      for k, v in variant_named(variant).overrides().items()])
     try:
-        cfg = OmegaConf.merge(base, preset, *layers, cli)
+        cfg = OmegaConf.merge(base, preset, *layers)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config{f' in {path}' if path else ''}: {_short(e)}") from None
+    try:  # the command line on its own: its mistakes are reported as the command line's, not the file's
+        cfg = OmegaConf.merge(cfg, cli)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid override (command line or make_config keys): {_short(e)}") from None
+    try:
         env = _env_interpolations(OmegaConf.to_container(cfg, resolve=False))
         OmegaConf.resolve(cfg)
         _remember_secrets(cfg, env)

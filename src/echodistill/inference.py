@@ -154,22 +154,7 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
     return rows
 
 
-def config_for_checkpoint(checkpoint: str | Path, config: Optional[str | Path] = None,
-                          overrides: Sequence[str] = (), *, trust_remote_code: bool = False) -> Any:
-    """The config to predict with: ``config`` if given, else the run's saved ``config.yaml`` beside
-    the checkpoint (``<run>/final`` -> ``<run>/config.yaml``: same window and seeds as training),
-    else the defaults; ``overrides`` last. A saved config asking for the model's own code is refused
-    without ``trust_remote_code`` (a run folder is data: ``config.load_config``)."""
-    from .config import load_config
-
-    saved = config is None
-    if config is None:
-        ck = Path(checkpoint)
-        for cand in (ck / "config.yaml", ck.parent / "config.yaml"):
-            if cand.is_file():
-                config = cand
-                break
-    return load_config(config, list(overrides), saved=saved, trust_remote_code=trust_remote_code)
+from .run_config import config_for_checkpoint  # noqa: E402  (the one rule; kept importable from here)
 
 
 def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: Optional[str] = None,

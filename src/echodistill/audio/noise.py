@@ -226,7 +226,8 @@ class NoiseBank:
     def _unknown(self, noise_type: str) -> NoiseTypeError:
         if noise_type in FOLDER_TYPES:
             where = self.noise_dir / noise_type if self.noise_dir else "no noise_dir was given"
-            why = f"no audio files in {where} (run `echodistill data build` or set the noise folder)"
+            why = (f"no audio files in {where} (the noise bank `echodistill data build` writes; set noise.noise_dir, "
+                   "by default <data.bench_dir>/noise, or `-c` the run's config)")
         elif noise_type.startswith("file"):
             why = "no such user noise file (add it to noise.extra_noise_paths)"
         else:

@@ -26,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tqdm import tqdm
 
+from ..progress import progress
 from ..audio.io import load_audio, write_audio
 from ..audio.noise import NoiseBank, mix_at_snr, seeded_rng
 from ..errors import UserError
@@ -82,7 +82,7 @@ def mix_manifest(manifest: Path, out_dir: Path, noise_types: Sequence[str], snrs
         index = {}
     noise_key = content_key(bank.fingerprint())
     rows, written = [], 0
-    with tqdm(total=len(items) * len(conditions), desc="data mix", unit="clip") as bar:
+    with progress(len(items) * len(conditions), "data mix", "clip") as bar:
         for item in items:
             clean = None  # decoded only if some clip of this item is missing (fast resume)
             stamp = content_stamps([item.audio])[0]

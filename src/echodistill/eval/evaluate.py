@@ -590,8 +590,8 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
     out_dir = Path(out_dir)
     manifest = Path(manifest if manifest is not None else cfg.data.test_manifest)
     if not manifest.exists():  # a file, or a dataset folder (save_to_disk)
-        raise UserError(f"manifest {manifest} not found: build the benchmark (`echodistill data build`) or pass "
-                        "--manifest")
+        raise UserError(f"manifest {manifest} not found: pass --manifest, or set data.test_manifest (by default "
+                        "<data.bench_dir>/test.jsonl; `echodistill data build` writes it)")
     pmap = dict(cfg.data.path_map or {})
     pmap.update(path_map or {})
     items = read_manifest(manifest, path_map=pmap or None, fmt=fmt, columns=dict(cfg.data.columns))
@@ -705,8 +705,8 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
                 predict = model_predictor(adapter, int(cfg.eval.max_new_tokens), enhancer)
                 loader.limits = limits_from_config(cfg, adapter.tokenizer, model_path=ckpt,
                                                    max_new_tokens=int(cfg.eval.max_new_tokens))
-            from tqdm import tqdm
-            with tqdm(total=len(todo), desc=f"eval {method}", unit="clip", disable=None) as bar:
+            from ..progress import progress
+            with progress(len(todo), f"eval {method}", "clip", disable=not main) as bar:
                 new_rows = run_jobs(todo, predict, loader, batch_size=int(cfg.eval.batch_size),
                                     choice_seed=int(cfg.data.choice_seed), on_rows=writer, bad=bad,
                                     split=split_name, progress=bar)
@@ -750,6 +750,8 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
         "method": method,
         "checkpoint": state["checkpoint"],
         "manifest": state["manifest"],
+        # the noise bank the noisy clips were drawn from: the report's listening section rebuilds them from it
+        "noise_dir": str(Path(str(cfg.noise.noise_dir)).resolve()) if bank is not None else None,
         "metrics": metrics,
         "bad_items": {"count": len(bad_list), "items": bad_list},
         # clean clips longer than the window, cut to it (data.long_audio=truncate), earlier runs' rows included

@@ -167,7 +167,7 @@ class _Clips:
                 overrides.append(f"{key}={settings[key]}")
         cfg = load_config(None, overrides)
         self.groups = {g.id: g for g in group_items(read_manifest(manifest, path_map=state.get("path_map") or None))}
-        noise_dir = Path(noise_dir) if noise_dir else manifest.parent / "noise"
+        noise_dir = Path(noise_dir) if noise_dir else _recorded_noise_dir(meta, manifest)
         self.bank = NoiseBank(noise_dir if noise_dir.is_dir() else None)
         want = state.get("noise_files")
         mine = self.bank.fingerprint() if state.get("format", 3) >= 3 else self.bank.path_stamps()  # 2: by path
@@ -189,6 +189,22 @@ class _Clips:
         except UserError:  # a noise type this bank cannot draw
             noisy = None
         return clean, noisy, g.item
+
+
+def _recorded_noise_dir(meta: dict, manifest: Path) -> Path:
+    """The noise bank an evaluation drew from: recorded in metrics.json, else the evaluated checkpoint's
+    run config (run_config.py: the rule eval and predict use), else the ``data build`` layout."""
+    if meta.get("noise_dir"):
+        return Path(meta["noise_dir"])
+    from ..run_config import config_for_checkpoint, saved_run_config
+
+    ckpt = meta.get("checkpoint")
+    if ckpt and saved_run_config(ckpt) is not None:
+        try:
+            return Path(str(config_for_checkpoint(ckpt).noise.noise_dir))
+        except UserError:  # an unreadable run config: fall back to the benchmark layout
+            pass
+    return manifest.parent / "noise"
 
 
 def _examples_html(report: dict, per_type: int, noise_dir: Optional[Path]) -> tuple[str, int]:

@@ -362,7 +362,7 @@ class Recipe:
                              num_warmup_steps=math.ceil(self.args.warmup_ratio * total), num_training_steps=total)
 
     def _setup_logging(self) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
         self.metrics_path = self.out / "metrics.jsonl"
         if self.accelerator.is_main_process:
@@ -370,8 +370,9 @@ class Recipe:
         if self.accelerator.log_with:
             from ..tracking import start_trackers
             start_trackers(self.accelerator, self.cfg, flat_hparams(to_dict(self.cfg)))
-        self.bar = tqdm(total=self.args.max_steps, initial=self.step, desc=self.name, dynamic_ncols=True,
-                        disable=not (self.progress and self.accelerator.is_main_process))
+        # a bar on a terminal, a plain line per interval in a log (progress.py)
+        self.bar = progress(self.args.max_steps, self.name, "step", initial=self.step,
+                            disable=not (self.progress and self.accelerator.is_main_process))
 
     # ------------------------------------------------------------ the loop
     def train(self) -> Path:
@@ -608,7 +609,11 @@ class Recipe:
 
     def _log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
-            print(f"[echodistill] {msg}", file=sys.stderr, flush=True)
+            bar = getattr(self, "bar", None)  # above the progress bar, not through it
+            if bar is not None and not getattr(bar, "disable", True):
+                bar.write(f"[echodistill] {msg}")
+            else:
+                print(f"[echodistill] {msg}", file=sys.stderr, flush=True)
 
 
 # ================================================================== metrics file helpers
