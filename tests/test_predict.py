@@ -96,7 +96,8 @@ def test_predict_folder_free_answer_and_bad_file(clips, tiny_qwen2_audio_dir, tm
     rc = main(["predict", "--checkpoint", str(tiny_qwen2_audio_dir), "--audio", str(folder), "--question",
                "What do you hear?", "--batch-size", "2", "--noise", "pink", "--snr", "5", "--out", str(out),
                *_overrides(tiny_qwen2_audio_dir)])
-    assert rc == 0
+    assert rc == 3  # partly done: scripts can tell (cli.EXIT_CODES)
+    assert "1 of 4 file(s) failed" in capsys.readouterr().err
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"broken.wav", "no.wav", "sub/tone.flac", "yes.wav"}
     assert "broken.wav" in rows["broken.wav"]["error"] and rows["broken.wav"]["answer"] is None
@@ -137,3 +138,11 @@ def test_predict_missing_question_and_path(clips, tiny_qwen2_audio_dir, tmp_path
                  "--question", "q", *_overrides(tiny_qwen2_audio_dir)]) == 2
     assert "nope.wav: not found" in capsys.readouterr().err
     assert load_audio(clips / "clips" / "yes.wav").dtype == np.float32
+
+
+def test_predict_exits_nonzero_when_no_file_is_answered(tiny_qwen2_audio_dir, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.wav").write_bytes(b"not a wav at all")
+    rc = main(["predict", "--checkpoint", str(tiny_qwen2_audio_dir), "--audio", str(tmp_path / "bad"),
+               "--question", "What do you hear?", *_overrides(tiny_qwen2_audio_dir)])
+    assert rc == 1 and "1 of 1 file(s) failed" in capsys.readouterr().err

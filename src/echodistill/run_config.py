@@ -38,20 +38,19 @@ def config_for_checkpoint(checkpoint: Optional[str | Path], config: Optional[str
                           trust_remote_code: bool = False) -> Any:
     """The resolved config a command uses with ``checkpoint`` (rule in the module docstring).
 
-    ``command``: when given (the CLI's subcommand), one line on stderr says which settings were used,
-    so a run that reads another folder than expected says so before it starts. A saved config asking for
-    the model's own code is refused without ``trust_remote_code`` (a run folder is data: ``config.load_config``).
+    ``command``: when given (the CLI's subcommand) and the settings come from the run's config.yaml,
+    one line on stderr says so, before the work starts. A saved config asking for the model's own code
+    is refused without ``trust_remote_code`` (a run folder is data: ``config.load_config``).
     """
     from .config import load_config
 
     saved = config is None and saved_run_config(checkpoint) is not None
     path = config if config is not None else saved_run_config(checkpoint)
-    if command is not None:
-        where = (f"{path} (the checkpoint's run; -c FILE for others)" if saved
-                 else str(path) if path is not None else "the defaults (no config.yaml beside the checkpoint)")
-        print(f"{command}: settings from {where}" + (f" + {len(overrides)} override(s)" if overrides else ""),
-              file=sys.stderr, flush=True)
-    return load_config(path, list(overrides), saved=saved)
+    cfg = load_config(path, list(overrides), saved=saved, trust_remote_code=trust_remote_code)
+    if command is not None and saved:  # the one case a user may not expect: say it (after the checks passed)
+        print(f"{command}: settings from {path} (the checkpoint's run; -c FILE for others)"
+              + (f" + {len(overrides)} override(s)" if overrides else ""), file=sys.stderr, flush=True)
+    return cfg
 
 
 __all__ = ["config_for_checkpoint", "saved_run_config", "RUN_CONFIG"]
