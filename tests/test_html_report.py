@@ -50,8 +50,13 @@ def test_page_is_self_contained_with_players_where_models_disagree(report_dir):
     from echodistill.eval.html_report import _Clips, _rows_by_key
 
     page = (report_dir / "report" / "report.html").read_text(encoding="utf-8")
-    assert "<h2>Summary</h2>" in page and "warmup (baseline)" in page and "Differences vs warmup" in page
-    assert page.count("src='data:image/png;base64,") == 2  # both plots embedded
+    assert "<h2>Summary</h2>" in page and "warmup<span class='tag'>baseline</span>" in page
+    assert "Differences vs warmup" in page
+    # the verdict comes first: one sentence per comparison, with the primary metric and its interval
+    assert page.index("class='verdict'") < page.index("<h2>Summary</h2>")
+    assert re.search(r"<li><code>sft-noisy</code> (beats|is behind|is not distinguishable from) <code>warmup</code> "
+                     r"under strong noise \(SNR ≤ 0 dB\): strong GSR [+-]\d", page)
+    assert page.count("src='data:image/png;base64,") == 3  # difference, accuracy-vs-SNR, per-type plots
     assert not re.search(r"(src|href)=['\"]?(https?:|file:|/)", page)  # nothing fetched from elsewhere
     rows = [_rows_by_key(report_dir / f"eval_{n}") for n in ("warmup", "sft-noisy")]
     picked = pick_examples(rows, per_type=3)
@@ -70,7 +75,9 @@ def test_page_is_self_contained_with_players_where_models_disagree(report_dir):
     wav, sr = sf.read(io.BytesIO(base64.b64decode(srcs["ex0-noisy"].split(",", 1)[1])), dtype="float32")
     assert sr == 16000 and wav.shape == noisy.shape and np.max(np.abs(wav - noisy)) < 1.5 / 32768
     report = json.loads((report_dir / "report" / "report.json").read_text())
-    assert "report.html" in report["files"]
+    assert "report.html" in report["files"] and "difference_vs_snr.png" in report["files"]
+    assert report["verdicts"][0].startswith("`sft-noisy` ")
+    assert set(report["paired"][0]["by_snr"]) == {"-5", "5"}  # the paired difference per SNR, for the plot
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium, then see eval/html_report.py")

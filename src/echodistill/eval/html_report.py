@@ -59,7 +59,11 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 color:#1b1b1b;line-height:1.45}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.dim td{color:#8a8a8a;background:#f7f7f7} .tag{font-size:.75rem;color:#666;border:1px solid #bbb;border-radius:3px;
+padding:0 .25rem;margin-left:.25rem;white-space:nowrap} .swatch{display:inline-block;width:.8rem;height:.8rem;
+border-radius:2px;margin-right:.35rem;vertical-align:middle}
+.verdict{background:#f4f8fb;border-left:4px solid #0072B2;padding:.5rem 1rem;margin:1rem 0} .verdict li{margin:.3rem 0}
 .sig{font-weight:600} .ok{color:#13795b;font-weight:600} .bad{color:#b3261e;font-weight:600}
 .example{border:1px solid #ddd;border-radius:6px;padding:.75rem 1rem;margin:.75rem 0}
 .players{display:flex;gap:2rem;flex-wrap:wrap} .players div{min-width:320px}
@@ -83,17 +87,19 @@ def _diff(d: dict) -> str:
     return f'<span class="sig">{_e(s)}</span>' if sig else _e(s)
 
 
-def _table(header: list, rows: list, raw: bool = False, numbers: bool = True) -> str:
-    """Rows of cell strings (escaped unless ``raw``); cells after the first right-aligned if ``numbers``."""
+def _table(header: list, rows: list, raw: bool = False, numbers: bool = True, dim: Optional[list] = None,
+           raw_first: bool = False) -> str:
+    """Rows of cell strings (escaped unless ``raw``; the first cell too with ``raw_first``); cells after the
+    first right-aligned if ``numbers``; rows whose ``dim`` flag is set are greyed (untrained, partial)."""
     th = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
-    for r in rows:
+    for j, r in enumerate(rows):
         tds = []
         for i, c in enumerate(r):
-            text = str(c) if raw and i > 0 else _e(c)
+            text = str(c) if (raw and i > 0) or (raw_first and i == 0) else _e(c)
             cls = ' class="num"' if i > 0 and numbers else ""
             tds.append(f"<td{cls}>{text}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
+        body.append(("<tr class='dim'>" if dim and dim[j] else "<tr>") + "".join(tds) + "</tr>")
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -128,16 +134,24 @@ def _rows_by_key(run_dir: Path) -> dict:
 
 def pick_examples(run_rows: list[dict], per_type: int = 3) -> dict[str, list[tuple]]:
     """noise type -> up to ``per_type`` keys (id, "noisy", type, snr) where the runs disagree (at least
-    one right and one wrong on that noisy clip), at most one per item; lowest SNR first, then id."""
+    one right and one wrong on that noisy clip), at most one per item, spread across tasks: each
+    pass takes the lowest-SNR clip of a task not yet shown for that noise type."""
     if len(run_rows) < 2:
         return {}
     shared = set.intersection(*(set(k for k in rows if k[1] == "noisy") for rows in run_rows))
     disagree = [k for k in shared if len({bool(rows[k].get("correct")) for rows in run_rows}) > 1]
+    task = lambda k: str(run_rows[0][k].get("task") or "")  # noqa: E731
     out: dict[str, list[tuple]] = {}
-    for k in sorted(disagree, key=lambda k: (str(k[2]), k[3], k[0])):
-        chosen = out.setdefault(str(k[2]), [])
-        if len(chosen) < per_type and all(c[0] != k[0] for c in chosen):
-            chosen.append(k)
+    for ntype in sorted({str(k[2]) for k in disagree}):
+        todo = sorted((k for k in disagree if str(k[2]) == ntype), key=lambda k: (k[3], k[0]))
+        chosen: list[tuple] = []
+        while todo and len(chosen) < per_type:
+            shown = {task(c) for c in chosen}
+            k = next((k for k in todo if task(k) not in shown), todo[0])  # a new task first, else the next clip
+            todo.remove(k)
+            if all(c[0] != k[0] for c in chosen):
+                chosen.append(k)
+        out[ntype] = chosen
     return out
 
 
@@ -215,7 +229,9 @@ def _examples_html(report: dict, per_type: int, noise_dir: Optional[Path]) -> tu
     rows = [_rows_by_key(d) for _, d in labelled]
     if len(labelled) < 2 or not all(rows):
         return ("<p class='note'>Examples need at least two evaluated runs with predictions.jsonl.</p>", 0)
-    picked = pick_examples(rows, per_type)
+    # where the *trained* methods disagree: an untrained model being wrong says nothing about the methods
+    trained = [r for r, info in zip(rows, report.get("runs", [])) if not (info.get("status") or {}).get("untrained")]
+    picked = pick_examples(trained if len(trained) >= 2 else rows, per_type)
     if not picked:
         return ("<p class='note'>The runs agree on every noisy clip they share: no example where they "
                 "disagree.</p>", 0)
@@ -277,22 +293,36 @@ def write_html_report(report: dict, out_dir: str | Path, per_type: int = 3,
     cols = [("Acc", "Acc"), ("Noisy", "Noisy"), ("StrongNoisy", f"Strong noisy (≤{strong:g} dB)"), ("GSR", "GSR"),
             ("StrongGSR", f"Strong GSR (≤{strong:g} dB)"), ("Consistency", "Consistency"),
             ("Retention", "Retention"), ("NoAudio", "NoAudio"), ("Invalid", "Invalid")]
-    summary = [[r["name"] + (" (baseline)" if r["name"] == report.get("baseline") else "")
-                + (f" — {len(r['seeds'])} seeds" if r.get("seeds") else "")]
+    by_name = {r["name"]: r for r in runs}
+    summary = [[_run_label(r, report) + (f" — {len(r['seeds'])} seeds" if r.get("seeds") else "")]
                + [cell((r.get("metrics") or {}).get(k)) for k, _ in cols]
                + [str(((r.get("metrics") or {}).get("Acc") or {}).get("n", "–"))] for r in runs]
-    body = [f"<h1>EchoDistill evaluation report</h1>",
-            "<p class='note'>Percent; <code>value [low, high]</code> is the estimate with its 95 % bootstrap "
-            "interval over items. Noisy: mean over noise types × SNR levels; GSR: correct on the noisy "
-            "and on the clean clip; NoAudio: silent input (the text-prior control). Same numbers as "
-            "report.md and report.json.</p>",
-            "<h2>Summary</h2>", _table(["Run"] + [h for _, h in cols] + ["n"], summary)]
+    body = [f"<h1>EchoDistill evaluation report</h1>"]
+    if report.get("paired"):
+        body += [f"<div class='verdict'><b>Verdict</b> (against {_e(report.get('baseline'))}; primary metric: "
+                 f"strong-noise GSR, SNR ≤ {strong:g} dB; “beats” / “is behind” only when the 95 % "
+                 "interval excludes 0)<ul>"
+                 + "".join(f"<li>{_md_code(p.get('verdict', ''))}</li>" for p in report["paired"]) + "</ul></div>"]
+        uri = _png_data_uri(out_dir / "difference_vs_snr.png")
+        if uri:
+            body.append(f"<p><img alt='difference to the baseline per SNR' src='{uri}'></p>")
+    body += ["<p class='note'>Percent; <code>value [low, high]</code> is the estimate with its 95 % bootstrap "
+             "interval over items. Noisy: mean over noise types × SNR levels; GSR: correct on the noisy "
+             "and on the clean clip; NoAudio: silent input (the text-prior control). Grey rows: "
+             "<span class='tag'>untrained</span> a model before any training (a floor, not a method); "
+             "<span class='tag'>partial</span> evaluated on fewer items, SNR levels or noise types than the "
+             "others. Same numbers as report.md and report.json.</p>",
+             "<h2>Summary</h2>", _table(["Run"] + [h for _, h in cols] + ["n"], summary, raw_first=True,
+                                         dim=[_dim(r) for r in runs])]
     if report.get("paired"):
         keys = list(report["paired"][0]["metrics"])
-        rows = [[p["run"]] + [_diff(p["metrics"][k]) for k in keys] for p in report["paired"]]
+        rows = [[_run_label(by_name.get(p["run"], {"name": p["run"]}), report)]
+                + [_diff(p["metrics"][k]) for k in keys] for p in report["paired"]]
         body += [f"<h2>Differences vs {_e(report.get('baseline'))}</h2>",
                  "<p class='note'>Run minus baseline in percentage points, paired bootstrap on shared items; "
-                 "bold: the 95 % interval excludes 0.</p>", _table(["Run"] + keys, rows, raw=True)]
+                 "bold: the 95 % interval excludes 0.</p>",
+                 _table(["Run"] + keys, rows, raw=True, raw_first=True,
+                        dim=[_dim(by_name.get(p["run"], {})) for p in report["paired"]])]
     for title, key in (("Accuracy per SNR", "noisy_by_snr"), ("Accuracy per noise type", "noisy_by_noise_type")):
         names = []
         for r in runs:
@@ -309,8 +339,9 @@ def write_html_report(report: dict, out_dir: str | Path, per_type: int = 3,
             body.append(f"<p><img alt='{alt}' src='{uri}'></p>")
     examples, n = _examples_html(report, per_type, Path(noise_dir) if noise_dir else None)
     body += ["<h2>Listen: where the methods disagree</h2>",
-             f"<p class='note'>Per noise type, up to {per_type} noisy clips on which some models answer right "
-             "and others wrong (lowest SNR first), with the clean clip for comparison.</p>", examples]
+             f"<p class='note'>Per noise type, up to {per_type} noisy clips on which the trained models "
+             "disagree (some right, some wrong), from different tasks where there are, lowest SNR first, with "
+             "the clean clip for comparison.</p>", examples]
     if report.get("notes"):
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{_e(x)}</li>" for x in report["notes"]] + ["</ul>"]
     body.append("<pre id='selftest' class='note'></pre>")
@@ -319,6 +350,26 @@ def write_html_report(report: dict, out_dir: str | Path, per_type: int = 3,
     path = out_dir / PAGE
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _dim(run: dict) -> bool:
+    st = run.get("status") or {}
+    return bool(st.get("untrained") or st.get("partial"))
+
+
+def _run_label(run: dict, report: dict) -> str:
+    """HTML: the run's colour swatch (as in the plots), its name, and its tags."""
+    st = run.get("status") or {}
+    tags = (["baseline"] if run.get("name") == report.get("baseline") else []) \
+        + (["untrained"] if st.get("untrained") else []) + ([f"partial: {st['partial']}"] if st.get("partial") else [])
+    swatch = f"<span class='swatch' style='background:{_e(run['colour'])}'></span>" if run.get("colour") else ""
+    return swatch + _e(run.get("name", "")) + "".join(f"<span class='tag'>{_e(t)}</span>" for t in tags)
+
+
+def _md_code(text: str) -> str:
+    """A verdict sentence (Markdown with `code` spans) as HTML."""
+    parts = _e(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _is_num(s: str) -> bool:

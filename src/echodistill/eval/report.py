@@ -26,10 +26,13 @@ from .formatting import cell, pct
 from .metrics import (CONSISTENCY_DEFINITION, DEFINITIONS, GSR_DEFINITION, HEADLINE, combine_seeds,
                       compute_metrics, paired_differences)
 from .predictions import read_predictions  # also re-exported: callers may import it from here
+from .report_plots import colours, plot_differences, plot_snr, plot_types
+from .verdict import coverage, entry_status, is_untrained, snr_differences, status_label, verdict
 
 REPORT_PAIRED = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency")
 _SEED_RE = re.compile(r"^(?P<base>.+)[-_](?:s|seed)(?P<seed>\d+)$")
 _REQUIRED = set(HEADLINE) | {"noisy_by_snr", "noisy_by_noise_type"}
+DIFF_PLOT = "difference_vs_snr.png"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class _Run:
     method: Optional[str] = None
     metrics: Optional[dict] = None
     rows: Optional[list] = None
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -70,7 +74,7 @@ def _load_run(d: Path, n_boot: int, seed: int, strong: Optional[float]) -> _Run:
         if not isinstance(meta, dict):
             raise UserError(f"{mpath}: expected a JSON object; delete it or re-run `echodistill eval`")
     run = _Run(name=str(meta.get("name") or d.name), dir=d, split=meta.get("split"),
-               method=meta.get("method"))
+               method=meta.get("method"), checkpoint=meta.get("checkpoint"))
     if ppath.is_file():
         run.rows = read_predictions(ppath)
     m = meta.get("metrics")
@@ -197,87 +201,6 @@ def _snr_sort(keys) -> list:
     return sorted(keys, key=f)
 
 
-# ------------------------------------------------------------------ plots
-def _plot_snr(entries: list, path: Path, strong: float) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = [f"C{i % 10}" for i in range(len(entries))]
-    xs_all = []
-    for e, c in zip(entries, colors):
-        by = e.metrics.get("noisy_by_snr", {})
-        keys = [k for k in _snr_sort(by) if _val(by[k]) is not None]
-        if not keys:
-            continue
-        x = [float(k) for k in keys]
-        xs_all += x
-        y = [100 * by[k]["value"] for k in keys]
-        ax.plot(x, y, marker="o", ms=4, color=c, lw=1.8, label=e.name)
-        if all(by[k].get("ci_low") is not None for k in keys):
-            ax.fill_between(x, [100 * by[k]["ci_low"] for k in keys],
-                            [100 * by[k]["ci_high"] for k in keys], color=c, alpha=0.15, lw=0)
-        acc = _val(e.metrics.get("Acc"))
-        if acc is not None:
-            ax.axhline(100 * acc, color=c, ls="--", lw=1.1, alpha=0.9)
-    if xs_all:
-        lo = min(xs_all)
-        if lo <= strong:
-            ax.axvspan(lo - 1, strong, color="0.5", alpha=0.08, lw=0)
-            ax.text(lo - 0.8, 0.02, f"strong noise (SNR ≤ {strong:g} dB)", transform=ax.get_xaxis_transform(),
-                    fontsize=8, color="0.35")
-        ax.set_xlim(lo - 1, max(xs_all) + 1)
-    ax.plot([], [], color="0.3", ls="--", lw=1.1, label="clean Acc (dashed, run's colour)")
-    ax.set_xlabel("SNR (dB) — lower is noisier")
-    ax.set_ylabel("accuracy on noisy audio (%)")
-    ax.set_title("Accuracy vs SNR (mean over noise types; bands: bootstrap 95% CI)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _plot_types(entries: list, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    types = []
-    for e in entries:
-        for t in e.metrics.get("noisy_by_noise_type", {}):
-            if t not in types:
-                types.append(t)
-    fig = Figure(figsize=(max(6.0, 1.2 * len(types) + 2.5), 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    k = max(1, len(entries))
-    width = 0.8 / k
-    for j, e in enumerate(entries):
-        by = e.metrics.get("noisy_by_noise_type", {})
-        xs, ys, err_lo, err_hi = [], [], [], []
-        for i, t in enumerate(types):
-            f = by.get(t)
-            if _val(f) is None:
-                continue
-            xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(100 * f["value"])
-            lo, hi = f.get("ci_low"), f.get("ci_high")
-            err_lo.append(100 * (f["value"] - lo) if lo is not None else 0.0)
-            err_hi.append(100 * (hi - f["value"]) if hi is not None else 0.0)
-        ax.bar(xs, ys, width=width * 0.95, color=f"C{j % 10}", label=e.name,
-               yerr=[err_lo, err_hi], capsize=2, error_kw={"lw": 0.8})
-    ax.set_xticks(range(len(types)))
-    ax.set_xticklabels(types)
-    ax.set_ylabel("accuracy on noisy audio (%)")
-    ax.set_title("Accuracy per noise type (mean over SNR levels; bars: 95% CI)", fontsize=10)
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right", ncol=min(k, 3))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 # ------------------------------------------------------------------ the report
 def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str] = None, *,
                 n_boot: int = 1000, seed: int = 0, strong_snr_max: Optional[float] = None) -> dict:
@@ -325,6 +248,16 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str]
             notes.append(f"`{e.name}` and `{base.name}` share only {n_shared} of {n_items} items; the "
                          "paired differences use the shared items only.")
         paired.append({"run": e.name, "baseline": base.name, "metrics": res})
+    status_list = entry_status([coverage(e.metrics) for e in entries],
+                               [len(e.runs) == 1 and is_untrained(e.runs[0].method, e.runs[0].checkpoint)
+                                for e in entries])
+    status = {e.name: st for e, st in zip(entries, status_list)}
+    snr_keys = _snr_sort({k for e in entries for k in e.metrics.get("noisy_by_snr", {})})
+    for p in paired:
+        e = next(x for x in entries if x.name == p["run"])
+        p["by_snr"] = snr_differences(e.rows, base.rows, snr_keys, n_boot, seed)
+        p["status"] = status[e.name]
+        p["verdict"] = verdict(p["run"], base.name, p["metrics"], p["by_snr"], strong_snr_max, status[e.name])
     splits = {r.split for r in runs if r.split}
     if len(splits) > 1:
         notes.append(f"The runs were evaluated on different splits ({', '.join(sorted(splits))}); "
@@ -332,23 +265,30 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plot_snr(entries, out_dir / "accuracy_vs_snr.png", strong_snr_max)
-    _plot_types(entries, out_dir / "accuracy_by_noise_type.png")
+    colour = colours([e.name for e in entries], base.name, status_list)
+    has_diff_plot = plot_differences({p["run"]: p["by_snr"] for p in paired}, base.name, status, colour,
+                                     out_dir / DIFF_PLOT, strong_snr_max)
+    plot_snr(entries, status, colour, out_dir / "accuracy_vs_snr.png", strong_snr_max)
+    plot_types(entries, status, colour, out_dir / "accuracy_by_noise_type.png")
 
     report = {
         "baseline": base.name,
         "runs": [{"name": e.name, "dirs": [str(r.dir) for r in e.runs], "run_names": [r.name for r in e.runs],
                   "split": e.runs[0].split, "method": e.runs[0].method, "seeds": e.seeds or None,
-                  "metrics": e.metrics, "seed_spread": _seed_spread(e) if len(e.runs) > 1 else None}
+                  "metrics": e.metrics, "seed_spread": _seed_spread(e) if len(e.runs) > 1 else None,
+                  "status": status[e.name], "colour": colour[e.name]}
                  for e in entries],
+        "verdicts": [p["verdict"] for p in paired],
         "paired": paired,
         "definitions": dict(DEFINITIONS),
         "settings": {"n_boot": n_boot, "seed": seed, "strong_snr_max": strong_snr_max, "ci_level": 0.95},
         "notes": notes,
-        "files": ["report.md", "report.json", "report.html", "accuracy_vs_snr.png", "accuracy_by_noise_type.png"],
+        "files": ["report.md", "report.json", "report.html", "accuracy_vs_snr.png", "accuracy_by_noise_type.png"]
+        + ([DIFF_PLOT] if has_diff_plot else []),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    (out_dir / "report.md").write_text(_markdown(entries, base, paired, notes, strong_snr_max, n_boot),
+    (out_dir / "report.md").write_text(_markdown(entries, base, paired, notes, strong_snr_max, n_boot, status,
+                                                 has_diff_plot),
                                        encoding="utf-8")
     from .html_report import write_html_report  # here: it loads the audio stack (soundfile, soxr)
     write_html_report(report, out_dir)  # the same tables and plots as one page, with clips to listen to
@@ -359,9 +299,15 @@ def _val_n(m: dict) -> int:
     return int((m.get("Acc") or {}).get("n") or 0)
 
 
-def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
+def _markdown(entries, base, paired, notes, strong, n_boot, status, has_diff_plot) -> str:
     s = f"{strong:g}"
     md = ["# EchoDistill evaluation report", ""]
+    if paired:
+        md += ["## Verdict", "", f"Against `{base.name}`, primary metric strong-noise GSR (SNR ≤ {s} dB); "
+               "\"beats\" / \"is behind\" only when the 95 % interval excludes 0.", ""]
+        md += [f"* {p['verdict']}" for p in paired] + [""]
+        if has_diff_plot:
+            md += [f"![difference to {base.name} per SNR]({DIFF_PLOT})", ""]
     md += ["Each model answers multiple-choice questions about short audio clips, once on the clean clip, "
            "once per noise condition (noise type x signal-to-noise ratio, SNR, in dB; lower SNR = louder "
            "noise) and once with silence instead of audio. All numbers are percentages. "
@@ -396,13 +342,17 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
             ("Retention", "Retention"), ("NoAudio", "NoAudio"), ("Invalid", "Invalid")]
     rows = []
     for e in entries:
-        label = e.name + (" (baseline)" if e is base else "")
+        label = e.name + (" (baseline)" if e is base else "") + status_label(status[e.name])
         if len(e.runs) > 1:
             label += f" — {len(e.runs)} seeds"
         m = e.metrics
         rows.append([label] + [cell(m.get(k)) for k, _ in cols]
                     + [str((m.get("Acc") or {}).get("n", "–")), str((m.get("GSR") or {}).get("n_obs", "–"))])
     md += [_table(["Run"] + [h for _, h in cols] + ["n", "pairs"], rows), ""]
+    if any(st.get("untrained") or st.get("partial") for st in status.values()):
+        md += ["*(untrained)*: a model evaluated as built, before any training (a floor, not a method); "
+               "*(partial)*: evaluated on fewer items, SNR levels or noise types than the others, so its "
+               "averages are over another grid. Both are grey in the plots.", ""]
 
     groups = [e for e in entries if len(e.runs) > 1]
     if groups:
@@ -425,7 +375,7 @@ def _markdown(entries, base, paired, notes, strong, n_boot) -> str:
                "excludes 0. `p` is the two-sided bootstrap p-value. With several comparisons, expect "
                "about one in twenty intervals to exclude 0 by chance.", ""]
         hdr = ["Run"] + [dict(cols).get(k, k) for k in REPORT_PAIRED] + ["shared items"]
-        rows = [[p["run"]] + [_diff_cell(p["metrics"][k]) for k in REPORT_PAIRED]
+        rows = [[p["run"] + status_label(p["status"])] + [_diff_cell(p["metrics"][k]) for k in REPORT_PAIRED]
                 + [str(max(d["n"] for d in p["metrics"].values()))] for p in paired]
         md += [_table(hdr, rows), ""]
 
