@@ -45,22 +45,33 @@ def test_make_config_layers_and_checks(tmp_path):
 
 
 def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    """Lay out what `data build` + `model build` make (a tiny version) in a fresh folder, run the block."""
+    """Lay out what `make demo` writes (a tiny version) in a fresh folder, run the block as written;
+    tests/test_readme.py runs it after a real demo."""
+    import shutil
+
     from echodistill.models.tiny import build_tiny_qwen2_audio
 
-    bench = make_dataset(tmp_path / "data" / "bench", n_train=4, n_val=2)
+    demo = tmp_path / "runs" / "demo"
+    bench = make_dataset(demo / "bench", n_train=4, n_val=2)
     (bench / "test.jsonl").write_text((bench / "val.jsonl").read_text())
     rng = np.random.default_rng(5)
-    write_audio(bench / "noise" / "babble" / "b0.wav", (0.2 * rng.standard_normal(32000)).astype(np.float32))
-    build_tiny_qwen2_audio(tmp_path / "models" / "embedded", seed=0, window_s=2.0)  # the default 2 s window
-    speech_wav(tmp_path / "clip.wav", "maybe")
+    for kind in ("babble", "music"):
+        write_audio(bench / "noise" / kind / "n0.wav", (0.2 * rng.standard_normal(32000)).astype(np.float32))
+    build_tiny_qwen2_audio(demo / "models" / "embedded", seed=0, window_s=2.0)  # the default 2 s window
+    shutil.copytree(demo / "models" / "embedded", demo / "warmup" / "final")  # stands in for the warm-up
+    clip = bench / "audio" / "spoken_number" / "spoken_number-test-0000.wav"
+    clip.parent.mkdir(parents=True)
+    speech_wav(clip, "six")
     monkeypatch.chdir(tmp_path)
 
-    exec(compile(readme_api_example(), "README.md:python-api", "exec"), {"__name__": "__readme__"})
+    code = readme_api_example().replace('"max_steps": 10', '"max_steps": 2')  # the tiny model: 2 steps do
+    exec(compile(code, "README.md:python-api", "exec"), {"__name__": "__readme__"})
 
     out = capsys.readouterr().out
     assert re.search(r"^noisy accuracy: \d", out, re.M)
     last = out.strip().splitlines()[-1].split()
-    assert last[0] == "clip.wav" and last[1] in ("yes", "no", "maybe", "None")
+    assert last[0] == "spoken_number-test-0000.wav" and last[1] in ("fifty", "six", "eighty", "ninety", "None")
     final = tmp_path / "runs" / "api" / "final"
     assert (final / "config.json").is_file() and (tmp_path / "runs" / "api" / "eval" / "metrics.json").is_file()
+    with pytest.raises(ed.UserError, match=r"pass resume=True"):  # the Python spelling, not the CLI flag
+        ed.Trainer(ed.make_config("demo", run={"output_dir": "runs/api"}, train={"max_steps": 2})).train()

@@ -106,7 +106,7 @@ def test_clear_errors(sources, tmp_path):
     with pytest.raises(ManifestError, match="DatasetDict with splits test, train; point at one split"):
         read_manifest(root / "ds_dict")
     assert len(read_manifest(root / "ds_dict" / "test", columns=COLUMNS)) == 6
-    with pytest.raises(ManifestError, match="maps answer to 'nope', which is not a column"):
+    with pytest.raises(ManifestError, match="maps target to 'nope', which is not a column"):
         read_manifest(root / "ds_train", columns={**COLUMNS, "answer": "nope"})
     with pytest.raises(ManifestError, match="unknown field"):
         read_manifest(root / "ds_train", columns={"questions": "prompt"})

@@ -111,14 +111,14 @@ def test_plugin_changes_logged_reward_total(plugin_file, data_dir, tiny_qwen2_au
 
 
 def test_readme_plugin_example_works(tmp_path):
-    """The README's plug-in snippet, written to a file as the README says, loads and scores."""
+    """The plug-in snippet of docs/usage.md, written to a file as it says, loads and scores."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text(encoding="utf-8")
     code = re.search(r"\*\*Plug-in rewards\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "my_rewards.py").write_text(code)
     spec = f"{tmp_path / 'my_rewards.py'}:short_answer"
-    cols = {"noise_type": ["white", "pink"], "snr": [0.0, 5.0], "answer": ["yes", "yes"]}
+    cols = {"noise_type": ["white", "pink"], "snr": [0.0, 5.0], "target": ["yes", "yes"], "answer": ["yes", "yes"]}
     out = P.call_reward_func(spec, ["q", "q"], ["yes", "it is probably a dog"], [[1], [2]], cols)
     assert out.tolist() == [1.0, 0.0]

@@ -7,7 +7,7 @@ subpackage, and importing it would shadow a function of that name at the package
 
     import echodistill as ed
 
-    cfg = ed.make_config("configs/demo.yaml", train={"variant": "grpo", "max_steps": 20})
+    cfg = ed.make_config("demo", train={"variant": "grpo", "max_steps": 20})  # configs/demo.yaml, by name
     final = ed.Trainer(cfg).train()            # <run.output_dir>/final, with a model card
     ed.evaluate(cfg, checkpoint=final, out_dir="runs/eval/grpo")
     model = ed.load_model(final)
@@ -98,6 +98,21 @@ def _as_config(config: Any) -> Any:
     return make_config(config) if config is None or _is_source(config) else config
 
 
+class _python_spelling:
+    """Re-word the CLI's flag in a user error for a Python caller: ``--resume`` is ``resume=True`` here."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        from .errors import UserError
+
+        if isinstance(err, UserError) and "--resume" in str(err):
+            raise type(err)(str(err).replace("pass --resume", "pass resume=True")
+                            .replace("--resume", "resume=True")) from None
+        return False
+
+
 class Trainer:
     """TRL-style entry point: ``Trainer(cfg).train()`` runs ``echodistill train`` on ``cfg``.
 
@@ -112,15 +127,20 @@ class Trainer:
         self.final: Optional[Path] = None
 
     def train(self, resume: bool = False) -> Path:
+        """GRPO on ``config``; ``resume=True`` continues a stopped run in ``run.output_dir`` from its
+        newest checkpoint (the CLI's ``--resume``); without it a folder holding checkpoints is refused."""
         from .train.trainer import run_train
 
-        self.final = Path(run_train(self.config, resume=resume))
+        with _python_spelling():
+            self.final = Path(run_train(self.config, resume=resume))
         return self.final
 
-    def warmup(self) -> Path:
+    def warmup(self, resume: bool = False) -> Path:
+        """The supervised warm-up (``warmup.noisy=true``: sft-noisy); ``resume`` as in ``train``."""
         from .train.sft import run_warmup
 
-        run_warmup(self.config)
+        with _python_spelling():
+            run_warmup(self.config, resume=resume)
         self.final = Path(self.config.run.output_dir) / "final"
         return self.final
 

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Hugging Face dataset (save_to_disk folder, .parquet; JSON with --format hf)")
     c.add_argument("--format", choices=FORMATS, default="auto", help="manifest format (auto: detected)")
     c.add_argument("--column", action="append", metavar="FIELD=COLUMN",
-                   help="HF datasets: the column holding FIELD (id, audio, question, choices, answer, task, split); "
+                   help="HF datasets: the column holding FIELD (id, audio, question, choices, target, task, split); "
                         "repeatable, like data.columns in a config")
     c.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
     c.add_argument("--max-duration", type=float, default=None,

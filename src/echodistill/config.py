@@ -43,7 +43,7 @@ class DataConfig:
     test_manifest: str = "${data.bench_dir}/test.jsonl"  # final evaluation only
     path_map: dict = field(default_factory=dict)  # prefix -> replacement for relative/foreign paths
     # Hugging Face datasets (save_to_disk folder, .parquet) as manifests: our field -> the dataset's
-    # column, e.g. {question: prompt, answer: label}; unmapped fields are found by usual names (data/hf.py)
+    # column, e.g. {question: prompt, target: label} (answer: the old name of target); unmapped fields are found by usual names (data/hf.py)
     columns: dict = field(default_factory=dict)
     max_duration_s: float = 2.0  # clips are cropped/padded to at most this (the model's window)
     min_duration_s: float = 0.05  # shorter clips are rejected as invalid

@@ -10,7 +10,8 @@ are written once to a content-addressed cache (``$ECHODISTILL_CACHE/hf_audio``, 
 relative to the dataset folder). Every clip is then read by ``audio.io.load_audio``: the same soundfile
 decoding and soxr resampling to 16 kHz mono as every other clip, whatever rate the dataset stored.
 
-Columns: ``data.columns`` maps our fields to the dataset's names (``{question: prompt, answer: label}``);
+Columns: ``data.columns`` maps our fields to the dataset's names (``{question: prompt, target: label}``;
+``answer`` is read as the old name of ``target``, the label, as stored configs spell it);
 unmapped fields are found by their usual names (below), the audio column by its ``Audio`` type. The
 answer may be the choice's text or its index (an int or a ``ClassLabel``); without a choices column (or
 with ``[]`` in a row) the question is open-ended and the answer its reference text; without an answer
@@ -32,17 +33,18 @@ from typing import Any, Iterator, Optional
 
 from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path, stored_index
 
-FIELDS = ("id", "question", "audio", "choices", "answer", "task", "split")  # question first: see resolve_columns
+FIELDS = ("id", "question", "audio", "choices", "target", "task", "split")  # question first: see resolve_columns
+OLD_FIELD_NAMES = {"answer": "target"}  # data.columns keys of stored configs: the label was "answer"
 DEFAULT_NAMES = {
     "id": ("id", "question_id", "uid", "qid"),
     "audio": ("audio", "audio_path", "file", "path"),
     "question": ("question", "prompt", "instruction", "query"),
     "choices": ("choices", "options", "candidates"),
-    "answer": ("answer", "target", "label", "correct_answer", "solution"),  # solution: TRL's reasoning datasets
+    "target": ("answer", "target", "label", "correct_answer", "solution"),  # solution: TRL's reasoning datasets
     "task": ("task", "category", "subset"),
     "split": ("split",),
 }
-REQUIRED = ("audio", "question")  # no choices: open-ended; no answer: unlabeled
+REQUIRED = ("audio", "question")  # no choices: open-ended; no target: unlabeled
 HF_FILE_SUFFIXES = (".parquet", ".arrow")
 _AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -100,7 +102,7 @@ def load_dataset_any(path: str | Path) -> Any:
 
 def resolve_columns(features: dict, columns: Optional[dict], source: Path) -> dict[str, Optional[str]]:
     """Our field -> the dataset's column (None when an optional field is absent)."""
-    columns = {str(k): str(v) for k, v in (columns or {}).items()}
+    columns = {OLD_FIELD_NAMES.get(str(k), str(k)): str(v) for k, v in (columns or {}).items()}
     unknown = sorted(set(columns) - set(FIELDS))
     if unknown:
         raise ManifestError(f"data.columns has unknown field(s) {unknown}; map these fields: {', '.join(FIELDS)}")
@@ -236,7 +238,7 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
     audio_col = cols["audio"]
     if audio_col and isinstance(ds.features[audio_col], Audio):
         ds = ds.cast_column(audio_col, Audio(decode=False))  # bytes/path only: our loader decodes and resamples
-    answer_feat = ds.features.get(cols["answer"]) if cols["answer"] else None
+    answer_feat = ds.features.get(cols["target"]) if cols["target"] else None
     label_names = list(answer_feat.names) if isinstance(answer_feat, ClassLabel) else None
     base_dir = path if path.is_dir() else path.parent
     split_default = path.name if path.is_dir() else path.stem
@@ -263,7 +265,7 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
                 audio=materialize_audio(audio, base_dir, path_map),
                 question=question,
                 choices=choices,
-                target=_answer_text(rec[cols["answer"]], choices, label_names) if cols["answer"] else None,
+                target=_answer_text(rec[cols["target"]], choices, label_names) if cols["target"] else None,
                 task=str(rec.get(cols["task"]) or "default") if cols["task"] else "default",
                 split=str(rec.get(cols["split"]) or split_default) if cols["split"] else split_default,
                 meta={"source_row": i - 1},

@@ -8,7 +8,8 @@ reward to the built-in ones::
 
 Called as in TRL's GRPOTrainer: ``fn(prompts=..., completions=..., completion_ids=..., **columns)`` with
 one entry per completion (N = B*G, item-major: an item's fields repeated G times). Columns: ``id``,
-``question``, ``choices`` (in the order shown), ``answer`` (the target text, None if unlabeled),
+``question``, ``choices`` (in the order shown), ``target`` (the label's text, None if unlabeled; also
+passed as ``answer``, its old name, for plug-ins written before),
 ``task``, ``split``, ``audio`` (clean clip path), ``noise_type``, ``snr`` (dB of the noisy clip the
 student heard), ``meta``. Return N floats; ``None`` = "does not apply to this completion" (counts 0,
 as TRL's nansum does).
@@ -182,11 +183,12 @@ def load_reward_plugins(cfg: Any) -> None:
 
 def item_columns(examples: Sequence[Any], num_generations: int) -> dict[str, list]:
     """Per-completion keyword columns (item fields + noise condition), each repeated G times."""
-    cols: dict[str, list] = {k: [] for k in ("id", "question", "choices", "answer", "task", "split", "audio",
-                                             "noise_type", "snr", "meta")}
+    cols: dict[str, list] = {k: [] for k in ("id", "question", "choices", "target", "answer", "task", "split",
+                                             "audio", "noise_type", "snr", "meta")}
     for e in examples:
         it = e.item
-        row = {"id": it.id, "question": it.question, "choices": list(e.choices), "answer": it.target,
+        row = {"id": it.id, "question": it.question, "choices": list(e.choices), "target": it.target,
+               "answer": it.target,  # the old name of target: plug-ins written before keep working
                "task": it.task, "split": it.split, "audio": it.audio, "noise_type": e.noise_type,
                "snr": float(e.snr), "meta": dict(it.meta or {})}
         for k, v in row.items():
