@@ -303,5 +303,9 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
     print("\nTest split, % with bootstrap 95 % intervals (GSR: correct on noisy AND on clean audio; "
           "strong noise: SNR <= 0 dB):\n")
     print(_headline(report))
-    print(f"\nFull report: {out / 'report' / 'report.md'} (plots beside it). Took {minutes:.1f} min.")
+    if report.get("verdicts"):
+        print("\nVerdict (primary metric: strong-noise GSR; 'beats' / 'is behind' only when the 95 % interval "
+              "excludes 0):")
+        print("\n".join(f"* {v}" for v in report["verdicts"]))
+    print(f"\nFull report: {out / 'report' / 'report.html'} (report.md, plots beside it). Took {minutes:.1f} min.")
     return report

@@ -104,7 +104,7 @@ def verdict(run: str, baseline: str, paired: dict, by_snr: dict, strong: float, 
     if noisy.get("diff") is not None:
         s += f"; noisy accuracy over all SNRs {_ci(noisy)}"
     best = [(k, d) for k, d in by_snr.items() if d.get("diff") is not None]
-    if len(best) > 1:
+    if len(best) > 1 and any(d["diff"] != 0 for _, d in best):
         k, d = max(best, key=lambda kd: abs(kd[1]["diff"]))
         s += f"; largest at {float(k):g} dB ({_ci(d)})"
     n = prim.get("n") or noisy.get("n")
