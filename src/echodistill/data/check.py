@@ -194,13 +194,10 @@ def _source_problem(item) -> Optional[tuple[str, str]]:
 
 
 def _progress(total: int):
-    """A tqdm bar on stderr for large manifests; silent when stderr is not a terminal (CI, tests)."""
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc="checking audio", unit="item", file=sys.stderr,
-                    disable=None if total >= 200 else True)
-    except Exception:  # tqdm missing or broken: checking matters more than the bar
-        return None
+    """Progress on stderr for large manifests (a bar on a terminal, a line per interval in a log:
+    progress.py); none under 200 items."""
+    from ..progress import progress
+    return progress(total, "checking audio", "item", disable=total < 200)
 
 
 def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str = "auto",

@@ -345,8 +345,8 @@ def evaluate_items(adapter: Any, items: Sequence[Item], conditions: Sequence[Con
     limits = limits_from_config(cfg, getattr(adapter, "tokenizer", None),
                                 max_new_tokens=int(max_new_tokens or cfg.eval.max_new_tokens))
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="eval", unit="clip")
+        from ..progress import progress as progress_bar
+        bar = progress_bar(len(jobs), "eval", "clip")
     try:
         rows = run_jobs(jobs, model_predictor(adapter, max_new_tokens or cfg.eval.max_new_tokens, enhancer),
                         ClipLoader(cfg, bank, limits=limits), batch_size=int(batch_size or cfg.eval.batch_size),

@@ -61,7 +61,7 @@ table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.dim td{color:#8a8a8a;background:#f7f7f7} .tag{font-size:.75rem;color:#666;border:1px solid #bbb;border-radius:3px;
-padding:0 .25rem;margin-left:.25rem;white-space:nowrap} .swatch{display:inline-block;width:.8rem;height:.8rem;
+padding:0 .25rem;margin-left:.25rem;display:inline-block} .scroll{overflow-x:auto} td:first-child{min-width:9rem} .swatch{display:inline-block;width:.8rem;height:.8rem;
 border-radius:2px;margin-right:.35rem;vertical-align:middle}
 .verdict{background:#f4f8fb;border-left:4px solid #0072B2;padding:.5rem 1rem;margin:1rem 0} .verdict li{margin:.3rem 0}
 .sig{font-weight:600} .ok{color:#13795b;font-weight:600} .bad{color:#b3261e;font-weight:600}
@@ -100,7 +100,7 @@ def _table(header: list, rows: list, raw: bool = False, numbers: bool = True, di
             cls = ' class="num"' if i > 0 and numbers else ""
             tds.append(f"<td{cls}>{text}</td>")
         body.append(("<tr class='dim'>" if dim and dim[j] else "<tr>") + "".join(tds) + "</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def wav_data_uri(wav: np.ndarray, sr: int = SAMPLE_RATE) -> str:
