@@ -96,14 +96,14 @@ def make_bad_corpus(d: Path) -> tuple[Path, dict[str, list[tuple[int, str | None
     add(item("leak_b", c["good2"], question="What pitch?", split="val"), "leakage", "leak_b")
     add(item("leak_c", c["copy_of_good2"], question="what  pitch?", split="test"), "leakage", "leak_c")
     add(b"{not json at all", "malformed_json", None)
-    add({"id": "nofield", "audio": str(c["good"]), "choices": ["a", "b"], "target": "a"}, "malformed_json", "nofield")
+    add({"id": "nofield", "audio": str(c["good"]), "choices": ["a", "b"], "target": "a"}, "missing_field", "nofield")
     # unlabeled and open-ended items are valid (must NOT be reported); an empty target is not
     add({"id": "unlab", "audio": str(c["good"]), "question": "unlabeled?", "choices": ["a", "b"]})
     add({"id": "openq", "audio": str(c["good"]), "question": "what is said?", "target": "a tone"})
     add({"id": "openunlab", "audio": str(c["good"]), "question": "describe it", "choices": []})
     add(item("emptytarget", c["good"], question="empty target?", target=""), "empty_target", "emptytarget")
     add({"id": "wrongtype", "audio": str(c["good"]), "question": "q?", "choices": "a,b", "target": "a"},
-        "malformed_json", "wrongtype")
+        "bad_field", "wrongtype")
     add(b'{"id": "latin1", "audio": "x.wav", "question": "caf\xe9?", "choices": ["a","b"], "target": "a"}',
         "non_utf8", None)
     add(item("noisymiss", c["good"], question="nm?", noisy_audio=str(d / "audio" / "gone.wav")),
@@ -274,18 +274,18 @@ def make_cli_corpus(d: Path) -> dict:
     structural: dict[str, tuple[bytes, str, Optional[str]]] = {
         "malformed_json": (b'{"id": "x", "audio": ', "malformed_json", None),
         "missing_field": (json.dumps({"id": "nofield", "audio": str(c["good"]), "choices": ["a", "b"],
-                                      "target": "a"}).encode(), "malformed_json", "nofield"),
+                                      "target": "a"}).encode(), "missing_field", "nofield"),
         "choices_not_a_list": (json.dumps(item("strchoices", c["good"], choices="a,b", target="a")).encode(),
-                               "malformed_json", "strchoices"),
+                               "bad_field", "strchoices"),
         "choice_is_null": (json.dumps(item("nullchoice", c["good"], choices=["a", None], target="a")).encode(),
-                           "malformed_json", "nullchoice"),
+                           "bad_field", "nullchoice"),
         "question_not_a_string": (json.dumps(dict(item("numq", c["good"]), question=42)).encode(),
-                                  "malformed_json", "numq"),
-        "id_is_bool": (json.dumps(dict(item("boolid", c["good"]), id=True)).encode(), "malformed_json", None),
+                                  "bad_field", "numq"),
+        "id_is_bool": (json.dumps(dict(item("boolid", c["good"]), id=True)).encode(), "bad_field", None),
         "meta_not_an_object": (json.dumps(item("metalist", c["good"], meta=[1, 2])).encode(),
-                               "malformed_json", "metalist"),
+                               "bad_field", "metalist"),
         "snr_not_a_number": (json.dumps(item("snrtxt", c["good"], noisy_audio=str(c["noisy_ok"]), noise_type="white",
-                                             snr="loud")).encode(), "malformed_json", "snrtxt"),
+                                             snr="loud")).encode(), "bad_field", "snrtxt"),
         "non_utf8": (b'{"id": "latin1", "audio": "x.wav", "question": "caf\xe9?", "choices": ["a","b"], "target": "a"}',
                      "non_utf8", None),
         "deeply_nested_json": (b'{"id": "deep", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
@@ -303,7 +303,7 @@ def make_cli_corpus(d: Path) -> dict:
                          "emptytarget"),
         "unlabeled_open_ended_target_not_a_string": (
             json.dumps({"id": "numtarget", "audio": str(c["good"]), "question": "how many?", "target": 3}).encode(),
-            "malformed_json", "numtarget"),
+            "bad_field", "numtarget"),
         "duplicate_choices": (json.dumps(item("twice", c["good"], choices=["same", "Same", "o"], target="o")).encode(),
                               "duplicate_choices", "twice"),
         "empty_choice": (json.dumps(item("emptych", c["good"], choices=["a", "", "b"], target="a")).encode(),

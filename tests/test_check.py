@@ -12,7 +12,8 @@ from echodistill.data.check import check_manifest, run_check
 
 ALL_KINDS = {"missing_audio", "unreadable_audio", "empty_audio", "nonfinite_audio", "silent_audio", "too_long",
              "target_not_in_choices", "duplicate_id", "too_few_choices", "duplicate_choices", "leakage",
-             "position_bias", "malformed_json", "non_utf8", "noisy_length_mismatch", "empty_target"}
+             "position_bias", "malformed_json", "missing_field", "bad_field", "non_utf8", "noisy_length_mismatch",
+             "empty_target"}
 
 
 def test_every_kind_is_reported_with_location_and_fix(tmp_path):

@@ -1,7 +1,8 @@
 """``echodistill data check``: validate a manifest and report every problem with its location and a fix.
 
 Items may be open-ended (no ``choices``) and unlabeled (no ``target``): both are valid, and counted in one
-summary line. Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``, ``line_too_long``), the labels
+summary line. Checks, per item: the JSON itself (``malformed_json``, ``non_utf8``, ``line_too_long``), its fields
+(``missing_field``, ``bad_field``: valid JSON, a required field absent or of the wrong type), the labels
 (``target_not_in_choices``, ``too_few_choices``, ``duplicate_choices``, ``empty_choice``, ``duplicate_id``,
 ``noisy_without_snr``), the prompt (``prompt_too_long``), the clean clip (``missing_audio``, ``not_a_file``,
 ``unreadable_audio``, ``empty_audio``, ``nonfinite_audio``, ``silent_audio``, ``too_short``, ``too_long``;

@@ -214,7 +214,7 @@ def _row_format(d: dict, fmt: str) -> str:
 
 # ---------------------------------------------------------------- row -> item
 class _Bad(Exception):
-    """Internal: a structural problem in one row (becomes a malformed_json Issue)."""
+    """Internal: a structural problem in one row (becomes a ``missing_field`` or ``bad_field`` Issue)."""
 
 
 def _first(d: dict, names: tuple[str, ...], what: str, required: bool = True):
@@ -437,7 +437,9 @@ def _row_from_value(n: int, d: Any, fmt: str, path: Path, path_map: Optional[dic
         fields = {"release": "id, prompt, clean_audio_path (+ choices, target when it has them)",
                   "mmau": "id, audio_id, question (+ choices, answer when it has them)"}.get(
             rfmt, "id, audio, question (+ choices, target when it has them)")
-        return Row(n, None, [Issue("malformed_json", n, f"{e} [{rfmt} schema]",
+        # valid JSON with a field missing or of the wrong type: named as such, not as broken JSON
+        kind = "missing_field" if str(e).startswith("missing required field") else "bad_field"
+        return Row(n, None, [Issue(kind, n, f"{e} [{rfmt} schema]",
                                    f"every item needs {fields} with the right types", item_id)])
     return Row(n, item, item_issues(item, n), stored_index(item))
 
