@@ -147,6 +147,8 @@ def quick_sha256(path: str | Path) -> str:
     128 KiB, as a few seconds of 16 kHz WAV are): a replaced clip is caught even when a copy kept its
     size and mtime (``cp -p``), at two reads per file whatever its length."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end: not a clip to hash
+        raise OSError(f"{path}: not a regular file")
     key = _stat_key(path, st)
     if key not in _quick_hashes:
         h = hashlib.sha256(str(st.st_size).encode())
