@@ -229,8 +229,10 @@ def _examples_html(report: dict, per_type: int, noise_dir: Optional[Path]) -> tu
     rows = [_rows_by_key(d) for _, d in labelled]
     if len(labelled) < 2 or not all(rows):
         return ("<p class='note'>Examples need at least two evaluated runs with predictions.jsonl.</p>", 0)
-    # where the *trained* methods disagree: an untrained model being wrong says nothing about the methods
-    trained = [r for r, info in zip(rows, report.get("runs", [])) if not (info.get("status") or {}).get("untrained")]
+    # where the *trained*, fully evaluated methods disagree: an untrained model being wrong says nothing
+    # about the methods, and a partial evaluation would shrink the clips to its own few
+    trained = [r for r, info in zip(rows, report.get("runs", []))
+               if not ((info.get("status") or {}).get("untrained") or (info.get("status") or {}).get("partial"))]
     picked = pick_examples(trained if len(trained) >= 2 else rows, per_type)
     if not picked:
         return ("<p class='note'>The runs agree on every noisy clip they share: no example where they "
