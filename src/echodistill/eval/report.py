@@ -179,6 +179,11 @@ def _md(x: Any) -> str:
     return html.escape(" ".join(str(x).split()), quote=False)
 
 
+def _md_outside_code(text: str) -> str:
+    """A sentence with `code spans` (names, already free of backticks): markup escaped outside them."""
+    return "`".join(p if i % 2 else _md(p) for i, p in enumerate(str(text).split("`")))
+
+
 def _code(x: Any) -> str:
     """A name inside a `code span`: no backtick can end the span early."""
     return " ".join(str(x).split()).replace("`", "'")
@@ -303,11 +308,11 @@ def _markdown(entries, base, paired, notes, strong, n_boot, status, has_diff_plo
     s = f"{strong:g}"
     md = ["# EchoDistill evaluation report", ""]
     if paired:
-        md += ["## Verdict", "", f"Against `{base.name}`, primary metric strong-noise GSR (SNR ≤ {s} dB); "
+        md += ["## Verdict", "", f"Against `{_code(base.name)}`, primary metric strong-noise GSR (SNR ≤ {s} dB); "
                "\"beats\" / \"is behind\" only when the 95 % interval excludes 0.", ""]
-        md += [f"* {p['verdict']}" for p in paired] + [""]
+        md += [f"* {_md_outside_code(p['verdict'])}" for p in paired] + [""]
         if has_diff_plot:
-            md += [f"![difference to {base.name} per SNR]({DIFF_PLOT})", ""]
+            md += [f"![difference to the baseline per SNR]({DIFF_PLOT})", ""]
     md += ["Each model answers multiple-choice questions about short audio clips, once on the clean clip, "
            "once per noise condition (noise type x signal-to-noise ratio, SNR, in dB; lower SNR = louder "
            "noise) and once with silence instead of audio. All numbers are percentages. "

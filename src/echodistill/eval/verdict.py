@@ -99,7 +99,7 @@ def verdict(run: str, baseline: str, paired: dict, by_snr: dict, strong: float, 
     difference follow, each with its interval."""
     prim = paired.get(PRIMARY) or {}
     noisy = paired.get("Noisy") or {}
-    s = (f"`{run}`{status_label(status or {})} {_direction(prim)} `{baseline}` under strong noise "
+    s = (f"`{_name(run)}`{status_label(status or {})} {_direction(prim)} `{_name(baseline)}` under strong noise "
          f"(SNR ≤ {strong:g} dB): strong GSR {_ci(prim)}")
     if noisy.get("diff") is not None:
         s += f"; noisy accuracy over all SNRs {_ci(noisy)}"
@@ -109,6 +109,11 @@ def verdict(run: str, baseline: str, paired: dict, by_snr: dict, strong: float, 
         s += f"; largest at {float(k):g} dB ({_ci(d)})"
     n = prim.get("n") or noisy.get("n")
     return s + (f", on {n} shared items." if n else ".")
+
+
+def _name(x: str) -> str:
+    """A run name inside a `code span`: one line, no backtick that could end the span early."""
+    return " ".join(str(x).split()).replace("`", "'")
 
 
 def _is_num(s: str) -> bool:
