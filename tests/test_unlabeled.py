@@ -388,3 +388,21 @@ def test_label_free_run_logs_completions_and_the_terms_it_trains(tmp_path, tiny_
             assert len(rows) == 2 * 4 and {"completion", "answer", "target", "reward", "advantage"} <= set(rows[0])
             assert {"reward", "acc", "policy"} <= set(recipe._progress_postfix(last))
         assert all(r["step"] >= 1 for r in rows)
+
+
+def test_unlabeled_example_script_copies_clips_and_questions_without_labels(tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import REPO, make_dataset
+
+    bench = make_dataset(tmp_path / "bench", n_train=6, n_val=4)
+    out = tmp_path / "mine"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "unlabeled_example.py"), "--bench", str(bench),
+                        "--out", str(out), "--train", "4", "--val", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train = read_manifest(out / "train.jsonl")
+    assert len(train) == 4 and len(read_manifest(out / "val.jsonl")) == 2
+    assert not any(it.labeled for it in train) and [it.open_ended for it in train] == [False, True] * 2
+    assert all(it.audio.startswith(str(out / "clips")) for it in train)
+    assert "target" not in (out / "train.jsonl").read_text()  # the benchmark's labels are never copied
