@@ -406,3 +406,15 @@ def test_unlabeled_example_script_copies_clips_and_questions_without_labels(tmp_
     assert not any(it.labeled for it in train) and [it.open_ended for it in train] == [False, True] * 2
     assert all(it.audio.startswith(str(out / "clips")) for it in train)
     assert "target" not in (out / "train.jsonl").read_text()  # the benchmark's labels are never copied
+
+
+def test_data_mix_keeps_items_unlabeled_and_open_ended(tmp_path):
+    from echodistill.data.mix import mix_manifest
+
+    root = make_unlabeled_dataset(tmp_path / "d", n_train=4, n_val=2)
+    out = mix_manifest(root / "val.jsonl", tmp_path / "mixed", ["white"], [0.0, 5.0], seed=1)
+    items = read_manifest(out)
+    assert len(items) == 4 and not any(it.labeled for it in items)  # no placeholder label appears
+    assert [it.open_ended for it in items] == [False, False, True, True]
+    assert "target" not in out.read_text()
+    assert main(["data", "check", str(out)]) == 0
