@@ -21,6 +21,8 @@ Benchmarks (docs/performance.md explains each target):
              B = 8, G = 8; update time and activation bytes vs G; gradient checkpointing (bench_update.py).
 8. trl    -- the same grpo step in TRL's GRPOTrainer at equal shapes, interleaved (optional: TRL installed).
 9. memmodel -- memory_model.py's activation term vs measured on tiny Qwen2-Audio models scaled up.
+10. generate -- long completions (G = 8, T = 24): each prompt run once and its KV cache shared by its
+             G samples vs the prompt repeated G times; equal samples at temperature 0 and 1 (bench_generate.py).
 
 One torch thread per process by default (``--threads``): on 2 shared cores two multi-threaded runs slow
 each other 5-20x. The embedded model is built into the temporary folder when ``--embedded-path`` has none.
@@ -53,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_generate import bench_generate  # noqa: E402 -- issue 22 item 7
 from bench_update import (bench_memmodel, bench_trl, bench_update, bench_update_peak,  # noqa: E402 -- issue 11
                           update_probe)
 
@@ -134,12 +137,13 @@ def make_examples(n: int, seconds: float, seed: int = 0):
 
 
 class EncoderTimer:
-    """Wall time spent inside the audio encoder's forward (pre/post hooks)."""
+    """Wall time spent inside the forwards of ``modules`` (the audio encoder; pre/post hooks; not nested)."""
 
-    def __init__(self, module):
+    def __init__(self, *modules):
         self.seconds = 0.0
         self._t0 = None
-        self._h = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        self._h = [h for m in modules for h in (m.register_forward_pre_hook(self._pre),
+                                                 m.register_forward_hook(self._post))]
 
     def _pre(self, *a):
         self._t0 = clock()
@@ -571,6 +575,7 @@ class Sizes:
         self.B_step = 2 if quick else 8  # the step, update and TRL rows (issue 11: B = 8, G = 8)
         self.T = 3 if quick else 6
         self.eval_items = 3 if quick else 8
+        self.G_gen, self.T_gen = (4, 6) if quick else (8, 24)  # the generate row: long completions
         self.noise_items = 3 if quick else 16
 
 
@@ -587,6 +592,8 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         bench_teacher(adapter, name, a, rows, window_s)
     if "eval" in which:
         bench_eval(adapter, name, a, rows, window_s)
+    if "generate" in which:
+        bench_generate(adapter, name, a, rows, window_s, row)
     if "memory" in which:
         bench_memory(backbone, path, name, rows, window_s)
     if "update" in which and backbone == "embedded":
@@ -637,7 +644,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--models", default="embedded,omni", help="comma list of embedded, omni")
-    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel",
+    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate",
                     help="comma list of benchmarks")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)

@@ -325,3 +325,28 @@ def test_teacher_is_a_read_only_view_and_the_student_stays_the_student(tiny_qwen
     with pytest.raises(RuntimeError, match="as teacher"):  # the old idiom would score with the student
         with a.teacher():
             a.token_logprobs(b, c.ids, c.mask, num_samples=2)
+
+
+# ------------------------------------------------------------------ shared-prefix generation (issue 22 item 7)
+def test_shared_prefix_generation_equals_the_repeated_prompt(model_dir, tiny_waveforms):
+    """Each prompt run once, its KV cache kept once (``share_kv``) or copied G times, gives the samples of
+    the prompt repeated G times: equal greedy ids and log-probs, and equal draws at temperature 1 from
+    the same seed."""
+    backbone, path = model_dir
+    a = load_adapter(_cfg(backbone, path), train=False)
+    b = a.build_inputs(PROMPTS, tiny_waveforms)
+    out = {}
+    for layout in ((False, False), (True, False), (True, True)):  # (share_prefix, share_kv)
+        a.share_prefix, a.share_kv = layout
+        greedy = a.generate(b, 4, max_new_tokens=8, do_sample=False)
+        sampled = a.generate(b, 4, max_new_tokens=8, do_sample=True, temperature=1.0,
+                             generator=torch.Generator().manual_seed(0))
+        out[layout] = (greedy, sampled)
+    g0, s0 = out[(False, False)]
+    assert len(set(map(tuple, s0.ids.tolist()))) > 1  # real sampling: the G draws differ
+    for layout in ((True, False), (True, True)):
+        g1, s1 = out[layout]
+        assert torch.equal(g1.ids, g0.ids) and torch.equal(g1.mask, g0.mask) and g1.texts == g0.texts
+        torch.testing.assert_close(g1.logprobs, g0.logprobs, rtol=0, atol=2e-6)
+        assert torch.equal(s1.ids, s0.ids)
+        torch.testing.assert_close(s1.logprobs, s0.logprobs, rtol=0, atol=2e-6)

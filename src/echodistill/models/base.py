@@ -51,7 +51,8 @@ class AudioLLM:
     ``pad_token_id``, ``suppress_token_ids`` (never sampled), ``audio_token_id``, ``end_of_turn_id``.
     Switches (benchmarks compare both settings): ``cache_encoder_output`` (``audio_path``),
     ``share_prefix`` / ``share_prefix_grad`` (the G samples share one prompt pass without / with
-    gradients), ``pack_completions`` (``scorer``), ``gradient_checkpointing``.
+    gradients), ``share_kv`` (generation keeps that pass's KV cache once: ``sampler``),
+    ``pack_completions`` (``scorer``), ``gradient_checkpointing``.
     """
 
     def __init__(self, family: Family, hf_model: nn.Module, processor: Any, *, peft_model: Optional[nn.Module] = None,
@@ -71,6 +72,7 @@ class AudioLLM:
         self._model = hf_model  # the HF model this object computes with (the frozen copy in a teacher view)
         self._adapter_off = False  # a LoRA teacher view inside one of its calls
         self.cache_encoder_output = self.share_prefix = self.share_prefix_grad = self.pack_completions = True
+        self.share_kv = True  # ``model.share_prompt_kv``
         self.gradient_checkpointing = False  # our wrapper: HF's needs train() and drops the prompt's KV cache
         for m in [hf_model] + ([teacher_model] if teacher_model is not None else []):
             family.audio_encoder(m).register_forward_pre_hook(self.features.count_call, with_kwargs=True)

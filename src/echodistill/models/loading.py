@@ -97,6 +97,7 @@ def load(cls: type, family: Any, path: str | Path, cfg_model: Any, *, lora: Any 
     obj = cls(family, hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
               base_path=str(base.resolve()) if base.is_dir() else str(base), features=features)
     obj.merged_adapters = merged
+    obj.share_kv = bool(getattr(cfg_model, "share_prompt_kv", True))
     if train and peft_model is None and getattr(cfg_model, "freeze_audio_encoder", True):
         family.audio_encoder(hf).requires_grad_(False)
     if not train and peft_model is not None:
