@@ -51,6 +51,9 @@ def test_run_folder_runs_no_code_and_says_how_to_opt_in(downloaded_run, tmp_path
     rc = main(["export", str(run), "--out", str(tmp_path / "export")])
     err = capsys.readouterr().err
     assert rc == 2 and "--trust-remote-code" in err and not (tmp_path / "export").exists()
+    rc = main(["eval", "--checkpoint", str(run / "final"), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--trust-remote-code" in err and not (tmp_path / "ev").exists()
     with pytest.raises(ConfigError, match="trust_remote_code=True"):
         api.load_model(run / "final")
     assert main(["config", "show", "-c", str(run / "config.yaml")]) == 0

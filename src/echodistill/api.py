@@ -149,13 +149,15 @@ class Trainer:
 
 
 def evaluate(config: Any = None, checkpoint: Optional[str | Path] = None, manifest: Optional[str | Path] = None,
-             out_dir: str | Path = "runs/eval", method: str = "model", name: Optional[str] = None) -> dict:
-    """Greedy evaluation (clean, noise types x SNR, silent); returns metrics.json's content."""
+             out_dir: str | Path = "runs/eval", method: str = "model", name: Optional[str] = None, *,
+             trust_remote_code: bool = False) -> dict:
+    """Greedy evaluation (clean, noise types x SNR, silent); returns metrics.json's content.
+    ``trust_remote_code``: as ``load_model``'s (a saved run config asking for model code is refused without it)."""
     from .eval.evaluate import run_eval
     from .run_config import config_for_checkpoint
 
     # no config: the checkpoint's own run config, as `echodistill eval --checkpoint` (run_config.py)
-    cfg = config_for_checkpoint(checkpoint) if config is None else _as_config(config)
+    cfg = config_for_checkpoint(checkpoint, trust_remote_code=trust_remote_code) if config is None else _as_config(config)
     return run_eval(cfg, checkpoint=checkpoint, manifest=manifest, out_dir=Path(out_dir),
                     method=method, name=name)
 

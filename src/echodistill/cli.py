@@ -152,7 +152,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .eval.evaluate import run_eval
     from .run_config import config_for_checkpoint
-    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, command="eval")
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides, command="eval",
+                                trust_remote_code=args.trust_remote_code)
     run_eval(cfg, checkpoint=args.checkpoint, manifest=args.manifest, out_dir=Path(args.out),
              method=args.method, name=args.name, split_name=args.split_name,
              path_map=_path_map(args.path_map), fmt=args.format)
@@ -199,9 +200,7 @@ def cmd_config_show(args) -> int:
     cfg = _cfg(args)  # reading runs no code: plug-ins are found, not imported
     print(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))  # oc.env values (secrets) masked
     for line in code_requests(cfg):
-        print(f"echodistill: note: this config asks to run code: {line}; `predict`/`export`/`load_model` refuse "
-              "it from a run folder unless given --trust-remote-code (Python: trust_remote_code=True)",
-              file=sys.stderr)
+        print(f"echodistill: note: this config asks to run code: {line}", file=sys.stderr)
     return 0
 
 
@@ -317,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split-name", default=None, help="label of the split in reports")
     e.add_argument("--format", choices=FORMATS, default="auto", help="manifest format (auto: detected)")
     e.add_argument("--path-map", action="append", metavar="OLD=NEW", help="rewrite audio path prefixes (repeatable)")
+    e.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a checkpoint whose run config asks to run the model's own Python code "
+                        "(model.trust_remote_code); refused without it")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="answer a question about audio files with a trained model (text + JSONL)",

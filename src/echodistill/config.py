@@ -606,9 +606,11 @@ def code_requests(cfg: Any) -> list[str]:
     """What in ``cfg`` would run code beyond this library: lines naming the key (empty: nothing)."""
     out = []
     if cfg.model.trust_remote_code:
-        out.append(f"model.trust_remote_code: true (the .py files in {cfg.model.path} run when it loads)")
+        out.append("model.trust_remote_code: true (the model folder's own .py files run when it loads); from a "
+                   "run folder, `predict` / `export` / `load_model` refuse it unless given --trust-remote-code "
+                   "(Python: trust_remote_code=True)")
     for spec in cfg.train.reward_funcs or []:
-        out.append(f"train.reward_funcs: {spec} (imported when `echodistill train` runs)")
+        out.append(f"train.reward_funcs: {spec} (imported only when `echodistill train` runs this config)")
     return out
 
 

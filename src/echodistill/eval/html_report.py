@@ -27,6 +27,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -184,8 +185,12 @@ class _Clips:
         noise_dir = Path(noise_dir) if noise_dir else _recorded_noise_dir(meta, manifest)
         self.bank = NoiseBank(noise_dir if noise_dir.is_dir() else None)
         want = state.get("noise_files")
-        mine = self.bank.fingerprint() if state.get("format", 3) >= 3 else self.bank.path_stamps()  # 2: by path
-        self.exact = want is None or content_key(mine) == want
+        if state.get("format", 3) >= 3:  # by content
+            self.exact = want is None or content_key(self.bank.fingerprint()) == want
+        else:  # format 2 recorded paths as the evaluation spelled them: relative (to its cwd) or absolute
+            stamps = self.bank.path_stamps()
+            relative = sorted((os.path.relpath(p), *rest) for p, *rest in stamps)
+            self.exact = want is None or want in (content_key(stamps), content_key(relative))
         self.noise_dir = noise_dir
         self.loader = ClipLoader(cfg, self.bank)
 
