@@ -418,3 +418,19 @@ def test_data_mix_keeps_items_unlabeled_and_open_ended(tmp_path):
     assert [it.open_ended for it in items] == [False, False, True, True]
     assert "target" not in out.read_text()
     assert main(["data", "check", str(out)]) == 0
+
+
+def test_completions_table_reaches_tensorboard(tmp_path, tiny_qwen2_audio_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from echodistill.train import trainer as T
+
+    root = make_unlabeled_dataset(tmp_path / "d")
+    out = tmp_path / "run"
+    T.run_train(tiny_config(root, tiny_qwen2_audio_dir, out, "train.variant=ttrl", "train.max_steps=1",
+                            "train.eval_steps=0", "train.log_completions=true", "run.log_with=tensorboard"))
+    acc = EventAccumulator(str(out / "echodistill"))
+    acc.Reload()
+    assert any(t.startswith("completions") for t in acc.Tags()["tensors"])  # the Markdown table (text plugin)
+    assert "train/reward_total_mean" in acc.Tags()["scalars"]
