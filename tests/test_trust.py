@@ -148,3 +148,11 @@ def test_a_pickled_checkpoint_is_refused_in_one_line(tmp_path, tiny_qwen2_audio_
     err = capsys.readouterr().err
     assert rc == 2 and "refused" in err and "safetensors" in err and "Traceback" not in err
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_run_from_another_machine_exports_without_its_plugin_files(plain_run, tmp_path):
+    cfg = plain_run / "config.yaml"
+    cfg.write_text(cfg.read_text() + "train: {reward_funcs: [/elsewhere/rewards.py:bonus]}\n")
+    assert main(["export", str(plain_run), "--out", str(tmp_path / "exported")]) == 0
+    with pytest.raises(ConfigError, match="not found"):  # the user's own config: still checked
+        load_config(cfg)

@@ -484,8 +484,10 @@ def _select(cfg: Any, dotted: str) -> Any:
     return OmegaConf.select(cfg, dotted, throw_on_missing=False)
 
 
-def validate(cfg: Any) -> None:
-    """Range and choice checks OmegaConf's typing cannot express. Raises ConfigError."""
+def validate(cfg: Any, *, plugin_files: bool = True) -> None:
+    """Range and choice checks OmegaConf's typing cannot express. Raises ConfigError. ``plugin_files``:
+    also find each reward plug-in's file and function (off for a run's saved config: a run folder from
+    another machine is read for prediction, where its plug-ins play no part)."""
     from .train.signals import REGISTRY, build_signals
     signal_choices = {f"signals.{n}.{k}": set(v) for n, c in REGISTRY.items() for k, v in c.choices.items()}
     for key, allowed in {**_CHOICES, **signal_choices}.items():
@@ -522,7 +524,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"train.variant={cfg.train.variant}: no reward weight, no KL and no teacher signal: "
                           "nothing would train (set train.reward_weights or a signals.<name>.weight)")
     from .train.plugins import check_reward_config  # reads each plug-in's source (imports none): a typo fails early
-    check_reward_config(list(cfg.train.reward_funcs), dict(cfg.train.reward_weights))
+    check_reward_config(list(cfg.train.reward_funcs), dict(cfg.train.reward_weights), find=plugin_files)
 
 
 def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:
@@ -592,7 +594,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         raise ConfigError(f"invalid config{where}: {_short(e)}") from None
     if weight_list is not None:
         _set_weight_list(cfg, weight_list)
-    validate(cfg)
+    validate(cfg, plugin_files=not saved)
     if trust_remote_code:
         cfg.model.trust_remote_code = True
     elif saved and cfg.model.trust_remote_code:

@@ -156,12 +156,12 @@ def reward_names(reward_funcs: Sequence[str]) -> list[str]:
     return list(BUILTIN_REWARDS) + [plugin_name(str(spec)) for spec in reward_funcs]
 
 
-def check_reward_config(reward_funcs: Sequence[str], reward_weights: dict) -> None:
-    """Config validation, running no code: every plug-in's file and function exist (read, not imported),
-    names are unique, every weight names a reward."""
+def check_reward_config(reward_funcs: Sequence[str], reward_weights: dict, find: bool = True) -> None:
+    """Config validation, running no code: every plug-in's file and function exist (read, not imported;
+    ``find=False``: the form only), names are unique, every weight names a reward."""
     names = []
     for spec in reward_funcs:
-        check_reward_spec(str(spec))
+        check_reward_spec(str(spec)) if find else _split_spec(spec)
         name = plugin_name(str(spec))
         if name in BUILTIN_REWARDS or name in names:
             raise PluginError(f"reward plug-in {spec}: the name {name!r} is already taken (built-ins: "
