@@ -295,6 +295,8 @@ class GRPORecipe(Recipe):
         self.num_iterations = int(cfg.train.num_iterations)
         self.gradient_accumulation_steps = int(cfg.train.gradient_accumulation_steps)
         self.position = 0  # micro-batches of the item stream consumed
+        # checkpoint selection starts from the initial model: best/ may say training did not help
+        self.eval_at_start = bool(cfg.train.metric_for_best_model)
 
     def _setup_data(self) -> None:
         from ..audio.noise import NoiseBank
