@@ -24,15 +24,15 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
     first = _demo(out)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "| warmup |" in first.stdout and "| echodistill-s0 |" in first.stdout  # headline table printed
-    for name in ["base", "warmup", "grpo-s0", "echodistill-s0", "sft-noisy-s0"]:
+    assert "| warmup |" in first.stdout and "| echodistill-rescue-s0 |" in first.stdout  # headline table printed
+    for name in ["base", "warmup", "grpo-s0", "echodistill-rescue-s0", "sft-noisy-s0"]:
         metrics = json.loads((out / "eval" / name / "metrics.json").read_text())
         assert metrics["metrics"]["Acc"]["n"] == 4  # smoke preset: eval.max_items=4
         assert (out / "eval" / name / "predictions.jsonl").stat().st_size > 0
     report = json.loads((out / "report" / "report.json").read_text())
-    assert {r["name"] for r in report["runs"]} >= {"warmup", "grpo-s0", "echodistill-s0"}
+    assert {r["name"] for r in report["runs"]} >= {"warmup", "grpo-s0", "echodistill-rescue-s0"}
     assert (out / "report" / "accuracy_vs_snr.png").stat().st_size > 1000
-    assert (out / "train" / "echodistill-s0" / "config.yaml").is_file()
+    assert (out / "train" / "echodistill-rescue-s0" / "config.yaml").is_file()
 
     again = _demo(out)  # every stage is complete: the rerun only reports and re-renders
     assert again.returncode == 0, again.stderr[-3000:]
