@@ -122,7 +122,8 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
                meta: dict | None = None) -> None:
     """Evaluate ``ckpt`` on the spec's split (its ``eval`` overrides, then ``eval_extra``) into the store."""
     from echodistill.eval.predictions import read_predictions
-    from echodistill.eval.store import sha256_weights, write_run
+    from echodistill.eval.store import write_run
+    from echodistill.provenance import weights_sha256
 
     store = Path(spec.store)
     if (store / name / "run.json").is_file():
@@ -138,7 +139,7 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
         extra["train_seconds"] = round(sum(r.get("time_step", 0.0) for r in rows), 1)
         extra["train_steps"] = rows[-1].get("step") if rows else 0
     write_run(store, name, method=method, seed=seed, split=spec.split, rows=read_predictions(ev / "predictions.jsonl"),
-              start_sha256=sha256_weights(start), final_sha256=sha256_weights(ckpt),
+              start_sha256=weights_sha256(start, require=True), final_sha256=weights_sha256(ckpt, require=True),
               eval_settings={"overrides": [*spec.get("eval", []), *eval_extra], "manifest": f"{spec.split}.jsonl"},
               config_path=(run_dir / "config.yaml") if run_dir else None,
               train_metrics_path=(run_dir / "metrics.jsonl") if run_dir else None, extra=extra, threads=threads)
@@ -296,7 +297,7 @@ def cmd_run_nested(spec, args) -> None:
                          "and 22 landed); set frozen_commit to it")
     if spec.get("frozen_commit"):
         from echodistill.eval.plan import made_from
-        from echodistill.eval.store import code_version
+        from echodistill.provenance import code_version
 
         if not made_from(code_version(), str(spec.frozen_commit)):
             raise SystemExit(f"{args.spec}: the code imported is {code_version()}, the spec's frozen_commit is "

@@ -151,16 +151,21 @@ def test_cached_rows_are_reused_whether_paths_are_relative_or_absolute(small, ti
     assert NoiseBank("bench/noise").fingerprint() == NoiseBank(small / "noise").fingerprint()
 
 
-def test_a_folder_recorded_in_format_2_is_still_resumed(small, tiny_qwen2_audio_dir, tmp_path):
+def test_a_folder_recorded_in_format_2_or_3_is_still_resumed(small, tiny_qwen2_audio_dir, tmp_path):
     from echodistill.audio.noise import NoiseBank
     from echodistill.data.manifest import read_manifest
     from echodistill.eval.evaluate import _format2_keys
+    from echodistill.provenance import weights_sha256_v1
 
     cfg = _cfg(small, tiny_qwen2_audio_dir, "eval.noise_types=[babble]", "eval.snr_levels=[0]", "eval.no_audio=false")
     out = tmp_path / "ev"
     run_eval(cfg, out_dir=out)
     state = json.loads((out / "eval_state.json").read_text())
+    weights = {"weights_sha256": weights_sha256_v1(cfg.model.path)}  # the form formats 2-3 recorded
     old = _format2_keys(read_manifest(small / "test.jsonl"), NoiseBank(cfg.noise.noise_dir))
-    (out / "eval_state.json").write_text(json.dumps({**state, **old, "format": 2}))
+    (out / "eval_state.json").write_text(json.dumps({**state, **old, **weights, "format": 2}))
     assert run_eval(cfg, out_dir=out)["timing"]["new_predictions"] == 0
-    assert json.loads((out / "eval_state.json").read_text()) == state  # rewritten in format 3
+    assert json.loads((out / "eval_state.json").read_text()) == state  # rewritten in format 4
+    (out / "eval_state.json").write_text(json.dumps({**state, **weights, "format": 3}))
+    assert run_eval(cfg, out_dir=out)["timing"]["new_predictions"] == 0
+    assert json.loads((out / "eval_state.json").read_text()) == state

@@ -11,7 +11,8 @@ exists, and the command that reproduces the run. The card's YAML header is the H
 folder ready for ``huggingface_hub.upload_folder`` / ``push_to_hub`` (nothing is uploaded): the
 weights/adapter and processor, the adapter's ``base_model_name_or_path`` set to the given id (a Hub id
 rather than a local path), earlier LoRA stages the adapter was trained on top of (``stages/``), the
-resolved config, the evaluation metrics, and the card.
+resolved config, the evaluation metrics, and the card. Both cards record the weights' sha256 and
+the code version (``provenance``).
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ def _budget_lines(cfg: Any, mode: str, summary: Optional[dict]) -> list[str]:
 
 
 def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None, base_model: Optional[str] = None,
-                eval_dirs: Sequence[str | Path] = (), lora: bool = False, config_ref: str = "config.yaml") -> str:
+                eval_dirs: Sequence[str | Path] = (), lora: bool = False, config_ref: str = "config.yaml",
+                provenance: Optional[dict] = None) -> str:
     """The card's Markdown (with the Hub's YAML header). ``config_ref``: where the resolved config lies,
-    relative to the card (the reproduce command names it)."""
+    relative to the card (the reproduce command names it); ``provenance``: ``card_provenance(...)``."""
     base = _public(base_model or str(_get(cfg, "model.path", "")))  # an ${oc.env:...} value: its interpolation
     init = _public(str(_get(cfg, f"{'warmup' if mode == 'warmup' else 'train'}.init_from", "") or ""))
     variant = "warmup" if mode == "warmup" else str(_get(cfg, "train.variant", ""))
@@ -147,6 +149,9 @@ def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None
             "## Model", f"- base model: `{base}` (backbone `{_get(cfg, 'model.backbone')}`, {_get(cfg, 'model.dtype')})"]
     if init:
         body.append(f"- started from: `{init}` (the run's initial model and, for GRPO variants, its clean-audio teacher)")
+    if provenance:
+        body.append(f"- weights sha256 `{provenance['weights_sha256']}` (every weight file it loads), code version "
+                    f"`{provenance['code_version']}`")
     body += _variant_lines(cfg, mode)
     body += ["", "## Data", *data_summary(cfg), "", "## Training budget", *_budget_lines(cfg, mode, summary), ""]
     fe = (summary or {}).get("final_eval") or {}
@@ -170,6 +175,13 @@ def render_card(cfg: Any, *, mode: str = "train", summary: Optional[dict] = None
              "echodistill predict --checkpoint <this folder> --audio clip.wav --question \"...\" --choices a b c",
              "```", ""]
     return _public("\n".join(head + body))  # a secret inside model.path or a data path: masked
+
+
+def card_provenance(final_dir: Path, base_path: Optional[str]) -> dict:
+    """What the card records about where the weights came from (as the results store does); ``base_path``:
+    a LoRA adapter's base model (``model.path``)."""
+    from .provenance import code_version, weights_sha256
+    return {"weights_sha256": weights_sha256(final_dir, base_path or None), "code_version": code_version()}
 
 
 def summary_from_metrics(run_dir: Path) -> dict:
@@ -230,7 +242,8 @@ def write_model_card(final_dir: str | Path, cfg: Any, summary: Optional[dict] = 
     _set_base(final_dir / "adapter_config.json", base)
     _mask_meta(final_dir)
     lora = (final_dir / "adapter_config.json").is_file()
-    text = render_card(cfg, mode=mode, summary=summary, base_model=base, lora=lora, config_ref="../config.yaml")
+    text = render_card(cfg, mode=mode, summary=summary, base_model=base, lora=lora, config_ref="../config.yaml",
+                       provenance=card_provenance(final_dir, str(_get(cfg, "model.path", ""))))
     (final_dir / CARD).write_text(text, encoding="utf-8")
     return final_dir / CARD
 
@@ -295,8 +308,9 @@ def export_model(source: str | Path, out_dir: str | Path, base_model_id: Optiona
     save_config(cfg, out / CONFIG_COPY)
     for i, d in enumerate(eval_dirs):
         shutil.copy2(Path(d) / "metrics.json", out / f"eval_{i}_{Path(d).name}_metrics.json")
+    provenance = card_provenance(final, str(cfg.model.path))
     (out / CARD).write_text(render_card(cfg, mode=mode, summary=summary, base_model=base, eval_dirs=eval_dirs,
-                                        lora=lora, config_ref=CONFIG_COPY), encoding="utf-8")
+                                        lora=lora, config_ref=CONFIG_COPY, provenance=provenance), encoding="utf-8")
     print(f"export: wrote {out} (base model {_public(base)}); upload with huggingface_hub.upload_folder(folder_path="
           f"'{out}', repo_id=...) -- nothing was uploaded")
     return out

@@ -3,7 +3,9 @@
 Cached or resumable results (eval rows, demo stages) are keyed by ``content_key(...)`` over what
 determines them, so a rerun after relabelling a manifest, remapping audio or switching dtype never
 reuses rows made from other inputs. Every committed result records ``code_version()`` and the
-sha256 of the weights it came from, so a reader can tell why a rerun differs.
+sha256 of the weights it came from, so a reader can tell why a rerun differs. The one place for both:
+the results store (``eval.store``), evaluation (``metrics.json``'s ``provenance``), the model card,
+the report and the demo's stage markers all call these two functions.
 
 Also here: ``verify_weights`` opens every safetensors header of a model folder before a long load, so a
 truncated download is one clear line (file and fix) instead of a traceback from deep inside transformers.
@@ -24,6 +26,7 @@ from .errors import UserError
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 1 << 20
 _file_hashes: dict[tuple, str] = {}  # _stat_key -> sha256 (hash each file once per process)
+_weight_hashes: dict[tuple, str] = {}  # ((name, *_stat_key), ...) -> weights_sha256
 
 
 def _stat_key(path: str | Path, st: os.stat_result) -> tuple:
@@ -83,16 +86,34 @@ def _model_folders(path: Path, base_fallback: Optional[str | Path]) -> list[Path
     return folders
 
 
-def weights_sha256(path: str | Path, base_fallback: Optional[str | Path] = None) -> str:
-    """One sha256 over every weight file a checkpoint loads (an adapter includes its base model)."""
+def weights_sha256(path: str | Path, base_fallback: Optional[str | Path] = None, *, require: bool = False) -> str:
+    """One sha256 over every weight file a checkpoint loads (an adapter includes its base model and the
+    adapters merged under it): per folder, per weight file in sorted order, its path relative to the
+    folder, then its bytes.
+
+    For a full-weight model folder this is the hash the results store has recorded since it began
+    (``results/*/*/run.json``: ``start_sha256``, ``final_sha256``), so a new run pairs with stored ones
+    started from the same weights (``eval.store.paired_runs``). ``require``: a UserError when there is no
+    weight file at all (a folder that is not a finished model)."""
     path = Path(path)
-    lines = []
-    for folder in _model_folders(path, base_fallback) if path.is_dir() else []:
-        for f in _weight_files(folder):
-            lines.append(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}")
+    files = [(f.relative_to(folder).as_posix(), f) for folder in (_model_folders(path, base_fallback)
+                                                                   if path.is_dir() else [])
+             for f in _weight_files(folder)]
     if path.is_file():
-        lines.append(f"{path.name} {sha256_file(path)}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        files.append((path.name, path))
+    if require and not files:
+        raise UserError(f"{path}: no weight file ({', '.join(WEIGHT_SUFFIXES)}) to hash: is this a finished model "
+                        "folder (e.g. runs/x/final)?")
+    key = tuple((name,) + _stat_key(f, f.stat()) for name, f in files)
+    if key not in _weight_hashes:
+        h = hashlib.sha256()
+        for name, f in files:
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(_CHUNK), b""):
+                    h.update(block)
+        _weight_hashes[key] = h.hexdigest()
+    return _weight_hashes[key]
 
 
 def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None, require: bool = True) -> None:
@@ -122,13 +143,14 @@ def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None,
 
 
 def code_version() -> str:
-    """``git describe --always --dirty`` of the source tree when it is a git checkout, else the package version."""
+    """``git describe --always --dirty`` of the source tree when it is a git checkout (e.g. ``99f092f`` or
+    ``99f092f-dirty``, the form every stored result records), else ``echodistill <package version>``."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=here, capture_output=True,
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
                              text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
-            return "git:" + out.stdout.strip()
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     try:
@@ -190,5 +212,18 @@ def file_stamps(paths: Iterable[str]) -> list:
     return out
 
 
+def weights_sha256_v1(path: str | Path, base_fallback: Optional[str | Path] = None) -> str:
+    """The form ``weights_sha256`` had before it took the results store's (a line "name sha256" per weight
+    file): read only to accept eval folders of formats 2-3, which recorded it."""
+    path = Path(path)
+    lines = []
+    for folder in _model_folders(path, base_fallback) if path.is_dir() else []:
+        for f in _weight_files(folder):
+            lines.append(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}")
+    if path.is_file():
+        lines.append(f"{path.name} {sha256_file(path)}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 __all__ = ["sha256_file", "quick_sha256", "content_key", "weights_sha256", "verify_weights", "code_version",
-           "content_stamps", "file_stamps"]
+           "content_stamps", "file_stamps", "weights_sha256_v1"]

@@ -52,7 +52,7 @@ from ..data.prompts import format_question, ordered_choices
 from ..data.validate import Limits, limits_from_config, noisy_length_problem, prompt_problem, read_clip
 from ..errors import UserError, disk_full
 from ..provenance import (code_version, content_key, content_stamps, file_stamps, sha256_file, verify_weights,
-                          weights_sha256)
+                          weights_sha256, weights_sha256_v1)
 from ..data.answers import extract_choice, free_answer, is_correct
 from .metrics import GSR_DEFINITION, compute_metrics
 
@@ -414,14 +414,16 @@ class PredictionWriter:
         self.f.close()
 
 
-STATE_FORMAT = 3  # eval_state.json with content keys (format 1 recorded paths only; 2: clips and noise files
-# by path, size and mtime -- accepted when those still match, then rewritten as 3)
+STATE_FORMAT = 4  # eval_state.json with content keys (format 1 recorded paths only; 2: clips and noise files
+# by path, size and mtime; 2-3: weights in weights_sha256_v1's form -- accepted when those still match, then
+# rewritten as 4)
 
 
-def _check_state(out_dir: Path, state: dict, legacy: Optional[dict] = None) -> None:
+def _check_state(out_dir: Path, state: dict, legacy: Optional[Callable[[int], Optional[dict]]] = None) -> None:
     """Refuse to resume into ``out_dir`` unless its predictions were made from the same content; then
-    record ``state``. ``state`` maps component -> value or hash (see ``_eval_state``); ``legacy``: the
-    format-2 values of the keys whose recipe changed (a folder recorded then is accepted when they match)."""
+    record ``state``. ``state`` maps component -> value or hash (see ``_eval_state``); ``legacy(format)``:
+    what an older format recorded for the keys whose recipe changed since (None: not accepted); a folder
+    recorded then is accepted when they match."""
     p = out_dir / STATE
     old = None
     if p.is_file():
@@ -431,9 +433,9 @@ def _check_state(out_dir: Path, state: dict, legacy: Optional[dict] = None) -> N
             old = None
     has_rows = (out_dir / PREDICTIONS).is_file() and (out_dir / PREDICTIONS).stat().st_size > 0
     start_over = f"evaluate into a new --out folder, or delete {out_dir / PREDICTIONS} and {p} to start over"
-    if has_rows and isinstance(old, dict) and old.get("format") == 2 and legacy is not None:
-        old = {**old, **{k: v for k, v in state.items() if k in legacy}, "format": STATE_FORMAT} \
-            if all(old.get(k) == v for k, v in legacy.items()) else old
+    then = legacy(old.get("format")) if has_rows and isinstance(old, dict) and legacy is not None else None
+    if then is not None and all(old.get(k) == v for k, v in then.items()):
+        old = {**old, **{k: v for k, v in state.items() if k in then}, "format": STATE_FORMAT}
     if has_rows and not (isinstance(old, dict) and old.get("format") == STATE_FORMAT):
         raise UserError(f"{out_dir}: holds predictions whose inputs were not recorded by content (no or an older "
                         f"{STATE}); they cannot be checked against this evaluation: {start_over}")
@@ -495,6 +497,15 @@ def _format2_keys(items: Sequence[Item], bank: Optional[NoiseBank]) -> dict:
     """The keys format 2 recorded by path, size and mtime (to accept a folder evaluated before format 3)."""
     return {"audio_files": content_key(file_stamps(_audio_paths(items))),
             "noise_files": content_key(bank.path_stamps()) if bank is not None else None}
+
+
+def _legacy_keys(fmt: Any, method: str, ckpt: str, base_path: str, items: Sequence[Item],
+                 bank: Optional[NoiseBank]) -> Optional[dict]:
+    """What format ``fmt`` recorded for the keys whose recipe changed since (``_check_state``'s ``legacy``)."""
+    if fmt not in (2, 3):
+        return None
+    weights = {} if method == "cascade" else {"weights_sha256": weights_sha256_v1(ckpt, base_path)}
+    return {**_format2_keys(items, bank), **weights} if fmt == 2 else weights
 
 
 def _eval_state(cfg: Any, method: str, ckpt: str, manifest: Path, pmap: dict, items: Sequence[Item],
@@ -634,7 +645,7 @@ def run_eval(cfg: Any, checkpoint: Optional[str | Path] = None, manifest: Option
             FolderLock(out_dir) if main else nullcontext():  # the main process owns the folder
         state = _eval_state(cfg, method, ckpt, manifest, pmap, items, bank, device)
         if main:
-            _check_state(out_dir, state, _format2_keys(items, bank))
+            _check_state(out_dir, state, lambda fmt: _legacy_keys(fmt, method, ckpt, str(cfg.model.path), items, bank))
         return _predict_and_report(cfg, out_dir, jobs, groups, conditions, bank, state, method=method, ckpt=ckpt,
                                    device=run_device, manifest=manifest, name=name, split_name=split_name,
                                    skipped_tasks=skipped_tasks, procs=procs)

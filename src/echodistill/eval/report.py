@@ -44,6 +44,7 @@ class _Run:
     metrics: Optional[dict] = None
     rows: Optional[list] = None
     checkpoint: Optional[str] = None
+    provenance: Optional[dict] = None  # metrics.json's: code version, weights sha256 (provenance.py)
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _load_run(d: Path, n_boot: int, seed: int, strong: Optional[float]) -> _Run:
         if not isinstance(meta, dict):
             raise UserError(f"{mpath}: expected a JSON object; delete it or re-run `echodistill eval`")
     run = _Run(name=str(meta.get("name") or d.name), dir=d, split=meta.get("split"),
-               method=meta.get("method"), checkpoint=meta.get("checkpoint"))
+               method=meta.get("method"), checkpoint=meta.get("checkpoint"), provenance=meta.get("provenance"))
     if ppath.is_file():
         run.rows = read_predictions(ppath)
     m = meta.get("metrics")
@@ -281,7 +282,8 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path, baseline: Optional[str]
         "runs": [{"name": e.name, "dirs": [str(r.dir) for r in e.runs], "run_names": [r.name for r in e.runs],
                   "split": e.runs[0].split, "method": e.runs[0].method, "seeds": e.seeds or None,
                   "metrics": e.metrics, "seed_spread": _seed_spread(e) if len(e.runs) > 1 else None,
-                  "status": status[e.name], "colour": colour[e.name]}
+                  "status": status[e.name], "colour": colour[e.name],
+                  "provenance": [r.provenance for r in e.runs]}
                  for e in entries],
         "verdicts": [p["verdict"] for p in paired],
         "paired": paired,

@@ -17,16 +17,15 @@ A later session adds seeds or methods by adding folders; ``read_store`` returns 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from ..provenance import code_version
 
 RUN_FILE = "run.json"
 PRED_FILE = "predictions.json.gz"
@@ -37,34 +36,6 @@ TRAIN_KEYS = ("step", "epoch", "loss", "reward_accuracy_mean", "reward_total_mea
               "teacher_clean_acc_kd_scope", "teacher_answered_frac",
               "target_coverage", "target_label_agreement", "kd", "kd_items_frac", "clean_kl", "entropy",
               "grad_norm", "grad_norm_policy", "grad_norm_kd", "grad_norm_clean", "time_step")
-
-
-def sha256_weights(model_dir: str | Path) -> str:
-    """sha256 over the weight files of a saved model/adapter folder (names sorted; content only)."""
-    d = Path(model_dir)
-    files = sorted(p for p in d.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise UserError(f"{d}: no weight file (*.safetensors) to hash: is this a finished model folder?")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def code_version() -> str:
-    """``git describe`` of the checkout (with -dirty), or the package version outside git."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import version
-    return "echodistill " + version("echodistill")
 
 
 # Environment variables that decide which kernels and how many threads a CPU run uses (its float results)
@@ -230,4 +201,4 @@ def paired_runs(a: Sequence[StoredRun], b: Sequence[StoredRun]) -> list[tuple[St
     return pairs
 
 
-__all__ = ["sha256_weights", "code_version", "cpu_model", "machine_info", "write_run", "read_store", "train_log", "paired_runs", "StoredRun"]
+__all__ = ["cpu_model", "machine_info", "write_run", "read_store", "train_log", "paired_runs", "StoredRun"]
