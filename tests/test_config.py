@@ -36,11 +36,25 @@ def test_explicit_values_win_over_the_variant_preset(tmp_path):
     (["train.loss_type=ppo"], "train.loss_type"),
     (["train.num_generations=1"], "num_generations"),
     (["train.variant=magic"], "train.variant"),
+    (["warmup.lr_scheduler_type=onecycle"], "warmup.lr_scheduler_type"),
     (["noplace"], "key.sub=value"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(overrides=override)
+
+
+def test_every_lr_schedule_name_builds_a_transformers_scheduler():
+    """Both sections' schedules are transformers' get_scheduler (one implementation), with the loop's
+    arguments: the names config validation accepts are the ones it builds."""
+    import torch
+    from transformers import get_scheduler
+
+    from echodistill.config import LR_SCHEDULES
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for name in LR_SCHEDULES:
+        get_scheduler(name, opt, num_warmup_steps=1, num_training_steps=4)
 
 
 def test_bad_yaml_names_the_file(tmp_path):

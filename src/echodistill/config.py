@@ -105,7 +105,7 @@ class WarmupConfig:
     max_steps: int = 300  # ~80-90 % clean val on the embedded model: sharp enough to answer, not saturated
     max_minutes: float = 10.0  # wall-clock cap (evaluation included); stops cleanly and saves
     learning_rate: float = 1e-3
-    lr_scheduler_type: str = "cosine"  # cosine | linear | constant; warm-up ramp (s+1)/W, W = round(ratio*steps)
+    lr_scheduler_type: str = "cosine"  # a transformers scheduler name (LR_SCHEDULES), as train.lr_scheduler_type
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -153,7 +153,7 @@ class TrainConfig:
     max_steps: int = 200
     max_minutes: float = 0.0  # 0 = no wall-clock cap
     learning_rate: float = 1e-5
-    lr_scheduler_type: str = "constant_with_warmup"  # any transformers scheduler name
+    lr_scheduler_type: str = "constant_with_warmup"  # a transformers scheduler name (LR_SCHEDULES)
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -456,7 +456,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 TEACHER_MODES = ("auto", "adapter_disabled", "frozen_copy")
 LONG_AUDIO = ("truncate", "skip")
 CONSISTENCY_MODES = ("mean_prob", "argmax_agree", "mean_logprob")  # signals.consistency.mode
-WARMUP_SCHEDULES = ("cosine", "linear", "constant")  # train.lr_scheduler_type: any transformers name
+# transformers' get_scheduler names that need nothing but warm-up and total steps; both sections (warm-up
+# steps ceil(warmup_ratio * steps)). "constant" has no ramp (the warm-up's own schedule, before
+# transformers' served every recipe, ramped it: that is "constant_with_warmup").
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                "inverse_sqrt")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
@@ -466,7 +470,8 @@ _CHOICES = {
     "model.dtype": set(DTYPES),
     "data.long_audio": set(LONG_AUDIO),
     "model.teacher_mode": set(TEACHER_MODES),
-    "warmup.lr_scheduler_type": set(WARMUP_SCHEDULES),
+    "warmup.lr_scheduler_type": set(LR_SCHEDULES),
+    "train.lr_scheduler_type": set(LR_SCHEDULES),
     "train.variant": set(VARIANTS) | set(VARIANT_ALIASES),
     "train.loss_type": set(LOSS_TYPES),
     "train.scale_rewards": set(SCALE_REWARDS),

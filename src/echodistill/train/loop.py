@@ -13,7 +13,7 @@ what differs between kinds of training:
     state_dict() / load_state_dict() the recipe's data position (JSON), for exact resume
 
 Everything else lives here once: accelerate, seeding, AdamW on the trainable parameters, the LR
-schedule (``get_lr``), the update (``num_iterations`` passes over the step's micro-batches,
+schedule (transformers' ``get_scheduler``, for every recipe), the update (``num_iterations`` passes over the step's micro-batches,
 gradients averaged over micro-batches and ranks, clipping), periodic greedy evaluation
 (``greedy_accuracy``: the eval command's predictor), metrics.jsonl + tracker + tqdm, atomic checkpoints
 and resume through ``checkpoint.py``, the final save and ``summary.json``.
@@ -61,21 +61,6 @@ from .distributed import Engine, load_sharded_checkpoint, save_sharded_checkpoin
 
 
 # ================================================================== pure pieces
-def get_lr(step: int, kind: str, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier after ``step`` optimizer steps (nanoGPT's get_lr): linear ramp to 1 over
-    ``warmup_steps`` ((step+1)/W), then cosine / linear decay to 0 at ``total_steps``, or constant.
-
-    The warm-up section's schedule (``warmup.lr_scheduler_type``); the RL section names any
-    transformers scheduler instead (``train.lr_scheduler_type``, ``build_scheduler``).
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "constant":
-        return 1.0
-    prog = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * prog)) if kind == "cosine" else 1.0 - prog
-
-
 class PhaseTimer:
     """Seconds per named phase, summed over the micro-batches of one step."""
 
@@ -354,7 +339,9 @@ class Recipe:
         return torch.optim.AdamW(self.params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
 
     def _setup_lr_scheduler(self):
-        """Any transformers scheduler by name; warm-up steps ``ceil(warmup_ratio * updates)`` (TRL's)."""
+        """Any transformers scheduler by name; warm-up steps ``ceil(warmup_ratio * updates)`` (TRL's): the
+        ramp is step/W, so the first update runs at LR 0 (warm-ups before this used (step+1)/W with
+        W = round(ratio * steps): the same LR after the ramp, one update's worth less LR in total)."""
         from transformers import get_scheduler
 
         total = self.args.max_steps * self.num_iterations
@@ -640,5 +627,5 @@ def flat_hparams(d: dict, prefix: str = "") -> dict:
     return out
 
 
-__all__ = ["Recipe", "PhaseTimer", "get_lr", "greedy_accuracy", "val_examples", "make_accelerator",
+__all__ = ["Recipe", "PhaseTimer", "greedy_accuracy", "val_examples", "make_accelerator",
            "any_rank", "mean_over_ranks", "truncate_metrics", "flat_hparams"]

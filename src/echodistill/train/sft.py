@@ -46,7 +46,7 @@ from ..data.validate import usable_training_items
 from ..errors import UserError
 from ..models.audio_path import encoder_fingerprint
 from .data import load_clip
-from .loop import PhaseTimer, Recipe, get_lr, val_examples
+from .loop import PhaseTimer, Recipe, val_examples
 
 
 # ---------------------------------------------------------------- small helpers
@@ -269,17 +269,6 @@ class SFTRecipe(Recipe):
         self.cache = AudioCache(self.use_cache)
         self.targets = {it.id: completion_ids(adapter, it.target) for it in self.train_items}
         return adapter
-
-    def _setup_lr_scheduler(self):
-        """``get_lr``: the warm-up's own ramp ((s+1)/W, W = round(warmup_ratio * max_steps)), kept so
-        warm-ups train exactly as before the skeleton (transformers' ramp starts at 0 and uses ceil)."""
-        w = self.cfg.warmup
-        warm_steps = int(round(w.warmup_ratio * w.max_steps))
-
-        def factor(step: int) -> float:
-            return get_lr(step, w.lr_scheduler_type, warm_steps, w.max_steps)
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
