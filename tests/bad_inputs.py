@@ -13,14 +13,15 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from train_helpers import tone as shared_tone
+
 SR = 16_000
 MAX_DURATION_S = 2.0  # the check runs with this limit, so the 3 s clip is too_long
 
 
 def tone(seconds: float = 0.5, freq: float = 440.0, sr: int = SR, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+    """The shared tone maker (train_helpers.tone) without noise, duration first."""
+    return shared_tone(freq, seconds, sr, noise=0.0, channels=channels)
 
 
 def make_clips(d: Path) -> dict[str, Path]:

@@ -1,4 +1,10 @@
-"""Shared fixtures: offline hub, one CPU thread, and tiny random models built once per session."""
+"""Shared fixtures: offline hub, one CPU thread, tiny random models built once per session, a tiny
+training data dir per module, and the test helpers (``train_helpers``: the one tone maker, the one
+metrics.jsonl reader) as fixtures.
+
+Tiers: ``make test-fast`` runs every test not marked ``slow`` (unit and contract tests, seconds);
+``make test`` (CI) runs everything. Mark a test ``@pytest.mark.slow`` when it trains a model for real,
+launches two processes, opens Chromium or runs the demo."""
 
 from __future__ import annotations
 
@@ -12,7 +18,29 @@ import numpy as np
 import pytest
 import torch
 
+import train_helpers
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny training set-up (train_helpers.make_dataset: 8 train and 4 val tone items, a noise dir),
+    one per test module (a module's trainings may write next to it)."""
+    return train_helpers.make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def tone():
+    """The one test tone maker (``train_helpers.tone``): ``tone(freq, seconds, sr, seed, n=, amp=, noise=,
+    harmonics=, channels=)``."""
+    return train_helpers.tone
+
+
+@pytest.fixture
+def read_metrics():
+    """A run folder's metrics.jsonl rows (``train_helpers.read_metrics``)."""
+    return train_helpers.read_metrics
 
 
 @pytest.fixture(scope="session")

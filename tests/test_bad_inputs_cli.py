@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import MAX_PROMPT_TOKENS, WINDOW_S, make_bad_noise, make_bad_weights, make_cli_corpus
+from train_helpers import read_metrics
 
 from echodistill.cli import main
 
@@ -154,6 +155,7 @@ def test_eval_refuses_bad_weights_and_bad_noise_up_front(corpus, tiny_qwen2_audi
                     "traffic", "available")
 
 
+@pytest.mark.slow
 def test_train_skips_and_counts_what_check_reports(corpus, tiny_qwen2_audio_dir, tmp_path, capsys):
     kinds = corpus["kinds"]
     prompt_skips = [k for k in kinds.values() if k.get("kind") == "prompt_too_long"]
@@ -169,10 +171,11 @@ def test_train_skips_and_counts_what_check_reports(corpus, tiny_qwen2_audio_dir,
                  and k["kind"] != "prompt_too_long"}
     skipped = {x.split("skipped bad item ", 1)[1].split(":")[0] for x in err.splitlines() if "skipped bad item " in x}
     assert skipped == audio_bad  # exactly the clean-audio kinds; pre-mixed noisy clips are not read by training
-    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    row = read_metrics(out)[0]
     assert row["skipped_items"] == len(audio_bad)
 
 
+@pytest.mark.slow
 def test_train_stops_on_structural_file_weight_and_noise_problems(corpus, tiny_qwen2_audio_dir, tmp_path, capsys):
     for name in ("malformed_json", "deeply_nested_json", "noisy_without_snr", "duplicate_id", "line_too_long"):
         p, kind, iid = corpus["structural"][name]

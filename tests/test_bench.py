@@ -133,6 +133,7 @@ def test_datasheet_matches_files(built):
     assert "CC-BY-SA-3.0" in md and "asterisk_human" in md and "held out" in md
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(built, tmp_path):
     out, _ = built
     again = tmp_path / "b"
@@ -143,6 +144,7 @@ def test_same_seed_same_bytes(built, tmp_path):
     assert _digest(out) == _digest(again)
 
 
+@pytest.mark.slow
 def test_other_seed_differs(built, tmp_path):
     out, _ = built
     other = tmp_path / "c"

@@ -11,12 +11,7 @@ import pytest
 from echodistill.cli import main
 from echodistill.config import load_config
 
-from train_helpers import make_dataset, tiny_config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("card_data"))
+from train_helpers import tiny_config
 
 
 def _answers(model_dir, cfg, wav_dir):
@@ -28,6 +23,7 @@ def _answers(model_dir, cfg, wav_dir):
     return [r["response"] for r in predict_queries(model, qs, cfg, batch_size=4)]
 
 
+@pytest.mark.slow
 def test_cards_and_export_of_a_lora_run_on_a_lora_warmup(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch,
                                                           capsys):
     from echodistill.eval.evaluate import run_eval

@@ -19,6 +19,7 @@ def _demo(out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"

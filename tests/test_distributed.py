@@ -6,13 +6,12 @@ Runs in CI (``make test``); about 40-80 s on 2 shared cores.
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
 import torch
 
-from train_helpers import launch_two_processes, make_dataset
+from train_helpers import launch_two_processes, make_dataset, read_metrics
 
 
 SCRIPT = textwrap.dedent('''
@@ -38,6 +37,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
     data = make_dataset(tmp_path / "data", n_train=6, n_val=2, bad_ids=("train3",))
@@ -56,7 +56,7 @@ def test_two_process_ddp_with_a_bad_item(tiny_qwen2_audio_dir, tmp_path):
     w0, w1 = torch.load(out / "weights_rank0.pt"), torch.load(out / "weights_rank1.pt")
     assert set(w0) == set(w1) and w0
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) == 0.0  # averaged gradients: identical
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert sum(r["skipped_items"] for r in rows) >= 1  # the bad item was met and skipped...
     assert "skipped bad item train3" in proc.stderr  # ...and named

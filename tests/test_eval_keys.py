@@ -13,16 +13,17 @@ import pytest
 from echodistill.errors import UserError
 from echodistill.eval.evaluate import FolderLock, run_eval
 
-from test_evaluate import _cfg, _read, _tone, write_audio
+from test_evaluate import _cfg, write_audio
+from train_helpers import read_jsonl, tone
 
 
 @pytest.fixture
 def small(tmp_path):
     d = tmp_path / "bench"
     for i, f0 in enumerate((220.0, 440.0)):
-        write_audio(d / "audio" / f"q{i}.wav", _tone(f0, seed=i))
-        write_audio(d / "other" / f"q{i}.wav", _tone(f0 * 1.5, seed=i + 7))
-    write_audio(d / "noise" / "babble" / "b0.wav", _tone(300.0, 32000, seed=5))
+        write_audio(d / "audio" / f"q{i}.wav", tone(f0, n=12000, seed=i))
+        write_audio(d / "other" / f"q{i}.wav", tone(f0 * 1.5, n=12000, seed=i + 7))
+    write_audio(d / "noise" / "babble" / "b0.wav", tone(300.0, n=32000, seed=5))
     rows = [{"id": f"q{i}", "audio": f"audio/q{i}.wav", "question": "Which pitch?", "choices": ["low", "high"],
              "target": t, "task": "pitch", "split": "test"} for i, t in enumerate(("low", "high"))]
     (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -40,7 +41,7 @@ def test_stale_inputs_are_refused(small, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "ev"
     first = run_eval(cfg, out_dir=out)
     assert first["provenance"]["weights_sha256"] and first["provenance"]["code_version"]
-    n = len(_read(out / "predictions.jsonl"))
+    n = len(read_jsonl(out / "predictions.jsonl"))
     assert run_eval(cfg, out_dir=out)["timing"]["new_predictions"] == 0  # same content: resumes
 
     # 1. relabelled manifest (same path, other targets)
@@ -69,19 +70,19 @@ def test_stale_inputs_are_refused(small, tiny_qwen2_audio_dir, tmp_path):
     # 5. another max_new_tokens
     _refused(_cfg(small, tiny_qwen2_audio_dir, *args, "eval.max_new_tokens=5"), out, "max_new_tokens")
     # 6. a replaced clip at the same path (size/mtime recorded)
-    write_audio(small / "audio" / "q0.wav", _tone(700.0, 16000, seed=3))
+    write_audio(small / "audio" / "q0.wav", tone(700.0, n=16000, seed=3))
     _refused(cfg, out, "audio_files content changed")
     # 7. a replaced noise file
     out_n = tmp_path / "ev_n"
     cfg_n = _cfg(small, tiny_qwen2_audio_dir, "eval.noise_types=[babble]", "eval.snr_levels=[0]",
                  "eval.no_audio=false")
     run_eval(cfg_n, out_dir=out_n)
-    write_audio(small / "noise" / "babble" / "b0.wav", _tone(900.0, 24000, seed=9))
+    write_audio(small / "noise" / "babble" / "b0.wav", tone(900.0, n=24000, seed=9))
     _refused(cfg_n, out_n, "noise_files content changed")
     # predictions of an older format (no content key) are not trusted either
     (out / "eval_state.json").unlink()
     _refused(cfg, out, "not recorded by content")
-    assert len(_read(out / "predictions.jsonl")) == n  # nothing was appended by a refused run
+    assert len(read_jsonl(out / "predictions.jsonl")) == n  # nothing was appended by a refused run
 
 
 def test_a_second_eval_into_a_busy_folder_is_refused(small, tiny_qwen2_audio_dir, tmp_path):
@@ -92,10 +93,11 @@ def test_a_second_eval_into_a_busy_folder_is_refused(small, tiny_qwen2_audio_dir
         _refused(cfg, out, "another `echodistill eval`")
         assert not (out / "predictions.jsonl").exists()
     meta = run_eval(cfg, out_dir=out)  # the lock is released with its holder
-    rows = _read(out / "predictions.jsonl")
+    rows = read_jsonl(out / "predictions.jsonl")
     assert len(rows) == meta["n_predictions"] == len({(r["id"], r["condition"], r["snr"]) for r in rows})
 
 
+@pytest.mark.slow
 def test_two_eval_processes_into_one_folder_write_each_row_once(small, tiny_qwen2_audio_dir, tmp_path):
     import subprocess
     import sys
@@ -115,7 +117,7 @@ def test_two_eval_processes_into_one_folder_write_each_row_once(small, tiny_qwen
         assert "Traceback" not in err
         if code == 2:
             assert "another `echodistill eval`" in err
-    rows = _read(out / "predictions.jsonl")
+    rows = read_jsonl(out / "predictions.jsonl")
     keys = [(r["id"], r["condition"], r["noise_type"], r["snr"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 4
 
@@ -128,7 +130,7 @@ def test_a_clip_replaced_keeping_size_and_mtime_is_refused(small, tiny_qwen2_aud
     run_eval(cfg, out_dir=out)
     clip = small / "audio" / "q0.wav"
     st = clip.stat()
-    write_audio(clip, _tone(660.0, seed=11))  # another tone, same length: same size
+    write_audio(clip, tone(660.0, n=12000, seed=11))  # another tone, same length: same size
     os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))  # what `cp -p` / rsync -t keep
     assert clip.stat().st_size == st.st_size and clip.stat().st_mtime_ns == st.st_mtime_ns
     _refused(cfg, out, "audio_files content changed")

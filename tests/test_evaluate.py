@@ -17,14 +17,10 @@ from echodistill.eval.cascade import closest_choice, normalize
 from echodistill.eval.evaluate import Condition, evaluate_items, grid_conditions, run_eval
 from echodistill.data.manifest import read_manifest
 
+from train_helpers import read_jsonl, tone
+
 torch.set_num_threads(1)
 ASTERISK = Path("/usr/share/asterisk/sounds/en/digits")
-
-
-def _tone(f0: float, n: int = 12000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n) / 16000
-    return (0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
 
 
 @pytest.fixture
@@ -32,8 +28,8 @@ def bench(tmp_path):
     """3 items (one with a missing clip), a babble noise folder, a config for the tiny model."""
     d = tmp_path / "bench"
     for i, f0 in enumerate((220.0, 440.0)):
-        write_audio(d / "audio" / f"q{i}.wav", _tone(f0, seed=i))
-    write_audio(d / "noise" / "babble" / "b0.wav", _tone(300.0, 32000, seed=5) + _tone(510.0, 32000, seed=6))
+        write_audio(d / "audio" / f"q{i}.wav", tone(f0, n=12000, seed=i))
+    write_audio(d / "noise" / "babble" / "b0.wav", tone(300.0, n=32000, seed=5) + tone(510.0, n=32000, seed=6))
     rows = [
         {"id": "q0", "audio": "audio/q0.wav", "question": "Which pitch?", "choices": ["low", "high"],
          "target": "low", "task": "pitch", "split": "test", "meta": {"voice": "v1"}},
@@ -53,10 +49,6 @@ def _cfg(bench: Path, model_dir: Path, *extra: str):
         "eval.max_new_tokens=3", "run.num_threads=1", *extra])
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def _keys(rows):
     return [(r["id"], r["condition"], r["noise_type"], r["snr"]) for r in rows]
 
@@ -65,7 +57,7 @@ def test_conditions_counts_metrics_and_bad_items(bench, tiny_qwen2_audio_dir, tm
     cfg = _cfg(bench, tiny_qwen2_audio_dir)
     out = tmp_path / "ev"
     meta = run_eval(cfg, out_dir=out, name="tiny")
-    rows = _read(out / "predictions.jsonl")
+    rows = read_jsonl(out / "predictions.jsonl")
     assert len(rows) == 2 * (1 + 2 * 2 + 1) and len(set(_keys(rows))) == len(rows)
     assert Counter(r["condition"] for r in rows) == {"clean": 2, "noisy": 8, "silent": 2}
     assert {(r["noise_type"], r["snr"]) for r in rows if r["condition"] == "noisy"} == \
@@ -108,20 +100,20 @@ def test_resume_after_a_crash_writes_no_duplicates(bench, tiny_qwen2_audio_dir, 
     monkeypatch.setattr(AudioLLM, "generate", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         run_eval(cfg, out_dir=out)
-    first = _read(out / "predictions.jsonl")
+    first = read_jsonl(out / "predictions.jsonl")
     assert len(first) == 4  # one flushed chunk
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"id": "q1", "condi')  # a line cut by the kill
     calls["n"] = 10
     meta = run_eval(cfg, out_dir=out)
-    rows = _read(out / "predictions.jsonl")
+    rows = read_jsonl(out / "predictions.jsonl")
     assert len(rows) == 12 and len(set(_keys(rows))) == 12
     assert rows[:4] == first
     assert calls["n"] == 12  # 8 remaining clips = 2 batches of 4
     assert meta["timing"]["new_predictions"] == 8
     calls["n"] = 100
     meta = run_eval(cfg, out_dir=out)  # complete: nothing recomputed
-    assert calls["n"] == 100 and meta["timing"]["new_predictions"] == 0 and len(_read(out / "predictions.jsonl")) == 12
+    assert calls["n"] == 100 and meta["timing"]["new_predictions"] == 0 and len(read_jsonl(out / "predictions.jsonl")) == 12
     # different settings into the same folder are refused
     from echodistill.errors import UserError
     with pytest.raises(UserError, match="other inputs .*noise_seed"):
@@ -131,8 +123,8 @@ def test_resume_after_a_crash_writes_no_duplicates(bench, tiny_qwen2_audio_dir, 
 def test_release_rows_and_mmau_json(bench, tiny_qwen2_audio_dir, tmp_path):
     rel = tmp_path / "rel"
     for snr in (5, -5):
-        write_audio(rel / "noisy" / "white" / f"{snr}dB" / "r1.wav", _tone(220.0, seed=snr + 10))
-    write_audio(rel / "clean" / "r1.wav", _tone(220.0))
+        write_audio(rel / "noisy" / "white" / f"{snr}dB" / "r1.wav", tone(220.0, n=12000, seed=snr + 10))
+    write_audio(rel / "clean" / "r1.wav", tone(220.0, n=12000))
     rows = [{"id": f"r1_white_{snr}", "prompt": "Which pitch?", "choices": ["low", "high"], "target": "low",
              "clean_audio_path": "/root/EchoDistill/clean/r1.wav",
              "noisy_audio_path": f"/root/EchoDistill/noisy/white/{snr}dB/r1.wav", "noise_type": "white", "snr": snr}
@@ -141,13 +133,13 @@ def test_release_rows_and_mmau_json(bench, tiny_qwen2_audio_dir, tmp_path):
     cfg = _cfg(bench, tiny_qwen2_audio_dir)
     meta = run_eval(cfg, manifest=rel / "release.jsonl", out_dir=tmp_path / "ev_rel",
                     path_map={"/root/EchoDistill/": str(rel) + "/"})
-    got = _read(tmp_path / "ev_rel" / "predictions.jsonl")
+    got = read_jsonl(tmp_path / "ev_rel" / "predictions.jsonl")
     assert Counter(r["condition"] for r in got) == {"clean": 1, "noisy": 2, "silent": 1}
     assert {(r["noise_type"], r["snr"]) for r in got if r["condition"] == "noisy"} == {("white", 5.0), ("white", -5.0)}
     assert meta["conditions"]["premixed"] and meta["metrics"]["counts"]["items"] == 1
 
     mm = tmp_path / "mmau"
-    write_audio(mm / "audios" / "m1.wav", _tone(440.0))
+    write_audio(mm / "audios" / "m1.wav", tone(440.0, n=12000))
     (mm / "mmau-test-mini.json").write_text(json.dumps([
         {"id": "m1", "audio_id": "/data/mmau/audios/m1.wav", "question": "Which pitch?", "choices": ["low", "high"],
          "answer": "high", "task": "pitch"}]))
@@ -180,7 +172,7 @@ def test_enhancer_keeps_length_and_changes_audio():
         from echodistill.audio.io import load_audio
         clean = load_audio(ASTERISK / "7.wav")[:9001]
     else:  # DeepFilterNet removes stationary tones too: only length and change are checked then
-        clean = _tone(220.0, 9001)
+        clean = tone(220.0, n=9001)
     noisy = (clean + 0.1 * rng.standard_normal(clean.size)).astype(np.float32)
     out = enh(noisy)
     assert out.shape == noisy.shape and out.dtype == np.float32 and np.all(np.isfinite(out))

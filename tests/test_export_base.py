@@ -44,6 +44,7 @@ def _inputs(adapter, data):
     return adapter.build_inputs(["Which tone is it? Choices: low, high, mid, rising"] * 3, wavs)
 
 
+@pytest.mark.slow
 def test_lora_on_full_weight_warmup_names_the_warmup_and_loads_with_plain_peft(stacked_run, monkeypatch):
     from peft import PeftModel
     from transformers import Qwen2AudioForConditionalGeneration
@@ -80,6 +81,7 @@ def test_lora_on_full_weight_warmup_names_the_warmup_and_loads_with_plain_peft(s
     assert not torch.allclose(raw_logits, want_logits, atol=1e-3)  # on the raw model it would be another model
 
 
+@pytest.mark.slow
 def test_export_refuses_a_base_model_id_that_is_not_this_model(stacked_run, tiny_qwen_omni_dir, monkeypatch,
                                                                capsys, tmp_path):
     root, _ = stacked_run

@@ -13,15 +13,10 @@ from echodistill.errors import UserError
 from echodistill.train import plugins as P, trainer as T
 from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import read_metrics, tiny_config
 
 ARGS = ("train.variant=echodistill-token", "train.max_steps=4", "train.save_steps=3", "train.eval_steps=0",
         "train.beta=0.05", "train.num_iterations=2", "train.lr_scheduler_type=cosine", "train.warmup_ratio=0.25")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("faults_data"))
 
 
 def _finite(ckpt) -> bool:
@@ -36,6 +31,7 @@ def test_a_huge_plugin_reward_is_refused_naming_the_plugin(tmp_path):
         P.call_reward_func(f"{f}:huge", ["p", "p"], ["a", "b"], [[1], [2]], cols)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_loss_skips_the_update_and_never_reaches_a_checkpoint(data_dir, tiny_qwen2_audio_dir, tmp_path,
                                                                           monkeypatch):
     orig = T.GRPORecipe._loss_step
@@ -48,7 +44,7 @@ def test_a_nonfinite_loss_skips_the_update_and_never_reaches_a_checkpoint(data_d
     monkeypatch.setattr(T.GRPORecipe, "_loss_step", nan_at)
     out = tmp_path / "run"
     T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, *ARGS, "train.save_steps=1", "train.max_steps=2"))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert [r["nonfinite_skipped"] for r in rows] == [0, 2]  # both updates of step 2 (num_iterations=2)
     assert all(_finite(c) for _, c in list_checkpoints(out))
     a, b = load_weights(out / "checkpoint-1"), load_weights(out / "checkpoint-2")  # the skipped step: unchanged
@@ -76,6 +72,7 @@ KILLER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(data_dir, tiny_qwen2_audio_dir, tmp_path, capsys):
     calm, killer = tmp_path / "calm" / "r.py", tmp_path / "killer" / "r.py"
     for path, text in ((calm, KILLER.replace("len(CALLS) == 2", "False")), (killer, KILLER)):
@@ -95,7 +92,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(data_dir, tiny_qw
     a, b = load_weights(latest_checkpoint(straight)), load_weights(latest_checkpoint(out))
     assert set(a) == set(b)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_metrics(out)]
     assert steps == [1, 2, 3, 4]
 
 
@@ -104,6 +101,7 @@ def _no_space(*args, **kwargs):  # the fault: what the kernel answers when the d
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing_partial(data_dir, tiny_qwen2_audio_dir,
                                                                                  tmp_path, monkeypatch):
     from echodistill.train import checkpoint as C
@@ -128,11 +126,12 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing_partial(
 def test_a_full_disk_during_eval_keeps_whole_rows_only(tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     from echodistill.eval import evaluate as E
 
-    from test_evaluate import _cfg, _read, _tone, write_audio
+    from test_evaluate import _cfg, write_audio
+    from train_helpers import read_jsonl, tone
 
     d = tmp_path / "bench"
     for i, f0 in enumerate((220.0, 440.0, 330.0)):
-        write_audio(d / "audio" / f"q{i}.wav", _tone(f0, seed=i))
+        write_audio(d / "audio" / f"q{i}.wav", tone(f0, n=12000, seed=i))
     rows = [{"id": f"q{i}", "audio": f"audio/q{i}.wav", "question": "Which pitch?", "choices": ["low", "high"],
              "target": "low", "task": "pitch", "split": "test"} for i in range(3)]
     (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -164,11 +163,12 @@ def test_a_full_disk_during_eval_keeps_whole_rows_only(tiny_qwen2_audio_dir, tmp
     with pytest.raises(UserError, match=rf"{out}: no space left on the device"):
         E.run_eval(cfg, out_dir=out)
     monkeypatch.setattr(E.PredictionWriter, "__init__", orig)
-    kept = _read(out / "predictions.jsonl")  # whole rows only (json parses every line)
+    kept = read_jsonl(out / "predictions.jsonl")  # whole rows only (json parses every line)
     assert 0 < len(kept) and not list(out.glob("*.tmp"))
     assert E.run_eval(cfg, out_dir=out)["timing"]["new_predictions"] > 0  # the rerun completes
 
 
+@pytest.mark.slow
 def test_env_secrets_reach_no_written_file_or_folder_name(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -75,6 +75,7 @@ ARGS = ("train.variant=echodistill-token", "train.temperature=1e-6", "train.save
         "train.learning_rate=1e-5", "train.num_iterations=1")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fsdp2_two_processes_equal_one_and_resume_exactly(tiny_qwen2_audio_dir, tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4, n_val=3)

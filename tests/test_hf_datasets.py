@@ -16,7 +16,7 @@ from echodistill.audio.io import load_audio  # noqa: E402
 from echodistill.cli import main  # noqa: E402
 from echodistill.data.manifest import ManifestError, read_manifest  # noqa: E402
 
-from train_helpers import WORDS, make_dataset, tiny_config, tone  # noqa: E402
+from train_helpers import WORDS, make_dataset, read_metrics, tiny_config, tone  # noqa: E402
 
 COLUMNS = {"question": "prompt", "choices": "options", "answer": "label"}
 COLUMN_OVERRIDE = "data.columns={question: prompt, choices: options, answer: label}"
@@ -129,6 +129,7 @@ def test_data_check_cli(sources, tmp_path, capsys):
     assert "bad:3" in out and "row index 2: answer index 9 is out of range for 4 choices" in out
 
 
+@pytest.mark.slow
 def test_train_two_steps_and_eval_on_a_dataset(sources, tiny_qwen2_audio_dir, tmp_path):
     from echodistill.eval.evaluate import run_eval
     from echodistill.train.trainer import run_train
@@ -139,7 +140,7 @@ def test_train_two_steps_and_eval_on_a_dataset(sources, tiny_qwen2_audio_dir, tm
                       f"data.train_manifest={root / 'ds_train'}", f"data.val_manifest={root / 'train.parquet'}",
                       COLUMN_OVERRIDE, "eval.noise_types=[white]", "eval.snr_levels=[0]", "eval.bootstrap=50")
     final = run_train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2] and "val_clean_acc" in rows[-1]
     meta = run_eval(cfg, checkpoint=final, manifest=root / "ds_train", out_dir=tmp_path / "eval")
     assert meta["n_items"] == 6 and meta["n_predictions"] == 6 * 3  # clean, white 0 dB, silent

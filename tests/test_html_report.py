@@ -46,6 +46,7 @@ def _audio_srcs(page: str) -> dict[str, str]:
     return dict(re.findall(r"<audio id='([^']+)' controls preload='auto' src='(data:audio/wav;base64,[^']+)'", page))
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_with_players_where_models_disagree(report_dir):
     from echodistill.eval.html_report import _Clips, _rows_by_key
 
@@ -80,6 +81,7 @@ def test_page_is_self_contained_with_players_where_models_disagree(report_dir):
     assert set(report["paired"][0]["by_snr"]) == {"-5", "5"}  # the paired difference per SNR, for the plot
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium, then see eval/html_report.py")
 def test_page_opens_and_audio_plays_in_headless_chromium(report_dir, tmp_path):
     page = report_dir / "report" / "report.html"

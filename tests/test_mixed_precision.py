@@ -3,13 +3,11 @@ sets from ``mixed_precision:``): bf16 autocast on CPU runs the same training as 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from echodistill.train import trainer as T
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import make_dataset, read_metrics, tiny_config
 
 
 @pytest.fixture
@@ -21,6 +19,7 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_matches_fp32(tiny_qwen2_audio_dir, tmp_path, monkeypatch, fresh_accelerate_state):
     from accelerate.state import AcceleratorState
 
@@ -33,7 +32,7 @@ def test_bf16_autocast_matches_fp32(tiny_qwen2_audio_dir, tmp_path, monkeypatch,
     assert AcceleratorState().mixed_precision == "bf16"
 
     def rows(name):
-        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return read_metrics(tmp_path / name)
 
     for a, b in zip(rows("fp32"), rows("bf16")):
         assert a["completion_length"] == b["completion_length"]  # the same samples...

@@ -17,7 +17,7 @@ import torch
 from echodistill.train import loop as L
 from echodistill.train.sft import run_warmup
 
-from train_helpers import launch_two_processes, make_dataset, tiny_config, tiny_overrides
+from train_helpers import launch_two_processes, make_dataset, read_metrics, tiny_config, tiny_overrides
 
 DUMP = textwrap.dedent('''
     import os, torch
@@ -50,6 +50,7 @@ def data_dir(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("stages_data"), n_train=6, n_val=3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_warmup_equals_one(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     one = tmp_path / "one"
@@ -73,7 +74,7 @@ def test_two_process_warmup_equals_one(data_dir, tiny_qwen2_audio_dir, tmp_path,
     assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) == 0.0  # DDP: one model on every rank
     assert max(float((w0[k] - dumped[k]).abs().max()) for k in w0) <= 1e-5  # == 1 process, global batch
     assert (two / "final" / "config.json").is_file() and not list(two.glob("final*[!l]"))  # one final/
-    rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(two)
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["val_items"] == 3  # 3 val items on 2 ranks
 
 
@@ -88,6 +89,7 @@ EVAL = textwrap.dedent('''
 EVAL_ARGS = ("eval.noise_types=[white,music]", "eval.snr_levels=[0,10]", "eval.batch_size=3", "eval.bootstrap=50")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_eval_predicts_each_row_once_and_equals_one(data_dir, tiny_qwen2_audio_dir, tmp_path):
     """3 val items (an uneven split: 2 + 1) x (clean, silent, 2 noise types x 2 SNRs)."""

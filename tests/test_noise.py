@@ -11,14 +11,15 @@ from echodistill.audio.noise import (NoiseBank, NoiseDraw, NoiseError, NoiseType
                                      seeded_rng)
 from echodistill.errors import UserError
 
+from train_helpers import tone as shared_tone
+
 SNRS = [-10, -5, 0, 5, 10, 20, 30]
 ALL_TYPES = ["white", "pink", "brown", "hum", "babble", "music", "midi", "file"]
 
 
 def tone(seconds=1.0, f0=220.0, amp=0.3):
-    """A harmonic tone [S] at 16 kHz (a stand-in for a clean clip)."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return (amp * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 5))).astype(np.float32)
+    """A harmonic tone [S] at 16 kHz (a stand-in for a clean clip): the shared maker, 4 partials, no noise."""
+    return shared_tone(f0, seconds, SAMPLE_RATE, amp=amp, noise=0.0, harmonics=4)
 
 
 def measured_snr(clean, noise, noisy):

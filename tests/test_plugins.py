@@ -3,7 +3,6 @@ plug-in changing the logged reward total of a real (tiny) training run by exactl
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
@@ -12,7 +11,7 @@ from echodistill.config import ConfigError, load_config
 from echodistill.train import plugins as P
 from echodistill.train import trainer as T
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import read_metrics, tiny_config
 
 PLUGIN = textwrap.dedent('''
     CALLS = []
@@ -39,11 +38,6 @@ def plugin_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("plugins") / "my_rewards.py"
     p.write_text(PLUGIN)
     return p
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("plugin_data"))
 
 
 def test_loading_and_config_checks(plugin_file, tmp_path, monkeypatch):
@@ -78,10 +72,7 @@ def test_errors_name_the_plugin(plugin_file):
     assert out.tolist() == [1.0, 0.0]  # None counts 0
 
 
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_plugin_changes_logged_reward_total(plugin_file, data_dir, tiny_qwen2_audio_dir, tmp_path):
     """Same seed with and without the plug-in: step 1 samples the same completions, so the logged total
     differs by exactly weight x the plug-in's mean; the plug-in saw each item's noise type and SNR."""
@@ -94,7 +85,7 @@ def test_plugin_changes_logged_reward_total(plugin_file, data_dir, tiny_qwen2_au
     calls = P.load_reward_func(spec).__globals__["CALLS"]
     calls.clear()
     T.run_train(cfg)
-    b, p = _rows(tmp_path / "base")[0], _rows(tmp_path / "plug")[0]
+    b, p = read_metrics(tmp_path / "base")[0], read_metrics(tmp_path / "plug")[0]
     assert "reward_prefers_white_mean" in p and "reward_prefers_white_mean" not in b
     assert p["reward_accuracy_mean"] == b["reward_accuracy_mean"]  # same completions
     assert p["reward_total_mean"] == pytest.approx(b["reward_total_mean"] + 0.5 * p["reward_prefers_white_mean"],

@@ -12,7 +12,7 @@ import torch
 from echodistill.train import loop as L, trainer as T
 from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import read_metrics, tiny_config
 
 ARGS = ("train.variant=echodistill-token", "train.max_steps=4", "train.save_steps=2", "train.eval_steps=0",
         "train.beta=0.05", "train.num_iterations=2", "train.lr_scheduler_type=cosine", "train.warmup_ratio=0.25")
@@ -22,15 +22,11 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("resume_data"))
-
-
 def _final_weights(out):
     return load_weights(latest_checkpoint(out))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, straight, *ARGS))
@@ -57,7 +53,7 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert set(a) == set(b)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, worst
-    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_metrics(resumed)]
     assert steps == [1, 2, 3, 4]
     opt_a = torch.load(latest_checkpoint(straight) / "optimizer.pt", weights_only=True)
     opt_b = torch.load(latest_checkpoint(resumed) / "optimizer.pt", weights_only=True)
@@ -66,6 +62,7 @@ def test_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, t
     assert (resumed / "final" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_kill_during_the_final_save_leaves_no_final_folder(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     """final/ appears only complete (written as final.partial/, renamed last); a resume writes it."""
     from echodistill.models.base import AudioLLM
@@ -97,6 +94,7 @@ WARMUP_ARGS = ("warmup.noisy=true", "warmup.noise_versions=2", "warmup.prompts_p
                "warmup.warmup_ratio=0.34", "warmup.lr_scheduler_type=cosine", "warmup.learning_rate=3e-3")
 
 
+@pytest.mark.slow
 def test_warmup_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     """The warm-up (here sft-noisy: noise versions, audio cache, epochs of 8 items in steps of 3, a ramped
     cosine schedule) killed after its step-2 checkpoint and resumed ends where 6 steps straight end."""
@@ -128,9 +126,9 @@ def test_warmup_kill_and_resume_matches_uninterrupted(data_dir, tiny_qwen2_audio
     assert set(a) == set(b) and a
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, worst
-    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(resumed)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
-    lr_a = [json.loads(x)["lr"] for x in (straight / "metrics.jsonl").read_text().splitlines() if "lr" in x]
+    lr_a = [r["lr"] for r in read_metrics(straight) if "lr" in r]
     assert lr_a == [r["lr"] for r in rows if "lr" in r]  # the schedule continued, not restarted
     assert not (resumed / "final" / "training_state.pt").exists()
 
@@ -145,6 +143,7 @@ def test_latest_checkpoint_ignores_incomplete(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_fresh(data_dir, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     T.run_train(tiny_config(data_dir, tiny_qwen2_audio_dir, out, "train.max_steps=1", "train.eval_steps=0"),
@@ -163,6 +162,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt", "rng_rank0.pt", "trainable.safetensors",
                                     "trainable.pt"])
 def test_crafted_pickle_in_any_state_file_is_refused_on_resume(victim, data_dir, tiny_qwen2_audio_dir, tmp_path):

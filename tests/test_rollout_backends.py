@@ -11,8 +11,6 @@ A real vLLM server cannot run here (no GPU): docs/scale-out.md says how to start
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -26,7 +24,7 @@ from echodistill.train.rollout_backends import (VLLMServerBackend, b64_to_wav, c
                                                 openai_messages, wav_to_b64, weights_version)
 from echodistill.train.rollout_server import SamplerServer
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import make_dataset, read_metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +93,7 @@ def test_server_rollout_equals_builtin_and_syncs_weights(data_dir, tiny_qwen2_au
             assert sorted(p.name for p in (tmp_path / "sync").iterdir()) == ["v3"]
 
 
+@pytest.mark.slow
 def test_train_through_the_server_writes_the_same_metrics(data_dir, tiny_qwen2_audio_dir, tmp_path):
     args = ("train.prompts_per_device=1", "train.max_steps=2", "train.eval_steps=2", "model.lora.enabled=true",
             "model.lora.r=4", "model.lora.alpha=8", "train.learning_rate=5e-2")
@@ -115,8 +114,7 @@ def test_train_through_the_server_writes_the_same_metrics(data_dir, tiny_qwen2_a
         assert server.requests == 2 and server.weight_loads == 2  # one item per step; synced before each step
 
     def rows(out):
-        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")}
-                for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in read_metrics(out)]
 
     ra, rb = rows(a), rows(b)
     assert [r["step"] for r in ra] == [1, 2] and ra == rb

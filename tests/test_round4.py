@@ -120,6 +120,7 @@ def _run(spec_path: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=REPO, timeout=900)
 
 
+@pytest.mark.slow
 def test_a_seed_added_later_by_a_fresh_process_rebuilds_the_warmup_bit_identically_and_is_accepted(
         tmp_path, tiny_qwen2_audio_dir):
     """Process 1 runs the plan with one seed; everything but the store is then deleted (warm-up, runs,

@@ -16,13 +16,9 @@ from echodistill.eval.evaluate import Condition, evaluate_items
 from echodistill.train.sft import (AudioCache, WarmupData, completion_ids, item_prompt, load_warmup_model,
                                    prepare_rows, run_warmup, sft_forward)
 
+from train_helpers import read_metrics, tone
+
 WORDS = ["yes", "no", "maybe", "music"]
-
-
-def _tone(freq: float, seconds: float, seed: int) -> np.ndarray:
-    t = np.arange(int(seconds * 16000)) / 16000
-    rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture
@@ -33,13 +29,13 @@ def tiny_data(tmp_path) -> Path:
     rows = {"train": [], "val": []}
     for c in range(3):
         path = root / "audio" / f"c{c}.wav"
-        write_audio(path, _tone(300 + 200 * c, 0.4 + 0.2 * c, c))
+        write_audio(path, tone(300 + 200 * c, 0.4 + 0.2 * c, seed=c))
         for q, question in enumerate(["What is the spoken word?", "Which sound is it?"]):
             rows["train"].append({"id": f"t{c}{q}", "audio": str(path), "question": question,
                                   "choices": list(WORDS), "target": WORDS[(c + q) % 4], "task": "tone"})
     for v in range(2):
         path = root / "audio" / f"v{v}.wav"
-        write_audio(path, _tone(300 + 200 * v, 0.5, 10 + v))
+        write_audio(path, tone(300 + 200 * v, 0.5, seed=10 + v))
         rows["val"].append({"id": f"v{v}", "audio": str(path), "question": "Which sound is it?",
                             "choices": list(WORDS), "target": WORDS[v], "task": "tone"})
     for split, rs in rows.items():
@@ -92,6 +88,7 @@ def test_loss_decreases_on_a_repeated_batch(tiny_data, tiny_qwen2_audio_dir, tmp
     assert abs(float(loss_cached) - float(loss_full)) < 1e-4
 
 
+@pytest.mark.slow
 def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_steps=4")
@@ -100,7 +97,7 @@ def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_
     assert s["clips_encoded"] == 3  # 16 samples over 3 distinct clips: the encoder saw each once
     assert s["audio_cache"] and s["projector_trains"] and not s["lora"]
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     evals = [r for r in rows if "val_clean_acc" in r]
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert all(0 <= r["val_clean_acc"] <= 1 and "val_noisy_acc" in r for r in evals)
@@ -123,6 +120,7 @@ def test_run_warmup_encodes_each_clip_once_and_checkpoint_loads(tiny_data, tiny_
     assert s3["steps"] == 5 and s3["samples"] == 4
 
 
+@pytest.mark.slow
 def test_wall_clock_cap_stops_and_saves(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     s = run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.max_minutes=0.00001",
@@ -130,6 +128,7 @@ def test_wall_clock_cap_stops_and_saves(tiny_data, tiny_qwen2_audio_dir, tmp_pat
     assert s["stopped"] == "max_minutes" and (out / "final" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapter_params(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "model.lora.enabled=true", "model.lora.r=4",
@@ -148,6 +147,7 @@ def test_lora_trains_only_adapter_params(tiny_data, tiny_qwen2_audio_dir, tmp_pa
     assert any(float(p.abs().sum()) > 0 for n, p in loaded.model.named_parameters() if "lora_B" in n)
 
 
+@pytest.mark.slow
 def test_sft_noisy_versions_are_seeded_and_cached(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "warmup.noisy=true", "warmup.noise_versions=2",
@@ -168,6 +168,7 @@ def test_sft_noisy_versions_are_seeded_and_cached(tiny_data, tiny_qwen2_audio_di
     assert not s0["audio_cache"] and s0["clips_encoded"] == 8
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_a_checkpoint(tiny_data, tiny_qwen2_audio_dir, tmp_path):
     first = tmp_path / "clean"
     run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, first, "warmup.eval_steps=0"), progress=False)

@@ -7,7 +7,6 @@ score in the rewards and its loss term in the update.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pytest
@@ -17,7 +16,7 @@ from echodistill.config import load_config
 from echodistill.train import signals as S
 from echodistill.train import trainer as T
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import make_dataset, read_metrics, tiny_config
 
 
 class ToyBrevity(S.Signal):
@@ -71,13 +70,14 @@ def test_register_refuses_a_config_without_weight():
         S.register(Bad)
 
 
+@pytest.mark.slow
 def test_a_toy_signal_trains_end_to_end_without_trainer_code(toy_registered, tmp_path, tiny_qwen2_audio_dir):
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "run"
     cfg = tiny_config(data, tiny_qwen2_audio_dir, out, "train.variant=grpo", "signals.toy_brevity.weight=1.0",
                       "train.eval_steps=0")
     T.run_train(cfg)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert "reward_toy_brevity_mean" in rows[0] and "toy_term" in rows[0]
     # the score entered the reward: total = task + w(snr) * score differs from the task reward
     assert rows[0]["reward_teacher_mean"] > 0 and rows[0]["reward_total_mean"] != rows[0]["reward_task_mean"]

@@ -17,6 +17,8 @@ from echodistill.train.signals import Passes, build_signals
 from echodistill.train.teacher import TeacherAnswer
 from echodistill.train.trainer import Rollout, compute_advantages as _compute_advantages
 
+from train_helpers import read_metrics
+
 G = 4
 ACC = torch.tensor([[1., 1., 0., 0.],  # mixed
                     [0., 0., 0., 0.],  # all wrong
@@ -240,6 +242,7 @@ def test_gate_needs_decoupled_advantages():
         _cfg("train.variant=echodistill", "teacher.gate=equal_groups")
 
 
+@pytest.mark.slow
 def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatch):
     """Warm-up on half the labels, then label-free EchoDistill on the other half: the label sheet
     names the split, RL draws only unlabeled items, and the log says how good the teacher's targets are."""
@@ -271,7 +274,7 @@ def test_label_free_regime_end_to_end(tmp_path, tiny_qwen2_audio_dir, monkeypatc
     T.run_train(cfg)
     assert sorted(seen) == sheet["unlabeled_ids"]
     assert json.loads((tmp_path / "rl" / "labels.json").read_text())["stage_uses"] == "unlabeled"
-    rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "rl")
     for key in ("teacher_clean_acc", "target_coverage", "target_label_agreement", "frac_groups_all_wrong",
                 "teacher_adv_share", "grad_norm_policy", "grad_norm_clean", "clean_kl"):
         assert key in rows[0], key

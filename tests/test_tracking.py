@@ -15,18 +15,13 @@ from echodistill.config import ConfigError, load_config
 from echodistill.tracking import resolve_log_with, tracker_names
 from echodistill.train.trainer import run_train
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import read_metrics, tiny_config
 
 ONE_STEP = ["train.variant=grpo", "train.max_steps=1", "train.eval_steps=0"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("tracking_data"))
-
-
 def _last_metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return read_metrics(out)[-1]
 
 
 def test_log_with_parsing_and_missing_package(monkeypatch):
@@ -41,6 +36,7 @@ def test_log_with_parsing_and_missing_package(monkeypatch):
     assert resolve_log_with(load_config(None, [])) is None  # the default quietly falls back to none
 
 
+@pytest.mark.slow
 def test_tensorboard_default_with_project_name(data_dir, tiny_qwen2_audio_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -59,6 +55,7 @@ def test_tensorboard_default_with_project_name(data_dir, tiny_qwen2_audio_dir, t
     assert value == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_wandb_offline(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -83,6 +80,7 @@ def test_wandb_offline(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     assert value == pytest.approx(_last_metrics(out)["reward_total_mean"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_trackio_local(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     pytest.importorskip("trackio")
     import trackio.utils

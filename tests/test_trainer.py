@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,25 +12,17 @@ from echodistill.train.checkpoint import latest_checkpoint, list_checkpoints, lo
 from echodistill.train.data import ItemStream, load_clip
 from echodistill.train.signals import build_signals
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import read_metrics, tiny_config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("train_data"))
-
-
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(data_dir, tiny_qwen2_audio_dir, out, f"train.variant={variant}")
     final = T.run_train(cfg)
     assert (final / "config.json").is_file() and (out / "config.yaml").is_file()
-    rows = _rows(out)
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     sampled = ("reward_accuracy_mean", "reward_total_std", "frac_groups_acc_equal", "clip_fraction",
                "completion_length", "entropy")
@@ -60,6 +50,7 @@ def test_variant_runs_and_writes_outputs(variant, data_dir, tiny_qwen2_audio_dir
         assert changed
 
 
+@pytest.mark.slow
 def test_teacher_scores_clean_student_samples_noisy(data_dir, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     """Capture the waveforms behind every batch: generate and the student's loss use the noisy clip,
     the teacher (inside ``teacher()``) the clean one, with the same length."""
@@ -136,6 +127,7 @@ def test_item_stream_is_disjoint_and_deterministic():
     assert ranks[0].batch(0) != ItemStream(items, 2, 2, 0, seed=2).batch(0)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(data_dir, tiny_qwen2_audio_dir, tmp_path):
     from echodistill.errors import UserError
 

@@ -18,7 +18,7 @@ from echodistill.data.labels import label_free_variants, needs_labels, select_it
 from echodistill.data.manifest import Item, item_issues, read_manifest
 from echodistill.errors import UserError
 
-from train_helpers import make_unlabeled_dataset, tiny_config
+from train_helpers import make_unlabeled_dataset, read_jsonl, read_metrics, tiny_config
 
 
 # ------------------------------------------------------------------ manifests
@@ -291,6 +291,7 @@ def test_eval_cli_on_an_unlabeled_mixed_manifest(tmp_path, tiny_qwen2_audio_dir,
 
 
 # ------------------------------------------------------------------ training without labels
+@pytest.mark.slow
 def test_label_free_run_validates_without_labels_and_keeps_the_best(tmp_path, tiny_qwen2_audio_dir):
     import math
 
@@ -301,7 +302,7 @@ def test_label_free_run_validates_without_labels_and_keeps_the_best(tmp_path, ti
     cfg = tiny_config(root, tiny_qwen2_audio_dir, out, "train.variant=clean-distill", "train.eval_steps=1",
                       "train.eval_items=4", "train.metric_for_best_model=val_teacher_agreement")
     T.run_train(cfg)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     evals = [r for r in rows if "val_items" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]  # selection starts from the initial model
     assert all(r["val_items"] == 4 and r["val_labeled_items"] == 0 for r in evals)
@@ -369,6 +370,7 @@ def test_teacher_answer_of_an_open_ended_item_is_its_text(tmp_path, tiny_qwen2_a
     assert r.kd_items.tolist() == [c is not None for c in r.teacher_answer.choice]
 
 
+@pytest.mark.slow
 def test_label_free_run_logs_completions_and_the_terms_it_trains(tmp_path, tiny_qwen2_audio_dir):
     from echodistill.train import trainer as T
 
@@ -380,8 +382,8 @@ def test_label_free_run_logs_completions_and_the_terms_it_trains(tmp_path, tiny_
                           "train.log_completions=true", *extra)
         recipe = T.GRPORecipe(cfg, progress=False).setup()
         recipe.train()
-        rows = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
-        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        rows = read_jsonl(run / "completions.jsonl")
+        last = read_metrics(run)[-1]
         if variant == "clean-distill":  # nothing sampled: the teacher's answers it distills toward, per item
             assert len(rows) == 2 * 2 and {"teacher_answer", "distilled"} <= set(rows[0])
             assert set(recipe._progress_postfix(last)) == {"kd"}

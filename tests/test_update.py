@@ -213,6 +213,7 @@ def test_gradient_checkpointing_same_gradients_and_recomputes(backbone, lora, pa
     assert len(calls) == (1 if packed else 2) * len(layers)  # packed: one pass; KV cache: prompt + completions
 
 
+@pytest.mark.slow
 def test_train_config_keys_reach_the_model_and_the_stream(tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     """train.gradient_checkpointing and train.group_by_length take effect in a real (tiny) run."""
     import echodistill.models.checkpointing as C

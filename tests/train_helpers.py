@@ -1,9 +1,11 @@
-"""A tiny training set-up for the trainer tests: tone clips, a manifest, a noise dir, a config."""
+"""Test helpers (conftest.py hands them to tests as fixtures): the one tone maker, the metrics.jsonl
+reader, a tiny training set-up (tone clips, a manifest, a noise dir, a config), two-process launches."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -13,10 +15,27 @@ from echodistill.config import load_config
 WORDS = ["low", "high", "mid", "rising"]
 
 
-def tone(freq: float, seconds: float = 0.6, sr: int = 16000, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+def tone(freq: float = 440.0, seconds: float = 0.6, sr: int = 16000, seed: int = 0, *, n: Optional[int] = None,
+         amp: float = 0.3, noise: float = 0.01, harmonics: int = 1, channels: int = 1) -> np.ndarray:
+    """A test clip [S] (or [S, 2] for ``channels=2``: right = half the left): ``amp`` x the sum of the
+    first ``harmonics`` partials of ``freq`` (the k-th at 1/k), plus ``noise`` x seeded Gaussian noise.
+    ``n``: the length in samples instead of ``seconds``."""
+    t = np.arange(int(seconds * sr) if n is None else n) / sr
+    x = amp * sum(np.sin(2 * np.pi * k * freq * t) / k for k in range(1, harmonics + 1))
+    if noise:
+        x = x + noise * np.random.default_rng(seed).standard_normal(t.size)
+    x = x.astype(np.float32)
+    return np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` rows (train rows and eval rows, in order)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, bad_ids: tuple[str, ...] = ()) -> Path:
