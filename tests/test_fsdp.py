@@ -64,7 +64,8 @@ SCRIPT = textwrap.dedent('''
     T.run_train(load_config(None, d + ["train.max_steps=2"] + LORA))
     # E: rescue KD on rank 0's item only: rank 1's KD pass runs one row at weight 0 (same forward calls)
     import torch
-    T.kd_rows = lambda r, cfg: torch.full((len(r.examples),), rank == 0)
+    from echodistill.train.signals.distill import Distill
+    Distill.select = lambda self, r, G: setattr(r, "kd_items", torch.full((len(r.examples),), rank == 0))
     e = [a for a in base if not a.startswith("run.output_dir=")] + [f"run.output_dir={out}_rescue"]
     T.run_train(load_config(None, e + ["train.max_steps=2", "train.variant=echodistill-rescue"]))
     open(os.path.join(out + "_rescue", f"done_rank{rank}"), "w").write("ok")
