@@ -26,14 +26,14 @@ def _last_metrics(out: Path) -> dict:
 
 def test_log_with_parsing_and_missing_package(monkeypatch):
     cfg = load_config(None, ["run.log_with=tensorboard,wandb"])
-    assert tracker_names(cfg) == ["tensorboard", "wandb"]
-    assert tracker_names(load_config(None, ["run.log_with=null"])) == []
+    assert tracker_names(cfg.run) == ["tensorboard", "wandb"]
+    assert tracker_names(load_config(None, ["run.log_with=null"]).run) == []
     with pytest.raises(ConfigError, match="'mlfloww' is not one of tensorboard, wandb, trackio"):
-        tracker_names(load_config(None, ["run.log_with=mlfloww"]))
+        tracker_names(load_config(None, ["run.log_with=mlfloww"]).run)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # nothing installed
     with pytest.raises(ConfigError, match="run.log_with=wandb needs the wandb package: pip install wandb"):
-        resolve_log_with(load_config(None, ["run.log_with=wandb"]))
-    assert resolve_log_with(load_config(None, [])) is None  # the default quietly falls back to none
+        resolve_log_with(load_config(None, ["run.log_with=wandb"]).run)
+    assert resolve_log_with(load_config(None, []).run) is None  # the default quietly falls back to none
 
 
 @pytest.mark.slow

@@ -19,15 +19,15 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError
+from .config import ConfigError, RunConfig
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 _PIP = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 
-def tracker_names(cfg: Any) -> list[str]:
+def tracker_names(run: RunConfig) -> list[str]:
     """``run.log_with`` as a list of tracker names; ConfigError for an unknown one."""
-    raw = cfg.run.log_with
+    raw = run.log_with
     if raw is None or str(raw).strip().lower() in ("", "none", "null", "false"):
         return []
     names = [n.strip().lower() for n in str(raw).split(",") if n.strip()]
@@ -38,13 +38,13 @@ def tracker_names(cfg: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def resolve_log_with(cfg: Any) -> Optional[list[str]]:
+def resolve_log_with(run: RunConfig) -> Optional[list[str]]:
     """The trackers to hand to ``Accelerator(log_with=...)`` (None: no tracking).
 
     TensorBoard, the default, is dropped quietly when not installed; a tracker the user asked for by
     name (wandb, trackio) is an error naming the package to install."""
     out = []
-    for n in tracker_names(cfg):
+    for n in tracker_names(run):
         if importlib.util.find_spec(n) is None:
             if n == "tensorboard":
                 continue
@@ -63,18 +63,18 @@ def public_name(name: str) -> str:
     return name if masked == name else (re.sub(r"[^\w.-]+", "_", masked).strip("_.") or "masked")
 
 
-def run_name(cfg: Any) -> str:
-    return public_name(str(cfg.run.get("run_name") or "") or Path(str(cfg.run.output_dir)).name)
+def run_name(run: RunConfig) -> str:
+    return public_name(str(run.run_name or "") or Path(str(run.output_dir)).name)
 
 
-def start_trackers(accelerator: Any, cfg: Any, hparams: dict) -> None:
+def start_trackers(accelerator: Any, run: RunConfig, hparams: dict) -> None:
     """``accelerator.init_trackers`` with the project, the run name and the flat hyperparameters."""
     if not accelerator.log_with:
         return
-    name = run_name(cfg)
-    kwargs = {"wandb": {"name": name, "dir": str(cfg.run.output_dir)}, "trackio": {"name": name}}
-    accelerator.init_trackers(public_name(str(cfg.run.get("project_name") or "echodistill")), config=hparams,
-                              init_kwargs={k: v for k, v in kwargs.items() if k in tracker_names(cfg)})
+    name = run_name(run)
+    kwargs = {"wandb": {"name": name, "dir": str(run.output_dir)}, "trackio": {"name": name}}
+    accelerator.init_trackers(public_name(str(run.project_name or "echodistill")), config=hparams,
+                              init_kwargs={k: v for k, v in kwargs.items() if k in tracker_names(run)})
 
 
 def tracker_scalars(row: dict) -> dict[str, float]:

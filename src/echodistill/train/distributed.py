@@ -169,10 +169,10 @@ class Engine:
         self.wrapper: nn.Module = adapter.model
 
     @classmethod
-    def setup(cls, accelerator: Any, adapter: Any, cfg: Any) -> "Engine":
-        """Choose the layout from accelerate's distributed type and ``run.fsdp``; wrap the student."""
+    def setup(cls, accelerator: Any, adapter: Any, fsdp: bool = False) -> "Engine":
+        """Choose the layout from accelerate's distributed type and ``fsdp`` (``run.fsdp``); wrap the student."""
         dt = accelerator.distributed_type.value
-        want_fsdp = dt == "FSDP" or bool(cfg.run.fsdp)
+        want_fsdp = dt == "FSDP" or fsdp
         if dt in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
             raise ConfigError(f"accelerate distributed_type {dt} is not supported by the trainer: use "
                               "configs/accelerate/ddp_gpu.yaml (LoRA) or fsdp2_gpu.yaml (full fine-tuning)")

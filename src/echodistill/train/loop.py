@@ -82,7 +82,7 @@ def make_accelerator(cfg: Any, gradient_accumulation_steps: int = 1):
 
     from ..tracking import resolve_log_with
 
-    log_with = resolve_log_with(cfg)  # run.log_with: tensorboard (default) | wandb | trackio, or several
+    log_with = resolve_log_with(cfg.run)  # run.log_with: tensorboard (default) | wandb | trackio, or several
     # The loop accumulates micro-batches itself (loss scale per micro-batch) and counts optimizer
     # steps globally: accelerate must neither divide the loss again nor step the schedule per process.
     acc = Accelerator(gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
@@ -294,7 +294,8 @@ class Recipe:
         self.model = self._setup_model()
         if self.cfg.model.device_map is None:
             self.model.to(self.accelerator.device)
-        self.engine = Engine.setup(self.accelerator, self.model, self.cfg)  # plain | ddp | fsdp2 (shards in place)
+        # plain | ddp | fsdp2 (shards in place)
+        self.engine = Engine.setup(self.accelerator, self.model, fsdp=bool(self.cfg.run.fsdp))
         if self.accelerator.num_processes > 1:
             self._log(f"{self.accelerator.num_processes} processes, student {self.engine.kind}, "
                       f"mixed precision {self.accelerator.mixed_precision}")
@@ -356,7 +357,7 @@ class Recipe:
             truncate_metrics(self.metrics_path, self.step)
         if self.accelerator.log_with:
             from ..tracking import start_trackers
-            start_trackers(self.accelerator, self.cfg, flat_hparams(to_dict(self.cfg)))
+            start_trackers(self.accelerator, self.cfg.run, flat_hparams(to_dict(self.cfg)))
         # a bar on a terminal, a plain line per interval in a log (progress.py)
         self.bar = progress(self.args.max_steps, self.name, "step", initial=self.step,
                             disable=not (self.progress and self.accelerator.is_main_process))
