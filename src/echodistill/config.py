@@ -50,6 +50,8 @@ class DataConfig:
     long_audio: str = "truncate"  # truncate | skip: clips longer than the window are cut to it (counted) or skipped
     max_prompt_tokens: int = 1024  # longer prompts (question + choices) are skipped; capped by the model's positions
     choice_seed: int = 1234  # seeds the per-item shuffle of choices at prompt time
+    # answer: the completion is one choice's text | reasoning: <think>what is heard</think><answer>choice</answer>
+    response_format: str = "answer"
     # Semi-supervised / label-free regime: the warm-up sees the labels of this fraction of the
     # training items only (per task, seeded by label_seed); RL picks its items with train.rl_items.
     labeled_fraction: float = 1.0
@@ -463,12 +465,20 @@ LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "const
                 "inverse_sqrt")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
+RESPONSE_FORMATS = ("answer", "reasoning")
+# Completion lengths each response format needs, applied before the YAML file and the overrides (which win):
+# evidence + tags take ~10-20 tokens of the embedded tokenizer, a bare answer 1-3.
+FORMAT_PRESETS: dict[str, dict[str, Any]] = {
+    "answer": {},
+    "reasoning": {"train.max_completion_length": 32, "eval.max_new_tokens": 32},
+}
 
 _CHOICES = {
     "run.device": {"cpu", "cuda", "auto"},
     "model.backbone": set(BACKBONES),
     "model.dtype": set(DTYPES),
     "data.long_audio": set(LONG_AUDIO),
+    "data.response_format": set(RESPONSE_FORMATS),
     "model.teacher_mode": set(TEACHER_MODES),
     "warmup.lr_scheduler_type": set(LR_SCHEDULES),
     "train.lr_scheduler_type": set(LR_SCHEDULES),
@@ -546,11 +556,12 @@ def _parse_overrides(overrides: list[str]) -> tuple[Any, Optional[str]]:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, *,
                 saved: bool = False, trust_remote_code: bool = False) -> Any:
-    """Defaults <- variant preset <- YAML file <- CLI overrides; validated; interpolations resolved.
+    """Defaults <- variant preset <- response-format preset <- YAML file <- CLI overrides; validated.
 
-    The variant preset is applied first so that explicit YAML or CLI values always win. A renamed
-    key (``RENAMED``) is a ConfigError naming the new one, except with ``saved=True`` (``path`` is a
-    run's own saved config.yaml, possibly written before the rename): then it is read as the new key.
+    The variant and format presets (``VARIANTS``, ``FORMAT_PRESETS``) are applied first so that
+    explicit YAML or CLI values always win. A renamed key (``RENAMED``) is a ConfigError naming the
+    new one, except with ``saved=True`` (``path`` is a run's own saved config.yaml, possibly written
+    before the rename): then it is read as the new key.
     Returns an OmegaConf DictConfig typed by ``Config`` (attribute access, type-checked assignment).
 
     Reading a config runs no code (plug-ins are checked by reading their source). A saved config is
@@ -582,6 +593,12 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         raise ConfigError(f"train.variant={variant!r} is not one of {sorted(VARIANTS)}")
     preset = OmegaConf.from_dotlist([f"{k}={_dotlist_value(v)}"
                                      for k, v in variant_named(variant).overrides().items()])
+    fmt = _select(cli, "data.response_format") or (_select(layers[0], "data.response_format") if layers else None) \
+        or base.data.response_format
+    if fmt not in FORMAT_PRESETS:
+        raise ConfigError(f"data.response_format={fmt!r} is not one of {sorted(FORMAT_PRESETS)}")
+    preset = OmegaConf.merge(preset, OmegaConf.from_dotlist(
+        [f"{k}={_dotlist_value(v)}" for k, v in FORMAT_PRESETS[fmt].items()]))
     try:
         cfg = OmegaConf.merge(base, preset, *layers)
     except OmegaConfBaseException as e:
@@ -709,5 +726,6 @@ def to_dict(cfg: Any) -> dict:
     return _mask(OmegaConf.to_container(cfg, resolve=True))
 
 
-__all__ = ["Config", "ConfigError", "Variant", "VARIANTS", "VARIANT_ALIASES", "variant_named", "RENAMED", "TRL_HINTS",
+__all__ = ["Config", "ConfigError", "Variant", "VARIANTS", "FORMAT_PRESETS", "VARIANT_ALIASES", "variant_named",
+           "RENAMED", "TRL_HINTS",
            "load_config", "save_config", "validate", "to_dict", "code_requests"]

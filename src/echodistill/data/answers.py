@@ -3,15 +3,24 @@
 
 One extractor for both (the official release used two different matchers; METHOD.md section 4,
 flaw 6). The prompt that asks the question is ``data/prompts.py``'s ``format_question``.
+
+Response formats (``data.response_format``): ``parse_response`` splits a completion into the stated
+evidence and the answer text (the whole text in the ``answer`` format; the ``<answer>`` span in the
+``reasoning`` format, nothing when its tags are broken); ``extract_answer`` = parse, then
+``extract_choice`` on the answer text. Every reader of a completion goes through these two.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
-__all__ = ["extract_choice", "normalize", "free_answer", "is_correct", "read_answer"]
+from .prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
+__all__ = ["extract_choice", "normalize", "free_answer", "is_correct", "read_answer", "Parsed",
+           "parse_response", "extract_answer", "format_ok", "PARSE_PROBLEMS"]
 
 # ----------------------------------------------------------------------------------------------
 # Extraction
@@ -247,8 +256,107 @@ def is_correct(answer: Optional[str], target: Optional[str], open_ended: bool) -
     return normalize(answer) == normalize(target) if open_ended else answer == target
 
 
-def read_answer(text: str, choices: Sequence[str]) -> Optional[int | str]:
+def read_answer(text: str, choices: Sequence[str], response_format: str = "answer") -> Optional[int | str]:
     """The answer ``text`` gives, as training compares answers: the index of the offered choice it names
     (``extract_choice``), or, for an open-ended question (no choices), its normalised text
-    (``free_answer``). None: no answer."""
+    (``free_answer``); in the reasoning format, read from the answer span (``parse_response``). None: no answer."""
+    if response_format != "answer":
+        text = parse_response(text, response_format).answer
     return extract_choice(text, choices) if choices else free_answer(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Response formats
+# ----------------------------------------------------------------------------------------------
+
+# Why a reasoning completion is not well formed ("" = it is). The first three give no answer.
+PARSE_PROBLEMS = ("empty", "broken_tags", "two_answers", "empty_answer", "empty_think")
+_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+# The whole completion: think span, then answer span, only whitespace around (R1-AQA's order; stricter
+# than TRL's think_format_reward, which allows any text after </think>).
+_RE_REASONING = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A completion split by its response format.
+
+    ``answer``: the text the answer is read from (None: no answer); ``evidence``: the stated evidence
+    (the think span, stripped; None in the ``answer`` format or when the tags are broken);
+    ``problem``: "" when the completion follows its format, else one of ``PARSE_PROBLEMS``.
+    """
+
+    answer: Optional[str]
+    evidence: Optional[str] = None
+    problem: str = ""
+
+    @property
+    def well_formed(self) -> bool:
+        return self.problem == ""
+
+
+def parse_response(text: Optional[str], response_format: str = "answer") -> Parsed:
+    """Split ``text`` into evidence and answer text according to ``response_format``.
+
+    ``answer``: the whole text is the answer (today's behaviour; ``problem`` "empty" for blank text).
+    ``reasoning``: exactly ``<think>E</think><answer>A</answer>`` with only whitespace around, each tag
+    once. Explicit outcomes:
+
+    * broken tags (a tag missing, unclosed, repeated, out of order, text outside the tags) -> no answer,
+      ``problem="broken_tags"``;
+    * two ``<answer>`` spans -> no answer, ``"two_answers"`` (never the first or the last one);
+    * an empty answer span -> no answer, ``"empty_answer"``;
+    * an empty think span -> the answer IS read, ``evidence=""`` and ``problem="empty_think"``: the
+      completion answers without stating evidence, so the format reward is 0 and evidence metrics
+      count nothing stated.
+    """
+    if response_format == "answer":
+        if not isinstance(text, str) or not text.strip():
+            return Parsed(None, None, "empty")
+        return Parsed(text)
+    if response_format != "reasoning":
+        raise ValueError(f"unknown response format {response_format!r}; known: answer, reasoning")
+    if not isinstance(text, str) or not text.strip():
+        return Parsed(None, None, "empty")
+    if text.count(ANSWER_OPEN) > 1:
+        return Parsed(None, None, "two_answers")
+    m = _RE_REASONING.fullmatch(text)
+    if m is None or any(text.count(tag) != 1 for tag in _TAGS):
+        return Parsed(None, None, "broken_tags")
+    evidence, answer = m.group(1).strip(), m.group(2).strip()
+    if not answer:
+        return Parsed(None, evidence, "empty_answer")
+    if not evidence:
+        return Parsed(answer, "", "empty_think")
+    return Parsed(answer, evidence)
+
+
+def extract_answer(text: Optional[str], choices: Sequence[str], response_format: str = "answer") -> Optional[int]:
+    """Index into ``choices`` of the answer ``text`` gives in ``response_format``, or None.
+
+    The answer text (``parse_response``) through ``extract_choice``: in the ``answer`` format exactly
+    ``extract_choice(text, choices)``; in the ``reasoning`` format only the answer span counts, so a
+    choice named in the evidence ("<think>not a dog</think>") never becomes the answer.
+    """
+    parsed = parse_response(text, response_format)
+    return None if parsed.answer is None else extract_choice(parsed.answer, choices)
+
+
+def _strip_format(s: str) -> str:
+    return unicodedata.normalize("NFKC", s).strip().rstrip(".!?,;:").strip().casefold()
+
+
+def format_ok(text: Optional[str], choices: Sequence[str], response_format: str = "answer") -> bool:
+    """Whether ``text`` follows the response format exactly (the format reward's test).
+
+    The answer text must be exactly one offered choice once surrounding whitespace and final
+    punctuation are stripped (case-insensitive; "Dog." for "dog"), or any non-empty text when the item
+    has no choices; in the ``reasoning`` format the completion must also be well formed with a
+    non-empty think span (``parse_response``).
+    """
+    parsed = parse_response(text, response_format)
+    if not parsed.well_formed or parsed.answer is None:
+        return False
+    if not choices:
+        return bool(parsed.answer.strip())
+    return _strip_format(parsed.answer) in {_strip_format(c) for c in choices}

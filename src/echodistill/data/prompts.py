@@ -1,4 +1,9 @@
-"""Prompt text and the seeded, per-item order of the choices.
+"""Prompt text, the supervised target text, and the seeded, per-item order of the choices.
+
+Two response formats (``data.response_format``): ``answer`` -- the completion is one choice's text;
+``reasoning`` -- the completion first states what the clip contains, then answers, in the tags of the
+audio RL peers (R1-AQA) and TRL's ``think_format_reward``: ``<think>EVIDENCE</think><answer>CHOICE</answer>``.
+``data/answers.py`` reads both back (``parse_response``).
 
 The paper's release stores the target as ``choices[0]`` and never shuffles, so a model can learn
 "answer the first option" (METHOD.md section 4, flaw 1). Here the order shown to the model is a
@@ -18,6 +23,11 @@ if TYPE_CHECKING:  # only for the annotation; keeps this module import-light
 
 LETTERS = "ABCDEFGHIJ"
 ANSWER_INSTRUCTION = "Answer with the text of one choice."
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+REASONING_INSTRUCTION = ("First say what you hear in <think> </think>, then answer with the text of one choice "
+                         "in <answer> </answer>.")
+# Reasoning about an item without choices (a free-form question, `predict` without --choices).
+FREE_REASONING_INSTRUCTION = "First say what you hear in <think> </think>, then answer briefly in <answer> </answer>."
 
 
 def _key(seed: int, item_id: str, text: str) -> bytes:
@@ -38,20 +48,45 @@ def ordered_choices(item: "Item", seed: int) -> list[str]:
     return [item.choices[i] for i in idx]
 
 
-def format_question(question: str, choices: list[str]) -> str:
+def format_question(question: str, choices: list[str], response_format: str = "answer") -> str:
     """The user text the model sees, short because a small CPU model reads it.
 
     Example: ``"How many speakers?\\nChoices: (A) one (B) two\\nAnswer with the text of one choice."``
-    The model answers with a choice's text; the shared extractor (train/rewards.py) maps it back.
-    No choices (an open-ended question): the bare question, as ``echodistill predict`` asks it.
+    The model answers with a choice's text (``reasoning``: evidence, then the choice, in tags); the
+    shared parser (``data/answers.py``) maps it back. The ``answer`` text is unchanged since the first
+    release. No choices (an open-ended question): the bare question, as ``echodistill predict`` asks it;
+    ``reasoning`` asks for a free-form answer in the tags.
     """
-    if not choices:
-        return question.strip()
+    if response_format == "reasoning":
+        if not choices:
+            return f"{question.strip()}\n{FREE_REASONING_INSTRUCTION}"
+        instruction = REASONING_INSTRUCTION
+    elif response_format == "answer":
+        if not choices:
+            return question.strip()
+        instruction = ANSWER_INSTRUCTION
+    else:
+        raise ValueError(f"unknown response format {response_format!r}; known: answer, reasoning")
     opts = " ".join(f"({LETTERS[i] if i < len(LETTERS) else i + 1}) {c}" for i, c in enumerate(choices))
-    return f"{question.strip()}\nChoices: {opts}\n{ANSWER_INSTRUCTION}"
+    return f"{question.strip()}\nChoices: {opts}\n{instruction}"
 
 
-def build_prompt(item: "Item", seed: int) -> tuple[str, list[str]]:
+def target_text(target: str, evidence: "str | None", response_format: str = "answer") -> str:
+    """The supervised completion (before the end-of-turn token): what the warm-up teaches.
+
+    ``answer``: the target's text. ``reasoning``: ``<think>EVIDENCE</think><answer>TARGET</answer>``;
+    an item without evidence (a user manifest that has none) cannot teach the format: ValueError.
+    """
+    if response_format == "answer":
+        return target
+    if response_format != "reasoning":
+        raise ValueError(f"unknown response format {response_format!r}; known: answer, reasoning")
+    if not evidence or not evidence.strip():
+        raise ValueError("the reasoning format needs the item's evidence (what the clip contains)")
+    return f"{THINK_OPEN}{evidence.strip()}{THINK_CLOSE}{ANSWER_OPEN}{target}{ANSWER_CLOSE}"
+
+
+def build_prompt(item: "Item", seed: int, response_format: str = "answer") -> tuple[str, list[str]]:
     """(user text, choices in shown order) for ``item``; the target is ``item.target`` (a text)."""
     choices = ordered_choices(item, seed)
-    return format_question(item.question, choices), choices
+    return format_question(item.question, choices, response_format), choices

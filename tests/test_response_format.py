@@ -1,0 +1,86 @@
+"""Response formats: the reasoning parser on hand-built completions, prompts, targets, config presets."""
+
+import pytest
+
+from echodistill.config import ConfigError, load_config
+from echodistill.data.answers import extract_answer, extract_choice, format_ok, parse_response
+from echodistill.data.prompts import format_question, target_text
+
+CH = ["piano", "guitar", "violin", "flute"]
+
+REASONING_CASES = [
+    # (completion, answer index, evidence, problem)
+    ("<think>piano, two notes</think><answer>piano</answer>", 0, "piano, two notes", ""),
+    ("  <think> piano </think>\n<answer> Guitar. </answer>\n", 1, "piano", ""),  # the answer span decides
+    ("<think>not a violin</think><answer>flute</answer>", 3, "not a violin", ""),
+    ("<think>I hear a violin</think><answer>the answer is violin</answer>", 2, "I hear a violin", ""),
+    # empty think: answer read, no evidence stated, not well formed
+    ("<think></think><answer>flute</answer>", 3, "", "empty_think"),
+    ("<think>  </think><answer>flute</answer>", 3, "", "empty_think"),
+    # two answers: no answer, whichever comes first or last
+    ("<think>x</think><answer>piano</answer><answer>flute</answer>", None, None, "two_answers"),
+    ("<think>x</think><answer>piano</answer><answer>piano</answer>", None, None, "two_answers"),
+    # broken tags
+    ("piano", None, None, "broken_tags"),  # the answer format's completion is not a reasoning one
+    ("<think>piano</think>piano", None, None, "broken_tags"),
+    ("<think>piano<answer>piano</answer>", None, None, "broken_tags"),
+    ("<think>piano</think><answer>piano", None, None, "broken_tags"),
+    ("<answer>piano</answer><think>piano</think>", None, None, "broken_tags"),
+    ("<think>a</think><think>b</think><answer>piano</answer>", None, None, "broken_tags"),
+    ("<think>a <think>b</think><answer>piano</answer>", None, None, "broken_tags"),
+    ("So: <think>a</think><answer>piano</answer>", None, None, "broken_tags"),
+    ("<think>a</think><answer>piano</answer> or flute", None, None, "broken_tags"),
+    ("<think>a</think><answer></answer>", None, "a", "empty_answer"),
+    ("", None, None, "empty"),
+    (None, None, None, "empty"),
+]
+
+
+@pytest.mark.parametrize("text,index,evidence,problem", REASONING_CASES)
+def test_reasoning_parser(text, index, evidence, problem):
+    parsed = parse_response(text, "reasoning")
+    assert parsed.problem == problem
+    assert parsed.evidence == evidence
+    assert extract_answer(text, CH, "reasoning") == index
+    assert format_ok(text, CH, "reasoning") == (problem == "" and index is not None
+                                                  and parsed.answer.strip(" .").lower() in CH)
+
+
+def test_answer_format_is_extract_choice():
+    for text in ["piano", " Guitar. ", "the answer is flute", "<think>a</think><answer>piano</answer>", "", None,
+                 "piano or flute"]:
+        assert extract_answer(text, CH, "answer") == extract_choice(text, CH)
+        assert parse_response(text, "answer").evidence is None
+    assert format_ok("Piano.", CH, "answer") and not format_ok("it is piano", CH, "answer")
+    assert format_ok("<think>x</think><answer>a cat</answer>", [], "reasoning")  # free-form: any answer text
+
+
+def test_unknown_format_is_an_error():
+    with pytest.raises(ValueError, match="unknown response format"):
+        parse_response("x", "json")
+
+
+def test_prompts_and_targets():
+    answer = format_question("Which?", ["a", "b"])
+    assert answer == "Which?\nChoices: (A) a (B) b\nAnswer with the text of one choice."  # unchanged
+    assert format_question("Which?", ["a", "b"], "answer") == answer
+    reasoning = format_question("Which?", ["a", "b"], "reasoning")
+    assert reasoning.startswith("Which?\nChoices: (A) a (B) b\n") and "<think>" in reasoning and "<answer>" in reasoning
+    assert "Choices" not in format_question("What is it?", [], "reasoning")
+    assert target_text("piano", "piano, two notes", "answer") == "piano"
+    t = target_text("piano", " piano, two notes ", "reasoning")
+    assert t == "<think>piano, two notes</think><answer>piano</answer>"
+    assert parse_response(t, "reasoning").well_formed and extract_answer(t, CH, "reasoning") == 0
+    with pytest.raises(ValueError, match="evidence"):
+        target_text("piano", None, "reasoning")
+
+
+def test_config_format_presets():
+    cfg = load_config(overrides=[])
+    assert cfg.data.response_format == "answer" and cfg.eval.max_new_tokens == 8
+    cfg = load_config(overrides=["data.response_format=reasoning"])
+    assert cfg.train.max_completion_length == 32 and cfg.eval.max_new_tokens == 32
+    cfg = load_config(overrides=["data.response_format=reasoning", "eval.max_new_tokens=20"])
+    assert cfg.eval.max_new_tokens == 20  # the user's value wins over the preset
+    with pytest.raises(ConfigError, match="response_format"):
+        load_config(overrides=["data.response_format=xml"])
