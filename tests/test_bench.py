@@ -269,3 +269,23 @@ def test_check_knows_source_fields(built, tmp_path):
              if "source" in p.kind}
     assert kinds == {"a": "heldout_source_in_training", "b": "heldout_source_in_training",
                      "c": "heldout_source_in_training", "d": "bad_source_field", "e": "bad_source_field"}
+
+
+def test_evidence_and_inferred_tasks(built):
+    out, sheet = built
+    by_id = {r["id"]: r for s in SPLITS for r in _read(out, s)}
+    assert all(isinstance(r.get("evidence"), str) and r["evidence"].strip() for r in by_id.values())
+    words = {r["evidence"] for r in by_id.values() if r["task"] == "spoken_word"}
+    assert not any("kebeck" in w or "-" in w for w in words)  # words as said, not a TTS spelling
+    inferred = [r for r in by_id.values() if "inferred_from" in r["meta"]]
+    assert {r["task"] for r in inferred} == set(bench.INFERRED)
+    for r in inferred:
+        src = by_id[r["meta"]["inferred_from"]]
+        source_task, answer_of = bench.INFERRED[r["task"]]
+        assert src["task"] == source_task and src["split"] == r["split"] and src["meta"]["group"] == r["meta"]["group"]
+        assert r["target"] == answer_of(src["target"]) != src["target"]
+        assert r["evidence"] == src["evidence"]
+        assert (out / r["audio"]).read_bytes() == (out / src["audio"]).read_bytes()
+    music = [r for r in by_id.values() if r["task"] == "melody_contour"]
+    assert all(r["evidence"].endswith(r["target"]) and r["meta"]["instrument"] in r["evidence"] for r in music)
+    assert "Evidence:" in (out / "datasheet.md").read_text()

@@ -84,3 +84,44 @@ def test_config_format_presets():
     assert cfg.eval.max_new_tokens == 20  # the user's value wins over the preset
     with pytest.raises(ConfigError, match="response_format"):
         load_config(overrides=["data.response_format=xml"])
+
+
+def test_evidence_field_round_trip(tmp_path):
+    import json
+
+    from echodistill.data.manifest import Item, iter_rows, read_manifest, write_manifest
+
+    items = [Item("a", str(tmp_path / "a.wav"), "Which?", ["x", "y"], "x", evidence="x ray"),
+             Item("b", str(tmp_path / "b.wav"), "Which?", ["x", "y"], "y")]
+    path = tmp_path / "m.jsonl"
+    write_manifest(path, items)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0]["evidence"] == "x ray" and "evidence" not in rows[1]  # optional: absent when unset
+    back = read_manifest(path)
+    assert [it.evidence for it in back] == ["x ray", None] and "evidence" not in back[0].meta
+    rows[1]["evidence"] = 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    issues = [i for r in iter_rows(path) for i in r.issues]
+    assert len(issues) == 1 and "evidence" in issues[0].message and issues[0].line == 2
+
+
+def test_embedded_tokenizer_covers_evidence_and_tags(tmp_path):
+    import json
+
+    from echodistill.data.prompts import target_text
+    from echodistill.models.embedded import read_bench_texts, tokenizer_corpus
+    from echodistill.models.small_tokenizer import build_small_tokenizer
+
+    rows = [{"id": "a", "question": "What does the speaker ask for?", "choices": ["lights on", "coffee"],
+             "target": "lights on", "evidence": "switch the light on"},
+            {"id": "b", "question": "The code word starts with which letter?", "choices": ["X", "Y"], "target": "X",
+             "evidence": "x ray"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = read_bench_texts(tmp_path)
+    assert "switch the light on" in texts and target_text("X", "x ray", "reasoning") in texts
+    lines, _ = tokenizer_corpus(texts)
+    tok = build_small_tokenizer(lines, vocab_size=2000)
+    completion = target_text("lights on", "switch the light on", "reasoning")
+    ids = tok(completion, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == completion
+    assert len(ids) <= 16  # tags and evidence words are whole tokens, not bytes

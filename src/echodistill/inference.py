@@ -27,7 +27,7 @@ from .data.manifest import Item, read_manifest
 from .data.validate import Limits, limits_from_config, prompt_problem, read_clip
 from .data.prompts import format_question, ordered_choices
 from .errors import UserError
-from .data.answers import extract_choice
+from .data.answers import extract_answer, parse_response
 
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
@@ -74,12 +74,13 @@ def gather_queries(source: str | Path, question: Optional[str] = None, choices: 
             for p in paths]
 
 
-def _prompt(q: Query, choice_seed: int) -> tuple[str, list[str]]:
-    """(user text, choices in shown order): the training prompt, or the bare question for a free answer."""
+def _prompt(q: Query, choice_seed: int, response_format: str = "answer") -> tuple[str, list[str]]:
+    """(user text, choices in shown order): the training prompt, or for a free answer the bare question
+    (the ``reasoning`` format: with its free-form instruction)."""
     if not q.choices:
-        return format_question(q.question, []), []  # the bare question
+        return format_question(q.question, [], response_format), []  # the bare question (reasoning: + tags)
     shown = ordered_choices(Item(q.id, q.audio, q.question, list(q.choices), q.choices[0]), choice_seed)
-    return format_question(q.question, shown), shown
+    return format_question(q.question, shown, response_format), shown
 
 
 def load_query_audio(q: Query, cfg: Any, bank: Optional[NoiseBank], noise_type: Optional[str],
@@ -102,8 +103,9 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
                     snr: Optional[float] = None, batch_size: Optional[int] = None,
                     max_new_tokens: Optional[int] = None) -> list[dict]:
     """Greedy answers, one row per query: ``{id, audio, question, choices, noise_type, snr, response,
-    answer, error}``. ``answer`` is the chosen choice's text (None if the response names none), or the
-    stripped response for a free answer. ``model``: an ``AudioLLM`` (``load_adapter(..., train=False)``)."""
+    answer, error}`` (+ ``evidence`` in the ``reasoning`` format: what the model says it hears, None when
+    its tags are broken). ``answer`` is the chosen choice's text (None if the response names none), or
+    the stripped answer text for a free answer. ``model``: an ``AudioLLM`` (``load_adapter(..., train=False)``)."""
     _check_noise_args(noise_type, snr)
     bank = None
     if noise_type is not None:
@@ -111,6 +113,7 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
                          list(cfg.noise.extra_noise_paths))
         bank.check([noise_type])
     bs = int(batch_size or cfg.eval.batch_size)
+    fmt = str(cfg.data.response_format)
     max_new = int(max_new_tokens or cfg.eval.max_new_tokens)
     # evaluation's limits: the window, data.long_audio, data.max_prompt_tokens counted by the model's tokenizer
     limits = limits_from_config(cfg, getattr(model, "tokenizer", None), max_new_tokens=max_new)
@@ -123,12 +126,15 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
         batch = model.build_inputs([p[1] for p in pending], [p[3] for p in pending])
         comp = model.generate(batch, 1, max_new_tokens=max_new, do_sample=False)
         for (row, _, shown, _), text in zip(pending, comp.texts):
+            parsed = parse_response(text, fmt)
             if shown:
-                idx = extract_choice(text, shown)
+                idx = extract_answer(text, shown, fmt)
                 row["answer"] = shown[idx] if idx is not None else None
             else:
-                row["answer"] = text.strip()
+                row["answer"] = parsed.answer.strip() if parsed.answer is not None else None
             row["response"] = text
+            if fmt != "answer":
+                row["evidence"] = parsed.evidence
         pending.clear()
 
     for q in queries:
@@ -146,7 +152,7 @@ def predict_queries(model: Any, queries: Sequence[Query], cfg: Any, *, noise_typ
         except AudioError as e:
             row["error"] = str(e)
             continue
-        prompt, shown = _prompt(q, int(cfg.data.choice_seed))
+        prompt, shown = _prompt(q, int(cfg.data.choice_seed), fmt)
         pending.append((row, prompt, shown, wav))
         if len(pending) >= bs:
             flush()
@@ -161,8 +167,8 @@ def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: 
                 choices: Optional[Sequence[str]] = None, *, noise_type: Optional[str] = None,
                 snr: Optional[float] = None, out: Optional[str | Path] = None,
                 batch_size: Optional[int] = None, path_map: Optional[dict] = None) -> list[dict]:
-    """Load ``checkpoint``, answer every query of ``source``, print ``id<TAB>answer`` lines and, with
-    ``out``, write the rows as JSONL. Returns the rows."""
+    """Load ``checkpoint``, answer every query of ``source``, print ``id<TAB>answer`` lines (the reasoning
+    format: ``id<TAB>answer<TAB>heard: evidence``) and, with ``out``, write the rows as JSONL. Returns the rows."""
     import torch
 
     from .models import load_adapter
@@ -178,7 +184,9 @@ def run_predict(cfg: Any, checkpoint: str | Path, source: str | Path, question: 
     for r in rows:
         shown = r["error"] if r["error"] else (r["answer"] if r["answer"] is not None
                                                else f"(no choice named) {r['response']!r}")
-        print(f"{r['id']}\t{shown}")
+        heard = f"\theard: {r['evidence'] if r['evidence'] is not None else '(no evidence: format broken)'}" \
+            if "evidence" in r and not r["error"] else ""  # the reasoning format: what the model says it hears
+        print(f"{r['id']}\t{shown}{heard}")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,13 @@ Tasks (4 choices each, distractors from the same task; the answer is one of the 
   ``spoken_letter`` (A..Z), ``command`` (what a short spoken request asks for)
 * music: ``instrument`` (which GM instrument plays), ``melody_contour`` (three notes: rising,
   falling, rising then falling, falling then rising), ``note_count`` (one..four notes)
+* inferred from what is heard (the same clips as their source task, another question): ``word_initial``
+  (the first letter of the spoken code word), ``number_plus_one`` (the spoken number plus one). Their
+  answer is not what the clip says, so a model can hear right and answer wrong, or the reverse.
+
+Every item carries ``evidence``: what its clip contains, in words -- the phrase spoken ("x ray",
+"double you", "turn on the lights"), or the generator's description of the music ("piano, three notes,
+rising"). The reasoning format (``data.response_format=reasoning``) states it before answering.
 
 Splits are made by *group* (task, label, phrase, voice for speech; one rendered clip for music), so
 no clip, and no other speed/pitch variant of the same voice saying the same words, is in two splits.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -167,6 +175,18 @@ TASKS = [
     Task("note_count", "music", "How many notes are played?", tuple(COUNTS)),
 ]
 
+# Tasks whose answer is inferred from what the clip contains: task -> (source task, label -> answer).
+# Their items reuse the source task's clips (same split, same group: no leakage), with another question.
+_PLUS_ONE = {w: (NUMBERS[i + 1] if i < 20 else f"{w} one") for i, w in enumerate(NUMBERS)}
+INFERRED = {
+    "word_initial": ("spoken_word", lambda label: label[0].upper()),
+    "number_plus_one": ("spoken_number", _PLUS_ONE.__getitem__),
+}
+TASKS += [
+    Task("word_initial", "speech", "The code word starts with which letter?", tuple(LETTER_SOUNDS)),
+    Task("number_plus_one", "speech", "What is the spoken number plus one?", tuple(dict.fromkeys(_PLUS_ONE.values()))),
+]
+
 
 # ------------------------------------------------------------------ helpers
 def _rng(*keys) -> np.random.Generator:
@@ -250,6 +270,68 @@ def postprocess(wav: Optional[np.ndarray], gain_rng: np.random.Generator) -> tup
     wav = wav * (float(gain_rng.uniform(0.35, 0.9)) / peak)
     # Quantise to what a 16-bit WAV stores, so the in-memory clip equals the written one.
     return (np.round(wav * 32767.0) / 32767.0).astype(np.float32), ""
+
+
+# ------------------------------------------------------------------ evidence
+def _count_word(n: int) -> str:
+    return NUMBERS[n] if n < len(NUMBERS) else str(n)
+
+
+def clip_evidence(s: "Spec") -> str:
+    """What the clip of ``s`` contains, in words: the phrase spoken, or the generator's music description.
+
+    Speech: the words said, as words ("x ray", "double you", "turn on the lights"), not the spelling a
+    TTS engine needed ("kebeck"). Music: instrument, number of notes, and the melody's direction where
+    the generator made one ("violin, three notes, falling then rising"; a held-out chord: "harp, a chord
+    of three notes").
+    """
+    task = s.task.name
+    if task == "spoken_number":
+        return s.label
+    if task == "spoken_word":
+        return s.label.replace("-", " ")
+    if task == "spoken_letter":
+        return LETTER_SOUNDS[s.label]
+    if task == "command":
+        return str(s.meta["text"])
+    inst, n = s.meta["instrument"], len(s.notes)
+    if n > 1 and len({round(x.start, 3) for x in s.notes}) == 1:
+        return f"{inst}, a chord of {_count_word(n)} notes"
+    desc = f"{inst}, {_count_word(n)} note{'s' if n != 1 else ''}"
+    return f"{desc}, {s.label}" if task == "melody_contour" else desc
+
+
+def inferred_items(rows: list[dict], task: Task, seed: int) -> list[tuple[dict, dict]]:
+    """(source row, new row) for ``task`` (one of ``INFERRED``): one item per source item of the split,
+    the same clip and evidence, the inferred answer, 3 distractors from the task's labels (the heard
+    label's own text among them when it is one: "seven" offered for "seven plus one")."""
+    source, answer_of = INFERRED[task.name]
+    out = []
+    for k, r in enumerate(x for x in rows if x["task"] == source):
+        iid = f"{task.name}-{r['split']}-{k:04d}"
+        target = answer_of(r["target"])
+        crng = _rng(seed, "choices", iid)
+        others = [lab for lab in task.labels if lab != target]
+        heard = [o for o in others if o == r["target"]]
+        rest = [o for o in others if o != r["target"]]
+        picks = heard + [rest[i] for i in crng.choice(len(rest), 3 - len(heard), replace=False)]
+        choices = [target] + picks
+        choices = [choices[i] for i in crng.permutation(4)]
+        out.append((r, dict(id=iid, audio=f"audio/{task.name}/{iid}.wav", question=task.question, choices=choices,
+                            target=target, task=task.name, split=r["split"], evidence=r["evidence"],
+                            meta=dict(r["meta"], inferred_from=r["id"]))))
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """The same clip under another item's path: a hard link (no disk), a copy across file systems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 # ------------------------------------------------------------------ candidate specs
@@ -467,6 +549,8 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
     music_ok = avail.fluidsynth and bool(fonts["seen"])
     tasks = [t for t in TASKS if (t.kind == "speech" and len(seen) >= 2 and heldout) or
              (t.kind == "music" and music_ok)]
+    built = {t.name for t in tasks}
+    tasks = [t for t in tasks if t.name not in INFERRED or INFERRED[t.name][0] in built]
     if len(tasks) < 3:
         raise BenchmarkError("too few sources for a benchmark (need flite or espeak-ng voices, or fluidsynth with "
                              "a soundfont): " + "; ".join(avail.missing) + ". Run scripts/setup.sh as root "
@@ -484,7 +568,7 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
 
     # 1. candidate clips per task and split
     planned: dict[str, dict[str, list[Spec]]] = {}
-    for task in tasks:
+    for task in (t for t in tasks if t.name not in INFERRED):  # inferred tasks reuse their source's clips
         rng = _rng(seed, "allocate", task.name)
         if task.kind == "speech":
             alloc = _allocate(_speech_specs(task, seen, "seen"),
@@ -546,7 +630,7 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
     _say("stage 3/4: trimming, fitting to the window, writing clips and manifests")
     items_by_split: dict[str, list] = {sp: [] for sp in SPLITS}
     dropped: Counter = Counter()
-    for task in tasks:
+    for task in (t for t in tasks if t.name not in INFERRED):
         for split in SPLITS:
             taken = 0
             for s in planned[task.name].get(split, []):
@@ -562,10 +646,16 @@ def build_benchmark(out_dir: Path, seed: int = 0, size: str = "default", workers
                 choices = draw_choices(task, s.label, _rng(seed, "choices", iid))
                 meta = dict(s.meta, **_room_meta(s.room), duration_s=round(wav.size / SAMPLE_RATE, 3), group=s.group)
                 items_by_split[split].append(dict(id=iid, audio=rel, question=task.question, choices=choices,
-                                                  target=s.label, task=task.name, split=split, meta=meta))
+                                                  target=s.label, task=task.name, split=split, meta=meta,
+                                                  evidence=clip_evidence(s)))
                 taken += 1
             if taken < quotas[split]:
                 _say(f"warning: {task.name}/{split}: {taken} of {quotas[split]} items (sources ran short)")
+    for task in (t for t in tasks if t.name in INFERRED):
+        for split in SPLITS:
+            for src, row in inferred_items(items_by_split[split], task, seed):
+                _link_or_copy(out_dir / src["audio"], out_dir / row["audio"])
+                items_by_split[split].append(row)
     if dropped:
         _say("dropped clips: " + ", ".join(f"{k} x{v}" for k, v in sorted(dropped.items())))
     for split in SPLITS:
@@ -741,7 +831,16 @@ def _datasheet(out_dir, seed, size, tasks, items_by_split, seen, heldout, babble
                   "speed/pitch/timbre variant of the same voice saying the same words is in two splits. "
                   "test_heldout uses only held-out voices (speech), held-out instruments / chords and the held-out "
                   "soundfont (music), and held-out rooms: for generalisation only, never for training or tuning.",
-        "tasks": [{"name": t.name, "kind": t.kind, "question": t.question, "labels": list(t.labels)} for t in tasks],
+        "tasks": [{"name": t.name, "kind": t.kind, "question": t.question, "labels": list(t.labels),
+                   **({"inferred_from": INFERRED[t.name][0]} if t.name in INFERRED else {})} for t in tasks],
+        "evidence": "every item's `evidence` field says what its clip contains, in words: speech, the phrase "
+                    "spoken (\"x ray\", \"double you\", \"turn on the lights\"); music, the generator's "
+                    "description: instrument, number of notes, and the melody's direction for melody_contour "
+                    "(\"violin, three notes, falling then rising\"; held-out chords \"harp, a chord of three "
+                    "notes\"). The reasoning format (data.response_format=reasoning) states it before the "
+                    "answer; the evidence metrics score a model's stated evidence against it. Inferred tasks "
+                    "(word_initial, number_plus_one) reuse their source task's clips and evidence with another "
+                    "question, so the answer differs from what is heard.",
         "counts": counts,
         "duration_s": {"min": min(durs, default=0), "mean": round(float(np.mean(durs)), 3) if durs else 0,
                        "max": max(durs, default=0)},
@@ -810,8 +909,11 @@ def _datasheet_md(d: dict) -> str:
            f"Choices: {d['choices']}.", "", f"Splits: {d['splits']}", "",
            "## Tasks", "", "| task | kind | question | labels |", "|---|---|---|---|"]
     for t in d["tasks"]:
-        out.append(f"| {t['name']} | {t['kind']} | {t['question']} | {len(t['labels'])}: "
+        src = f" (inferred from {t['inferred_from']}'s clips)" if t.get("inferred_from") else ""
+        out.append(f"| {t['name']} | {t['kind']}{src} | {t['question']} | {len(t['labels'])}: "
                    f"{', '.join(t['labels'][:6])}{', ...' if len(t['labels']) > 6 else ''} |")
+    if d.get("evidence"):
+        out += ["", f"Evidence: {d['evidence']}"]
     out += ["", "## Items per task and split", "", _table(c["task"], cols),
             "", "## Items per source and split", "", _table(c["source"], cols),
             "", "## Items per voice and split", "", _table(c["voice"], cols),

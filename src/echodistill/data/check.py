@@ -258,6 +258,13 @@ def check_manifest(path: str | Path, path_map: Optional[dict] = None, fmt: str =
     if not rows:
         problems.append(Problem("empty_manifest", str(path), "the manifest has no items (0 rows)",
                                 FIXES["empty_manifest"]))
+    items = [r.item for r in rows if r.item is not None]
+    bare = [it for it in items if not it.evidence]
+    if bare and len(bare) < len(items):  # all or none is a choice; some is usually a mistake
+        problems.append(Problem(
+            "missing_evidence", str(path), f"{len(bare)} of {len(items)} items have no evidence (first: {bare[0].id}); "
+            "the reasoning format's warm-up skips them and the evidence metrics leave them out",
+            "add an `evidence` text (what the clip contains) to every item, or to none", severity="note"))
     total = sum(positions.values())
     if total >= POSITION_BIAS_MIN_ITEMS:
         pos, count = positions.most_common(1)[0]

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional
 
 from .items import Issue, Item, ManifestError, Row, item_issues, resolve_path, stored_index
 
-FIELDS = ("id", "question", "audio", "choices", "target", "task", "split")  # question first: see resolve_columns
+FIELDS = ("id", "question", "audio", "choices", "target", "task", "split", "evidence")  # question first: see resolve_columns
 OLD_FIELD_NAMES = {"answer": "target"}  # data.columns keys of stored configs: the label was "answer"
 DEFAULT_NAMES = {
     "id": ("id", "question_id", "uid", "qid"),
@@ -43,6 +43,7 @@ DEFAULT_NAMES = {
     "target": ("answer", "target", "label", "correct_answer", "solution"),  # solution: TRL's reasoning datasets
     "task": ("task", "category", "subset"),
     "split": ("split",),
+    "evidence": ("evidence",),  # what the clip contains, in words (optional; the reasoning format)
 }
 REQUIRED = ("audio", "question")  # no choices: open-ended; no target: unlabeled
 HF_FILE_SUFFIXES = (".parquet", ".arrow")
@@ -98,6 +99,14 @@ def load_dataset_any(path: str | Path) -> Any:
                             f"{str(e).splitlines()[0] if str(e) else ''}); re-export it with save_to_disk or "
                             "to_parquet") from None
     raise ManifestError(f"{p}: not a Hugging Face dataset (a save_to_disk folder, .parquet, .arrow, .json or .jsonl)")
+
+
+def _evidence_text(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"evidence must be a string, got {type(value).__name__}")
+    return value.strip() or None
 
 
 def resolve_columns(features: dict, columns: Optional[dict], source: Path) -> dict[str, Optional[str]]:
@@ -269,6 +278,7 @@ def iter_hf_rows(path: str | Path, columns: Optional[dict] = None, path_map: Opt
                 task=str(rec.get(cols["task"]) or "default") if cols["task"] else "default",
                 split=str(rec.get(cols["split"]) or split_default) if cols["split"] else split_default,
                 meta={"source_row": i - 1},
+                evidence=_evidence_text(rec.get(cols["evidence"])) if cols["evidence"] else None,
             )
         except (ValueError, TypeError, KeyError) as e:
             yield Row(i, None, [Issue("malformed_row", i, f"row index {i - 1}: {e}",

@@ -43,11 +43,14 @@ class Item:
     noise_type: Optional[str] = None
     snr: Optional[float] = None  # dB
     meta: dict = field(default_factory=dict)
+    # What the clip contains, in words (the phrase spoken, the notes played): the reasoning format's
+    # evidence target and the reference of the evidence metrics. Optional; `data build` writes it.
+    evidence: Optional[str] = None
 
     def to_dict(self) -> dict:
         """Our schema as a dict; optional fields are left out when unset (keeps files small)."""
         d = asdict(self)
-        for k in ("target", "noisy_audio", "noise_type", "snr"):
+        for k in ("target", "noisy_audio", "noise_type", "snr", "evidence"):
             if d[k] is None:
                 del d[k]
         if not d["meta"]:

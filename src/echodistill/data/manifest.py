@@ -7,7 +7,9 @@ Our format is JSONL, one item per line::
 
     {"id": "q1", "audio": "audio/q1.wav", "question": "...", "choices": ["a", "b"], "target": "a",
      "task": "speaker_count", "split": "train",
-     "noisy_audio": null, "noise_type": null, "snr": null, "meta": {}}
+     "noisy_audio": null, "noise_type": null, "snr": null, "meta": {}, "evidence": "..."}
+
+``evidence`` (optional, any format): what the clip contains in words, read by the reasoning format.
 
 ``choices`` left out (or ``[]``): an open-ended question; ``target`` left out: an unlabeled item (both in
 every format).
@@ -249,6 +251,11 @@ def _strip(v: Optional[str]) -> Optional[str]:
     return v.strip() if v is not None else None
 
 
+def _as_evidence(v) -> Optional[str]:
+    """The optional evidence text; blank counts as absent."""
+    return None if v is None else (_as_str(v, "evidence").strip() or None)
+
+
 def _as_snr(v) -> Optional[float]:
     if v is None:
         return None
@@ -296,7 +303,7 @@ class _Schema:
 
     def used_keys(self) -> set[str]:
         """The keys read into Item fields; every other key (but "meta") is kept in item.meta."""
-        used = {"choices", "split", *self.task_keys}
+        used = {"choices", "split", "evidence", *self.task_keys}
         for src in (self.id, self.audio, self.question, self.target):
             used.update(src.keys)
         if self.noisy_key:
@@ -362,6 +369,7 @@ def _build_item(d: dict, rfmt: str, path: Path, path_map: Optional[dict]) -> Ite
         noise_type=_as_str(noise_type, "noise_type") if noise_type is not None else None,
         snr=_as_snr(d.get("snr")) if s.noisy_key else None,
         meta=dict(meta),
+        evidence=_as_evidence(d.get("evidence")),
     )
     # Unknown keys are kept (a release's or benchmark's extra columns are often useful in reports).
     used = s.used_keys()

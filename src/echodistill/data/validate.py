@@ -64,6 +64,7 @@ class Limits:
     max_prompt_tokens: Optional[int] = None
     count_tokens: Optional[Callable[[str], int]] = None  # None: UTF-8 bytes (an upper bound)
     tokens_from: str = "UTF-8 bytes, an upper bound (no tokenizer loaded)"
+    response_format: str = "answer"  # data.response_format: its instruction is part of the prompt
 
     @property
     def window_samples(self) -> Optional[int]:
@@ -110,7 +111,7 @@ def prompt_problem(item: Any, limits: Limits, choice_seed: int) -> Optional[str]
     """A message when ``item``'s prompt has more tokens than ``limits`` allow, else None."""
     if limits.max_prompt_tokens is None:
         return None
-    text = format_question(item.question, ordered_choices(item, choice_seed))
+    text = format_question(item.question, ordered_choices(item, choice_seed), limits.response_format)
     try:
         n_bytes = len(text.encode("utf-8"))
     except UnicodeEncodeError as e:  # a lone surrogate (a "\ud800" JSON escape): no tokenizer can take it
@@ -181,7 +182,8 @@ def limits_from_config(cfg: Any, tokenizer: Any = None, model_path: Optional[str
             return len(_tok(text, add_special_tokens=False)["input_ids"])
         source = "model tokenizer"
     return Limits(min_duration_s=float(cfg.data.min_duration_s), window_s=window, long_audio=str(cfg.data.long_audio),
-                  max_prompt_tokens=max(1, max_tokens), count_tokens=count, tokens_from=source)
+                  max_prompt_tokens=max(1, max_tokens), count_tokens=count, tokens_from=source,
+                  response_format=str(cfg.data.response_format))
 
 
 # ---------------------------------------------------------------- training items

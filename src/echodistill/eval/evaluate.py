@@ -10,9 +10,11 @@ Conditions per item (METHOD.md section 3):
   their own noise type and SNR;
 * ``silent`` -- zeros of the clean clip's length (the no-audio control), when ``eval.no_audio``.
 
-Prompts are the training prompts (``format_question`` over ``ordered_choices(item, data.choice_seed)``);
-answers are greedy (``do_sample=False``, ``eval.max_new_tokens``) and mapped to a choice by the one
-shared extractor (``data.answers.extract_choice``).
+Prompts are the training prompts (``format_question`` over ``ordered_choices(item, data.choice_seed)`` in
+``data.response_format``); answers are greedy (``do_sample=False``, ``eval.max_new_tokens``) and mapped to
+a choice by the one shared parser (``data.answers.extract_answer``: in the reasoning format the answer
+span only). Reasoning rows also carry the stated ``evidence`` (None: broken format), the item's
+``evidence_target`` and ``well_formed``, which the evidence metrics read.
 
 Methods: ``model`` (the checkpoint as is: base directory, warm-up checkpoint or trained adapter),
 ``enhance`` (DeepFilterNet3 in front of the model, ``eval/enhance.py``; also ``eval.enhance=true``),
@@ -53,7 +55,7 @@ from ..data.validate import Limits, limits_from_config, noisy_length_problem, pr
 from ..errors import UserError, disk_full
 from ..provenance import (code_version, content_key, content_stamps, file_stamps, sha256_file, verify_weights,
                           weights_sha256, weights_sha256_v1)
-from ..data.answers import extract_choice, free_answer, is_correct
+from ..data.answers import extract_answer, free_answer, is_correct, parse_response
 from .metrics import GSR_DEFINITION, compute_metrics
 
 METHODS = ("model", "enhance", "cascade")
@@ -218,15 +220,17 @@ class ClipLoader:
 Predictor = Callable[[list, list, list], list]  # (prompts, choices lists, wavs) -> [(response, idx|None)]
 
 
-def model_predictor(adapter: Any, max_new_tokens: int, enhancer: Optional[Callable] = None) -> Predictor:
-    """Greedy answers of an ``AudioLLM``; ``enhancer`` (wav -> wav) is applied to every clip first."""
+def model_predictor(adapter: Any, max_new_tokens: int, enhancer: Optional[Callable] = None,
+                    response_format: str = "answer") -> Predictor:
+    """Greedy answers of an ``AudioLLM``, read in ``response_format``; ``enhancer`` (wav -> wav) is
+    applied to every clip first."""
 
     def predict(prompts, choices, wavs):
         if enhancer is not None:
             wavs = [enhancer(w) for w in wavs]
         batch = adapter.build_inputs(list(prompts), list(wavs))
         comp = adapter.generate(batch, 1, max_new_tokens=int(max_new_tokens), do_sample=False)
-        return [(t, extract_choice(t, ch)) for t, ch in zip(comp.texts, choices)]
+        return [(t, extract_answer(t, ch, response_format)) for t, ch in zip(comp.texts, choices)]
 
     return predict
 
@@ -242,28 +246,38 @@ def cascade_predictor(cascade: Any) -> Predictor:
     return predict
 
 
-def answer_of(choices: list, response: str, idx: Optional[int]) -> Optional[str]:
+def answer_of(choices: list, response: str, idx: Optional[int], response_format: str = "answer") -> Optional[str]:
     """The answer a response gives: the choice ``idx`` names, or, for an open-ended question (no choices),
-    the normalised response (``answers.free_answer``); None = invalid."""
-    return (choices[idx] if idx is not None else None) if choices else free_answer(response)
+    the normalised response (``answers.free_answer``; the reasoning format: its answer span); None = invalid."""
+    if choices:
+        return choices[idx] if idx is not None else None
+    return free_answer(response if response_format == "answer" else parse_response(response, response_format).answer)
 
 
-def make_row(job: Job, choices: list, response: str, idx: Optional[int], split: Optional[str] = None) -> dict:
-    """One prediction row. Open-ended items (no choices): the answer is the normalised response, correct
-    when it equals the normalised target; unlabeled items: ``correct`` None (label-free metrics only)."""
+def make_row(job: Job, choices: list, response: str, idx: Optional[int], split: Optional[str] = None,
+             response_format: str = "answer") -> dict:
+    """One prediction row. Open-ended items (no choices): the answer is the normalised response (in the
+    reasoning format its answer span), correct when it equals the normalised target; unlabeled items:
+    ``correct`` None (label-free metrics only). Reasoning-format rows also carry the stated ``evidence``,
+    the item's ``evidence_target`` and ``well_formed`` (the answer format's rows stay as they were)."""
     item, c = job.group.item, job.cond
-    answer = answer_of(choices, response, idx)
-    return {"id": job.group.id, "task": item.task, "condition": c.kind,
-            "noise_type": c.noise_type if c.kind == "noisy" else None,
-            "snr": float(c.snr) if c.kind == "noisy" else None,
-            "response": response, "answer": answer, "target": item.target,
-            "correct": is_correct(answer, item.target, not choices), "invalid": answer is None,
-            "voice": (item.meta or {}).get("voice"), "split": split or item.split}
+    answer = answer_of(choices, response, idx, response_format)
+    row = {"id": job.group.id, "task": item.task, "condition": c.kind,
+           "noise_type": c.noise_type if c.kind == "noisy" else None,
+           "snr": float(c.snr) if c.kind == "noisy" else None,
+           "response": response, "answer": answer, "target": item.target,
+           "correct": is_correct(answer, item.target, not choices), "invalid": answer is None,
+           "voice": (item.meta or {}).get("voice"), "split": split or item.split}
+    if response_format != "answer":
+        parsed = parse_response(response, response_format)
+        row.update(evidence=parsed.evidence, evidence_target=item.evidence, well_formed=parsed.well_formed)
+    return row
 
 
 def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, batch_size: int, choice_seed: int,
              on_rows: Optional[Callable[[list], None]] = None, bad: Optional[dict] = None,
-             split: Optional[str] = None, progress: Optional[Any] = None) -> list[dict]:
+             split: Optional[str] = None, progress: Optional[Any] = None,
+             response_format: str = "answer") -> list[dict]:
     """Predict ``jobs`` in batches; rows are passed to ``on_rows`` after every batch and returned.
 
     A job whose audio cannot be used (AudioError) is skipped and recorded in ``bad`` as
@@ -277,7 +291,8 @@ def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, bat
         if not pending:
             return
         res = predict([p[1] for p in pending], [p[2] for p in pending], [p[3] for p in pending])
-        rows = [make_row(job, ch, resp, idx, split) for (job, _, ch, _), (resp, idx) in zip(pending, res)]
+        rows = [make_row(job, ch, resp, idx, split, response_format)
+                for (job, _, ch, _), (resp, idx) in zip(pending, res)]
         cut = getattr(loader, "truncated", ())
         for r in rows:  # recorded per row, so a resumed evaluation still reports the clips it cut earlier
             if r["id"] in cut:
@@ -315,7 +330,7 @@ def run_jobs(jobs: Sequence[Job], predict: Predictor, loader: ClipLoader, *, bat
             continue
         if g.id not in prompts:
             ch = ordered_choices(g.item, choice_seed)
-            prompts[g.id] = (format_question(g.item.question, ch), ch)
+            prompts[g.id] = (format_question(g.item.question, ch, response_format), ch)
         prompt, ch = prompts[g.id]
         pending.append((job, prompt, ch, wav))
         if len(pending) >= batch_size:
@@ -348,9 +363,10 @@ def evaluate_items(adapter: Any, items: Sequence[Item], conditions: Sequence[Con
         from ..progress import progress as progress_bar
         bar = progress_bar(len(jobs), "eval", "clip")
     try:
-        rows = run_jobs(jobs, model_predictor(adapter, max_new_tokens or cfg.eval.max_new_tokens, enhancer),
+        fmt = str(cfg.data.response_format)
+        rows = run_jobs(jobs, model_predictor(adapter, max_new_tokens or cfg.eval.max_new_tokens, enhancer, fmt),
                         ClipLoader(cfg, bank, limits=limits), batch_size=int(batch_size or cfg.eval.batch_size),
-                        choice_seed=int(cfg.data.choice_seed), bad=bad, progress=bar)
+                        choice_seed=int(cfg.data.choice_seed), bad=bad, progress=bar, response_format=fmt)
     finally:
         if bar is not None:
             bar.close()
@@ -531,6 +547,9 @@ def _eval_state(cfg: Any, method: str, ckpt: str, manifest: Path, pmap: dict, it
             "eval.max_new_tokens": int(cfg.eval.max_new_tokens), "data.choice_seed": int(cfg.data.choice_seed),
             "data.max_duration_s": float(cfg.data.max_duration_s),
             "data.min_duration_s": float(cfg.data.min_duration_s),
+            # only when not the default, so that the answer format's earlier eval folders still resume
+            **({"data.response_format": str(cfg.data.response_format)}
+               if str(cfg.data.response_format) != "answer" else {}),
         },
     }
 
@@ -713,14 +732,15 @@ def _predict_and_report(cfg: Any, out_dir: Path, jobs: list, groups: list, condi
                 adapter = load_adapter(cfg.model, path=ckpt, train=False)
                 if device != "cpu":
                     adapter.to(device)
-                predict = model_predictor(adapter, int(cfg.eval.max_new_tokens), enhancer)
+                predict = model_predictor(adapter, int(cfg.eval.max_new_tokens), enhancer,
+                                          str(cfg.data.response_format))
                 loader.limits = limits_from_config(cfg, adapter.tokenizer, model_path=ckpt,
                                                    max_new_tokens=int(cfg.eval.max_new_tokens))
             from ..progress import progress
             with progress(len(todo), f"eval {method}", "clip", disable=not main) as bar:
                 new_rows = run_jobs(todo, predict, loader, batch_size=int(cfg.eval.batch_size),
                                     choice_seed=int(cfg.data.choice_seed), on_rows=writer, bad=bad,
-                                    split=split_name, progress=bar)
+                                    split=split_name, progress=bar, response_format=str(cfg.data.response_format))
         else:
             new_rows = []
         if procs is not None:  # the other processes' rows, skipped items and cut clips, to the main one

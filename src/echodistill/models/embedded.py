@@ -56,7 +56,8 @@ BUILTIN_WORDS = list(dict.fromkeys(NUMBER_WORDS + NATO + LETTERS + INSTRUMENTS +
 
 
 def read_bench_texts(bench_dir: str | Path) -> list[str]:
-    """Questions and choices of every ``*.jsonl`` in ``bench_dir`` (fields 'question'/'prompt', 'choices')."""
+    """Questions, choices and evidence of every ``*.jsonl`` in ``bench_dir`` (fields 'question'/'prompt',
+    'choices', 'evidence'), with the prompts and completions of both response formats."""
     d = Path(bench_dir)
     files = sorted(d.glob("*.jsonl"))
     if not files:
@@ -82,10 +83,17 @@ def read_bench_texts(bench_dir: str | Path) -> list[str]:
                         from ..data.prompts import format_question
                         if isinstance(q, str):
                             texts.append(format_question(q, [c for c in choices if isinstance(c, str)]))
+                            if isinstance(row.get("evidence"), str):
+                                texts.append(format_question(q, [c for c in choices if isinstance(c, str)],
+                                                             "reasoning"))
                     except ImportError:
                         pass
                 if isinstance(row.get("target"), str):
                     texts.append(row["target"])
+                    if isinstance(row.get("evidence"), str) and row["evidence"].strip():
+                        # the evidence words, and the reasoning completion: its tags become few tokens
+                        from ..data.prompts import target_text
+                        texts += [row["evidence"], target_text(row["target"], row["evidence"], "reasoning")]
     return texts
 
 

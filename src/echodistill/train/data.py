@@ -135,7 +135,7 @@ def load_clip(path: str, min_duration_s: float, max_duration_s: float, long_audi
 
 def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr_range: tuple[float, float],
                  rng: np.random.Generator, choice_seed: int, min_duration_s: float,
-                 max_duration_s: float, long_audio: str = "truncate") -> Example:
+                 max_duration_s: float, long_audio: str = "truncate", response_format: str = "answer") -> Example:
     """Load ``item``'s clean clip and draw its noisy version (raises AudioError for a bad clip).
 
     A pre-mixed ``noisy_audio`` is not used here: training draws online so every step sees new noise.
@@ -148,7 +148,7 @@ def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr
         if item.target not in choices:
             raise AudioError(f"item {item.id}: target {item.target!r} is not one of its choices", "bad_item")
         target = choices.index(item.target)
-    return Example(item, format_question(item.question, choices), choices, target,
+    return Example(item, format_question(item.question, choices, response_format), choices, target,
                    clean, draw.noisy.astype(np.float32), draw.noise_type, float(draw.snr))
 
 
@@ -162,7 +162,8 @@ def load_examples(items: Sequence[Item], cfg, bank: NoiseBank, position: int) ->
                 item, bank=bank, noise_types=list(cfg.noise.train_types),
                 snr_range=(cfg.noise.train_snr_min, cfg.noise.train_snr_max), rng=rng,
                 choice_seed=cfg.data.choice_seed, min_duration_s=cfg.data.min_duration_s,
-                max_duration_s=cfg.data.max_duration_s, long_audio=cfg.data.long_audio))
+                max_duration_s=cfg.data.max_duration_s, long_audio=cfg.data.long_audio,
+                response_format=cfg.data.response_format))
         except AudioError as e:
             bad.append(f"{item.id}: {e}")
     return examples, bad
@@ -177,7 +178,8 @@ def eval_examples(items: Sequence[Item], cfg, bank: NoiseBank, noise_seed: int,
         try:
             out.append(make_example(item, bank=bank, noise_types=list(cfg.noise.train_types), snr_range=(lo, hi),
                                     rng=seeded_rng(noise_seed, "val-noise", item.id), choice_seed=cfg.data.choice_seed,
-                                    min_duration_s=cfg.data.min_duration_s, max_duration_s=cfg.data.max_duration_s))
+                                    min_duration_s=cfg.data.min_duration_s, max_duration_s=cfg.data.max_duration_s,
+                                    response_format=cfg.data.response_format))
         except AudioError:
             continue  # the periodic eval is a monitor: a bad val clip is left out, not fatal
     return out

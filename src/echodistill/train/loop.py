@@ -132,7 +132,7 @@ def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noi
     from ..data.answers import is_correct
     from ..eval.evaluate import answer_of, model_predictor
 
-    predict = model_predictor(model, cfg.eval.max_new_tokens)
+    predict = model_predictor(model, cfg.eval.max_new_tokens, response_format=cfg.data.response_format)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(len(examples)))[rank::world]
     bands = sorted({snr_band(e.snr) for e in examples})  # every rank the same layout
@@ -144,7 +144,8 @@ def greedy_accuracy(model, examples: Sequence[Example], cfg, accelerator, *, noi
         prompts, choices = [e.prompt for e in chunk], [e.choices for e in chunk]
 
         def answers(wavs, by=predict):
-            return [answer_of(e.choices, text, idx) for e, (text, idx) in zip(chunk, by(prompts, choices, wavs))]
+            return [answer_of(e.choices, text, idx, cfg.data.response_format)
+                    for e, (text, idx) in zip(chunk, by(prompts, choices, wavs))]
 
         clean = answers([e.clean for e in chunk])
         noisy_ans = answers([e.noisy for e in chunk]) if noisy else [None] * len(chunk)

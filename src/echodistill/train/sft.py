@@ -1,10 +1,13 @@
 """Supervised warm-up (clean) and the ``sft-noisy`` baseline: ``echodistill warmup``.
 
-Teacher-forced cross-entropy on the answer tokens only. The completion is the target choice's text
-followed by the backbone's end-of-turn token (``adapter.end_of_turn_id``); the prompt is built exactly as at RL and
-evaluation time (``format_question(question, ordered_choices(item, data.choice_seed))`` in the
-adapter's chat template, from ``build_inputs``), so the warmed-up model answers in the answer format
-the shared extractor reads.
+Teacher-forced cross-entropy on the completion tokens only. The completion is
+``target_text(target, evidence, data.response_format)`` followed by the backbone's end-of-turn token
+(``adapter.end_of_turn_id``): the target choice's text (``answer`` format), or
+``<think>EVIDENCE</think><answer>TARGET</answer>`` (``reasoning``: the item's evidence, what the clean clip
+contains; items without one are left out). The prompt is built exactly as at RL and evaluation time
+(``format_question(question, ordered_choices(item, data.choice_seed), data.response_format)`` in the
+adapter's chat template, from ``build_inputs``), so the warmed-up model answers in the format the
+shared parser reads.
 
 Trainable: projector + language model (audio encoder frozen), or with ``model.lora.enabled`` the LoRA
 parameters only.
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from ..audio.noise import NoiseBank, draw_noisy, seeded_rng
 from ..data.labels import select_items, write_label_sheet
 from ..data.manifest import Item, read_manifest
-from ..data.prompts import format_question, ordered_choices
+from ..data.prompts import format_question, ordered_choices, target_text
 from ..data.validate import usable_training_items
 from ..errors import UserError
 from ..models.audio_path import encoder_fingerprint
@@ -50,14 +53,14 @@ from .loop import PhaseTimer, Recipe, val_examples
 
 
 # ---------------------------------------------------------------- small helpers
-def item_prompt(item: Item, choice_seed: int) -> tuple[str, list[str]]:
+def item_prompt(item: Item, choice_seed: int, response_format: str = "answer") -> tuple[str, list[str]]:
     """(user text, shown choices) exactly as at RL / evaluation time."""
     choices = ordered_choices(item, choice_seed)
-    return format_question(item.question, choices), choices
+    return format_question(item.question, choices, response_format), choices
 
 
 def completion_ids(adapter: Any, target: str) -> list[int]:
-    """Token ids of the supervised completion: the target text + the end-of-turn token."""
+    """Token ids of the supervised completion: the target text (``target_text``) + the end-of-turn token."""
     ids = adapter.tokenizer(target, add_special_tokens=False)["input_ids"]
     return list(ids) + [int(adapter.end_of_turn_id)]
 
@@ -132,7 +135,7 @@ def _encoder_frozen(adapter: Any) -> bool:
     return not any(p.requires_grad for p in adapter.family.audio_encoder(adapter.hf).parameters())
 
 
-def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed: int):
+def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed: int, response_format: str = "answer"):
     """Prompt ids and cached encoder outputs for ``rows`` (every row has a clip key).
 
     One processor call for the rows whose prompt or clip is not cached yet; the encoder runs only on
@@ -147,7 +150,7 @@ def prepare_rows(adapter: Any, rows: list[_Row], cache: AudioCache, choice_seed:
             seen.add(k)
             need.append(r)
     if need:
-        prompts = [item_prompt(r.item, choice_seed)[0] for r in need]
+        prompts = [item_prompt(r.item, choice_seed, response_format)[0] for r in need]
         batch = adapter.build_inputs(prompts, [r.wav_fn() for r in need])
         am = batch["attention_mask"]
         for j, r in enumerate(need):
@@ -206,6 +209,19 @@ def sft_forward(adapter: Any, prompt_ids: list[list[int]], targets: list[list[in
     return loss, per_row == 0
 
 
+def _with_evidence(items: list[Item], manifest: str, log: Any) -> list[Item]:
+    """The items that carry evidence (the reasoning format's target states it); none is a UserError."""
+    kept = [it for it in items if it.evidence]
+    if not kept:
+        raise UserError(f"{manifest}: no item has an `evidence` field (what the clip contains), which the "
+                        "reasoning format's warm-up teaches the model to state; add it to the manifest (`echodistill "
+                        "data build` writes it) or train with data.response_format=answer")
+    if len(kept) < len(items):
+        log(f"warmup: {len(items) - len(kept)} of {len(items)} items have no evidence and are left out "
+            f"(first: {next(it.id for it in items if not it.evidence)})")
+    return kept
+
+
 # ---------------------------------------------------------------- the recipe on the shared skeleton
 def load_warmup_model(cfg: Any) -> Any:
     """The adapter a warm-up starts from: ``warmup.init_from`` (a finished stage's adapter is folded
@@ -254,6 +270,8 @@ class SFTRecipe(Recipe):
         for it in items:
             if it.choices and it.target not in it.choices:  # open-ended: the target is the answer's text
                 raise UserError(f"{cfg.data.train_manifest}: item {it.id}: target {it.target!r} is not a choice")
+        if cfg.data.response_format == "reasoning":  # the completion states the evidence: items need one
+            items = _with_evidence(items, cfg.data.train_manifest, self._log)
         self.train_items = items
         self.data = WarmupData(cfg, items)
         if w.eval_steps > 0 and cfg.data.val_manifest and Path(cfg.data.val_manifest).exists():
@@ -267,7 +285,9 @@ class SFTRecipe(Recipe):
         self.use_cache = bool(w.cache_audio) and adapter.has_separate_projector and _encoder_frozen(adapter) \
             and not (w.noisy and w.noise_versions <= 0)
         self.cache = AudioCache(self.use_cache)
-        self.targets = {it.id: completion_ids(adapter, it.target) for it in self.train_items}
+        fmt = self.cfg.data.response_format
+        self.targets = {it.id: completion_ids(adapter, target_text(it.target, it.evidence, fmt))
+                        for it in self.train_items}
         return adapter
 
     def state_dict(self) -> dict:
@@ -294,12 +314,12 @@ class SFTRecipe(Recipe):
             return [[self.data.row(self.train_items[i], self.epoch) for i in mine]]
 
     def _loss_step(self, rows: list[_Row], iteration: int, ctx: Any) -> tuple[torch.Tensor, dict]:
-        adapter, seed = self.model, self.cfg.data.choice_seed
+        adapter, seed, fmt = self.model, self.cfg.data.choice_seed, self.cfg.data.response_format
         if self.use_cache:
-            prompt_ids, hidden = prepare_rows(adapter, rows, self.cache, seed)
+            prompt_ids, hidden = prepare_rows(adapter, rows, self.cache, seed, fmt)
             feats = adapter.project_audio(adapter.active_model, torch.cat(hidden, 0).to(adapter.device))
         else:  # encode this step's batch (with gradients where the audio path trains)
-            batch = adapter.build_inputs([item_prompt(r.item, seed)[0] for r in rows], [r.wav_fn() for r in rows])
+            batch = adapter.build_inputs([item_prompt(r.item, seed, fmt)[0] for r in rows], [r.wav_fn() for r in rows])
             am = batch["attention_mask"]
             prompt_ids = [batch["input_ids"][j][am[j].bool()].tolist() for j in range(len(rows))]
             feats = adapter.audio_features(batch)
