@@ -314,8 +314,10 @@ def compute_metrics(rows: Iterable[dict], strong_snr_max: float = 0.0, n_boot: i
     "invalid_by_condition": {cond: fig}, "noisy_by_snr": {"-5": fig, ...},
     "gsr_by_snr": {...}, "noisy_by_noise_type": {type: fig}, "by_task": {task: {name: fig}},
     "definitions": {...}, "settings": {...}, "counts": {...}}`` where ``fig = {"value", "ci_low",
-    "ci_high", "n", "n_obs"}``. Deterministic given ``seed``.
+    "ci_high", "n", "n_obs"}``; plus ``"evidence"`` (``eval/evidence.py``) when the rows carry the items'
+    evidence (the reasoning format). Deterministic given ``seed``.
     """
+    rows = list(rows)
     A = _build(rows)
     W = _weights(len(A.ids), n_boot, seed)
     fig = lambda name, **kw: _figure(*_draws(A, W, name, strong_snr_max, **kw))  # noqa: E731
@@ -332,6 +334,9 @@ def compute_metrics(rows: Iterable[dict], strong_snr_max: float = 0.0, n_boot: i
                                                               "Consistency", "NoAudio", "Invalid")}
         for t in sorted(set(A.tasks.tolist()))}
     out["definitions"] = dict(DEFINITIONS)
+    from .evidence import evidence_metrics, has_evidence  # imports this module's helpers
+    if has_evidence(rows):  # the reasoning format: what the model says it hears (eval/evidence.py)
+        out["evidence"] = evidence_metrics(rows, strong_snr_max, n_boot, seed)
     out["settings"] = {"strong_snr_max": float(strong_snr_max), "n_boot": int(n_boot), "seed": int(seed),
                        "ci_level": CI_LEVEL, "bootstrap": "percentile, items resampled with all their conditions"}
     out["counts"] = {"items": len(A.ids), "labeled_items": int((A.clean_den + A.noisy_den.sum(1) > 0).sum()),

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import UserError
 from .formatting import cell, pct
+from .evidence import evidence_markdown
 from .metrics import (CONSISTENCY_DEFINITION, DEFINITIONS, GSR_DEFINITION, HEADLINE, combine_seeds,
                       compute_metrics, paired_differences)
 from .predictions import read_predictions  # also re-exported: callers may import it from here
@@ -395,6 +396,7 @@ def _markdown(entries, base, paired, notes, strong, n_boot, status, has_diff_plo
         rows += [[f"{k} dB"] + [cell(e.metrics.get("noisy_by_snr", {}).get(k)) for e in entries]
                  for k in snr_keys]
         md += [_table(["SNR"] + [e.name for e in entries], rows), ""]
+    md += evidence_markdown([(e.name, e.metrics) for e in entries], cell, strong)  # the reasoning format
     types = []
     for e in entries:
         types += [t for t in e.metrics.get("noisy_by_noise_type", {}) if t not in types]
