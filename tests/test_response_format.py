@@ -79,7 +79,7 @@ def test_config_format_presets():
     cfg = load_config(overrides=[])
     assert cfg.data.response_format == "answer" and cfg.eval.max_new_tokens == 8
     cfg = load_config(overrides=["data.response_format=reasoning"])
-    assert cfg.train.max_completion_length == 32 and cfg.eval.max_new_tokens == 32
+    assert cfg.train.max_completion_length == 24 and cfg.eval.max_new_tokens == 24
     cfg = load_config(overrides=["data.response_format=reasoning", "eval.max_new_tokens=20"])
     assert cfg.eval.max_new_tokens == 20  # the user's value wins over the preset
     with pytest.raises(ConfigError, match="response_format"):

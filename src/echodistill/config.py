@@ -467,10 +467,10 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 RESPONSE_FORMATS = ("answer", "reasoning")
 # Completion lengths each response format needs, applied before the YAML file and the overrides (which win):
-# evidence + tags take ~10-20 tokens of the embedded tokenizer, a bare answer 1-3.
+# evidence + tags take 10-19 tokens of the embedded tokenizer (+ end of turn), a bare answer 1-3.
 FORMAT_PRESETS: dict[str, dict[str, Any]] = {
     "answer": {},
-    "reasoning": {"train.max_completion_length": 32, "eval.max_new_tokens": 32},
+    "reasoning": {"train.max_completion_length": 24, "eval.max_new_tokens": 24},
 }
 
 _CHOICES = {
