@@ -125,3 +125,24 @@ def test_embedded_tokenizer_covers_evidence_and_tags(tmp_path):
     ids = tok(completion, add_special_tokens=False).input_ids
     assert tok.decode(ids) == completion
     assert len(ids) <= 16  # tags and evidence words are whole tokens, not bytes
+
+
+def test_rewards_read_the_answer_span():
+    import torch
+
+    from echodistill.train.rewards import accuracy_rewards, format_rewards, majority_vote
+
+    texts = ["<think>piano, two notes</think><answer>piano</answer>",  # right, well formed
+             "<think>flute</think><answer>piano</answer>",  # right answer, evidence says otherwise
+             "<think></think><answer>piano</answer>",  # right, no evidence stated: no format reward
+             "<think>piano</think>piano",  # broken: no answer even though "piano" is there
+             "<think>piano</think><answer>flute</answer>",  # wrong
+             "<think>x</think><answer>piano</answer><answer>flute</answer>"]  # two answers
+    acc = accuracy_rewards(texts, [CH], ["piano"], 6, response_format="reasoning")
+    assert acc.tolist() == [1, 1, 1, 0, 0, 0]
+    fmt = format_rewards(texts, [CH], 6, response_format="reasoning")
+    assert fmt.tolist() == [1, 1, 0, 0, 1, 0]
+    # the answer format is unchanged: the whole text is the answer
+    assert format_rewards(["piano", "Piano.", "it is piano"], [CH], 3).tolist() == [1, 1, 0]
+    assert majority_vote(texts, [CH], 6, response_format="reasoning") == [0]
+    assert isinstance(acc, torch.Tensor)

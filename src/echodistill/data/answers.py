@@ -350,13 +350,13 @@ def format_ok(text: Optional[str], choices: Sequence[str], response_format: str 
     """Whether ``text`` follows the response format exactly (the format reward's test).
 
     The answer text must be exactly one offered choice once surrounding whitespace and final
-    punctuation are stripped (case-insensitive; "Dog." for "dog"), or any non-empty text when the item
-    has no choices; in the ``reasoning`` format the completion must also be well formed with a
+    punctuation are stripped (case-insensitive; "Dog." for "dog"), or any answer with words in it when
+    the item has no choices; in the ``reasoning`` format the completion must also be well formed with a
     non-empty think span (``parse_response``).
     """
     parsed = parse_response(text, response_format)
     if not parsed.well_formed or parsed.answer is None:
         return False
-    if not choices:
-        return bool(parsed.answer.strip())
+    if not choices:  # open-ended: any answer with words in it
+        return free_answer(parsed.answer) is not None
     return _strip_format(parsed.answer) in {_strip_format(c) for c in choices}

@@ -5,18 +5,19 @@ Shapes: ``B`` items, ``G`` samples per item, ``N = B*G`` completions, item-major
 completion tokens (up to and including EOS) and 0 on padding.
 
 ``extract_choice`` (``data/answers.py``, re-exported here) is THE answer extractor: the accuracy
-reward here and the evaluation both call it (METHOD.md section 4, flaw 6).
+reward here and the evaluation both call it (METHOD.md section 4, flaw 6). ``response_format``
+(``data.response_format``): in the ``reasoning`` format the answer is read from the ``<answer>`` span
+only and a broken completion names nothing (``extract_answer``); the format reward checks the tags too.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
 from ..config import CONSISTENCY_MODES  # allowed values, defined once
-from ..data.answers import extract_choice, normalize as _norm, read_answer  # re-exported: the one extractor
+from ..data.answers import extract_choice, format_ok, normalize as _norm, read_answer  # the one parser
 
 __all__ = [
     "extract_choice",
@@ -58,8 +59,9 @@ def _target_index(target: Union[str, int], choices: Sequence[str]) -> Union[int,
 
 def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
                      targets: Sequence[Union[str, int, None]], num_generations: int,
-                     wrong: float = 0.0) -> torch.Tensor:
-    """``r_acc [N]``: 1.0 where ``extract_choice`` gives the target, else ``wrong`` (0 or -1).
+                     wrong: float = 0.0, response_format: str = "answer") -> torch.Tensor:
+    """``r_acc [N]``: 1.0 where ``extract_answer`` (in ``response_format``) gives the target, else
+    ``wrong`` (0 or -1).
 
     ``texts``: N completions, item-major. ``choices_per_item``: B lists in displayed order; an empty
     list is an open-ended question, right when the normalised completion equals the normalised target.
@@ -77,38 +79,30 @@ def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[s
         t = _target_index(target, choices)
         for g in range(num_generations):
             n = i * num_generations + g
-            if read_answer(texts[n], choices) == t:
+            if read_answer(texts[n], choices, response_format) == t:
                 out[n] = 1.0
     return out
 
 
-_TRAILING_PUNCT = ".!?,;:"
-
-
-def _strip_format(s: str) -> str:
-    return unicodedata.normalize("NFKC", s).strip().rstrip(_TRAILING_PUNCT).strip().casefold()
-
-
 def format_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
-                   num_generations: int, fmt: str = "choice") -> torch.Tensor:
+                   num_generations: int, fmt: str = "choice", response_format: str = "answer") -> torch.Tensor:
     """``r_fmt [N]``: 1.0 when the completion follows the answer format, else 0.0.
 
-    ``fmt="choice"``: the completion is exactly one offered choice once surrounding whitespace and
+    ``fmt="choice"``: the answer text is exactly one offered choice once surrounding whitespace and
     final punctuation (``.!?,;:``) are stripped; case-insensitive, otherwise verbatim ("dog" for
-    choice "dog", "Dog." too; "It's a dog" or "dog, I think" not). An open-ended question (no choices):
-    any non-empty answer.
+    choice "dog", "Dog." too; "It's a dog" or "dog, I think" not); an open-ended question (no choices):
+    any non-empty answer. The answer text is the whole completion (``response_format="answer"``), or
+    the answer span of a well-formed ``<think>E</think><answer>A</answer>`` with a non-empty think span
+    (``"reasoning"``; ``data.answers.format_ok``, R1-AQA's format reward made exact).
     """
     if fmt != "choice":
         raise ValueError(f"unknown answer format {fmt!r}; known: choice")
     _check_n(texts, len(choices_per_item), num_generations)
     out = torch.zeros(len(texts), dtype=torch.float32)
     for i, choices in enumerate(choices_per_item):
-        allowed = {_strip_format(c) for c in choices}
         for g in range(num_generations):
             n = i * num_generations + g
-            t = texts[n] if isinstance(texts[n], str) else ""
-            if t.strip() and (_strip_format(t) in allowed if choices else read_answer(t, choices) is not None):
-                out[n] = 1.0
+            out[n] = float(format_ok(texts[n], choices, response_format))
     return out
 
 
@@ -180,7 +174,7 @@ def snr_weight(snr: Union[float, Sequence[float], torch.Tensor], w0: float, snr_
 
 
 def majority_vote(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
-                  num_generations: int) -> list[Optional[Union[int, str]]]:
+                  num_generations: int, response_format: str = "answer") -> list[Optional[Union[int, str]]]:
     """TTRL's label-free target: per item, the choice most of its G samples name (``[B]`` indices; an
     open-ended question's most frequent normalised answer).
 
@@ -190,7 +184,7 @@ def majority_vote(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]
     _check_n(texts, len(choices_per_item), num_generations)
     out: list[Optional[Union[int, str]]] = []
     for i, choices in enumerate(choices_per_item):
-        votes = [read_answer(texts[i * num_generations + g], choices) for g in range(num_generations)]
+        votes = [read_answer(texts[i * num_generations + g], choices, response_format) for g in range(num_generations)]
         valid = [v for v in votes if v is not None]
         out.append(max(valid, key=lambda v: (valid.count(v), -valid.index(v))) if valid else None)
     return out
