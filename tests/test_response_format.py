@@ -146,3 +146,15 @@ def test_rewards_read_the_answer_span():
     assert format_rewards(["piano", "Piano.", "it is piano"], [CH], 3).tolist() == [1, 1, 0]
     assert majority_vote(texts, [CH], 6, response_format="reasoning") == [0]
     assert isinstance(acc, torch.Tensor)
+
+
+def test_demo_format_preset():
+    from echodistill.demo import PRESETS, RL_COMMON, with_response_format
+
+    smoke = PRESETS["smoke"]
+    assert with_response_format(smoke, "answer") is smoke  # earlier demo folders keep their stage keys
+    p = with_response_format(smoke, "reasoning")
+    assert p["warmup"][-1] == "data.response_format=reasoning" and p["eval"][-1] == "data.response_format=reasoning"
+    cfg = load_config(None, list(RL_COMMON) + p["train"])  # the stage's order: the format's length wins
+    assert cfg.data.response_format == "reasoning" and cfg.train.max_completion_length == 24
+    assert smoke["warmup"] == PRESETS["smoke"]["warmup"] and "data.response_format=reasoning" not in smoke["train"]

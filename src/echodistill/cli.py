@@ -189,7 +189,7 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(preset=args.preset, out_dir=Path(args.out), seeds=args.seeds)
+    run_demo(preset=args.preset, out_dir=Path(args.out), seeds=args.seeds, response_format=args.format)
     return 0
 
 
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: <= 20 min on 2 cores; full: longer, stronger; smoke: a minute, for tests")
     d.add_argument("--out", default="runs/demo", help="folder for every stage's output")
     d.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default per preset)")
+    d.add_argument("--format", choices=["answer", "reasoning"], default="answer",
+                   help="response format of every stage: answer (one choice) or reasoning (<think>what is heard"
+                        "</think><answer>choice</answer>, with evidence metrics in the report)")
     d.set_defaults(func=cmd_demo)
 
     cs = sub.add_parser("config", help="show the resolved config").add_subparsers(

@@ -11,7 +11,9 @@ Stages (each skipped when its output is already complete, so a rerun resumes):
              front-end before the warm-up model                           -> <out>/eval/<name>
 6. report    table, paired differences, plots                             -> <out>/report
 
-The presets below are the only place the demo's budgets live.
+The presets below are the only place the demo's budgets live. ``--format reasoning`` runs every stage in
+the reasoning response format (``with_response_format``): the warm-up teaches evidence + answer, RL samples
+longer completions, the report adds the evidence figures.
 
 A stage is done only when its completion marker ``<stage dir>/stage_done.json`` exists: written
 atomically (temp file + rename) after everything else of the stage, holding a key over the stage's
@@ -75,6 +77,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "eval.no_audio=false"],
     },
 }
+
+
+def with_response_format(preset: dict, response_format: str) -> dict:
+    """The preset with ``data.response_format`` in every stage's overrides (and the format's completion
+    length after ``RL_COMMON``'s answer-length one); the answer format returns the preset unchanged, so
+    its stage keys, and the folders of earlier demos, stay valid."""
+    if response_format == "answer":
+        return preset
+    from .config import FORMAT_PRESETS
+    if response_format not in FORMAT_PRESETS:
+        raise UserError(f"--format {response_format!r} is unknown; use one of {', '.join(FORMAT_PRESETS)}")
+    fmt = [f"data.response_format={response_format}"]
+    lengths = [f"{k}={v}" for k, v in FORMAT_PRESETS[response_format].items()]
+    out = dict(preset)
+    out["warmup"] = list(preset["warmup"]) + fmt
+    out["train"] = list(preset["train"]) + fmt + lengths
+    for stage in ("eval", "enhance", "heldout"):
+        if preset[stage] is not None:
+            out[stage] = list(preset[stage]) + fmt
+    return out
 
 
 def _say(msg: str) -> None:
@@ -181,7 +203,8 @@ def _stage_train(out: Path, preset: dict, method: str, seed: int, warm: Path) ->
     if method == "sft-noisy":
         from .train.sft import run_warmup
         # Same budget as the RL runs: as many optimizer steps of as many items, the same learning rate.
-        run_warmup(_cfg(out, *common, "warmup.noisy=true", f"warmup.init_from={warm}",
+        run_warmup(_cfg(out, *common, f"data.response_format={cfg.data.response_format}", "warmup.noisy=true",
+                        f"warmup.init_from={warm}",
                         f"warmup.max_steps={cfg.train.max_steps}", f"warmup.prompts_per_device={cfg.train.prompts_per_device}",
                         f"warmup.learning_rate={cfg.train.learning_rate}", "warmup.eval_steps=0"), resume=True)
     else:
@@ -261,12 +284,15 @@ def _headline(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: Optional[list[int]] = None) -> dict:
-    """Run every stage of the demo; print and return the report (report.json's content)."""
+def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: Optional[list[int]] = None,
+             response_format: str = "answer") -> dict:
+    """Run every stage of the demo; print and return the report (report.json's content).
+
+    ``response_format``: ``answer`` or ``reasoning`` (every stage; see ``with_response_format``)."""
     from .eval.report import make_report
 
     seeds = check_arguments(preset, seeds)
-    p = PRESETS[preset]
+    p = with_response_format(PRESETS[preset], response_format)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -297,7 +323,8 @@ def run_demo(preset: str = "default", out_dir: Path = Path("runs/demo"), seeds: 
         prov = json.loads((d / "metrics.json").read_text()).get("provenance", {})
         runs[d.name] = {"dir": str(d), "weights_sha256": prov.get("weights_sha256")}
     tmp = out / "demo.json.tmp"
-    tmp.write_text(json.dumps({"preset": preset, "seeds": seeds, "minutes": round(minutes, 2),
+    fmt = {"response_format": response_format} if response_format != "answer" else {}
+    tmp.write_text(json.dumps({"preset": preset, "seeds": seeds, **fmt, "minutes": round(minutes, 2),
                                "code_version": code_version(), "runs": runs}, indent=1))
     os.replace(tmp, out / "demo.json")
     print("\nTest split, % with bootstrap 95 % intervals (GSR: correct on noisy AND on clean audio; "
