@@ -727,5 +727,4 @@ def to_dict(cfg: Any) -> dict:
 
 
 __all__ = ["Config", "ConfigError", "Variant", "VARIANTS", "FORMAT_PRESETS", "VARIANT_ALIASES", "variant_named",
-           "RENAMED", "TRL_HINTS",
-           "load_config", "save_config", "validate", "to_dict", "code_requests"]
+           "RENAMED", "TRL_HINTS", "load_config", "save_config", "validate", "to_dict", "code_requests"]
