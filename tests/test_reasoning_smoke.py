@@ -88,3 +88,19 @@ def test_reasoning_warmup_needs_evidence(tiny_data, tiny_qwen2_audio_dir, tmp_pa
         p.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "evidence"}) + "\n" for r in rows))
     with pytest.raises(UserError, match="evidence"):
         run_warmup(_cfg(tiny_data, tiny_qwen2_audio_dir, tmp_path / "run"), progress=False)
+
+
+def test_reasoning_rl_step_logs_the_evidence_signals(tiny_data, tiny_qwen2_audio_dir, tmp_path):
+    from echodistill.train.trainer import run_train
+
+    out = tmp_path / "rl"
+    cfg = _cfg(tiny_data, tiny_qwen2_audio_dir, out, "train.variant=echodistill-evidence", "train.max_steps=1",
+               "train.num_generations=2", "train.prompts_per_device=2", "train.eval_steps=0", "train.save_steps=1",
+               f"noise.noise_dir={tiny_data}/noise", "train.learning_rate=1e-3", "train.warmup_ratio=0.0")
+    assert cfg.train.max_completion_length == 24  # the format's length
+    run_train(cfg)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("reward_accuracy_mean", "reward_format_mean", "reward_consistency_mean",
+                "reward_evidence_grounding_mean"):
+        assert key in row, key
+    assert row["reward_format_mean"] == 0.0  # a random model writes no well-formed completion

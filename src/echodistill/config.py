@@ -280,6 +280,11 @@ VARIANTS: dict[str, Variant] = {
         "label-free: GRPO against the clean teacher's confident answers + the decoupled bonus",
         {"consistency": 1.0, "pseudo_label": 1.0}, {"teacher.advantage": "decoupled", "teacher.min_confidence": 0.5},
         research=True),
+    # --- the reasoning format (data.response_format=reasoning): completions state what they hear, then answer
+    "echodistill-evidence": Variant(
+        "the bonus (consistency over every completion token) + grounding over the evidence tokens: the clean "
+        "teacher's support beyond its silent-audio prior for what the student says it hears",
+        {"consistency": 1.0, "evidence_grounding": 1.0}, research=True),
 }
 # Old names of variants, still read (stored experiment specs and run folders use them).
 VARIANT_ALIASES = {"distill-only": "clean-distill"}

@@ -32,6 +32,7 @@ class Example:
     noisy: np.ndarray  # float32 [S]
     noise_type: str
     snr: float
+    response_format: str = "answer"  # how its completions are read (data.response_format; the prompt asks for it)
 
 
 class ItemStream:
@@ -149,7 +150,7 @@ def make_example(item: Item, *, bank: NoiseBank, noise_types: Sequence[str], snr
             raise AudioError(f"item {item.id}: target {item.target!r} is not one of its choices", "bad_item")
         target = choices.index(item.target)
     return Example(item, format_question(item.question, choices, response_format), choices, target,
-                   clean, draw.noisy.astype(np.float32), draw.noise_type, float(draw.snr))
+                   clean, draw.noisy.astype(np.float32), draw.noise_type, float(draw.snr), response_format)
 
 
 def load_examples(items: Sequence[Item], cfg, bank: NoiseBank, position: int) -> tuple[list[Example], list[str]]:

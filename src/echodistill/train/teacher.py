@@ -109,7 +109,7 @@ def teacher_answer(model, r, max_new_tokens: int, with_logits: bool, scored: Opt
         path = GreedyPath(path.ids[:, :t], path.mask[:, :t], path.logprobs[:, :t], path.logits[:, :t], path.covered)
     confidence = (path.logprobs * answer_mask(model, path.ids, path.mask)).sum(1).exp()
     texts = model.decode(path.ids, path.mask)
-    choice = [R.read_answer(text, e.choices) for text, e in zip(texts, r.examples)]
+    choice = [R.read_answer(text, e.choices, r.response_format) for text, e in zip(texts, r.examples)]
     answered = None
     if items is not None:
         answered = path.covered.cpu()

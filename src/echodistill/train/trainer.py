@@ -41,6 +41,7 @@ from .data import Example, ItemStream, load_examples, prompt_length_proxy
 from .loop import PhaseTimer, Recipe, any_rank, val_examples
 from .plugins import add_plugin_rewards
 from .rollout_backends import rollout_backend
+from .spans import evidence_mask
 from .signals import SignalSet, build_signals, group_kinds
 from .teacher import TeacherAnswer, answer_mask, teacher_scoring
 
@@ -74,10 +75,16 @@ class Rollout:
     adv_teacher: Optional[torch.Tensor] = None  # [N] the teacher part (0 where it is off)
     advantages: Optional[torch.Tensor] = None  # [N], or [N, T] with per-token credit
     kd_items: Optional[torch.Tensor] = None  # [B] bool: items the distill signal selected
+    evidence_mask: Optional[torch.Tensor] = None  # [N, T] tokens of the reasoning format's <think> span, else None
 
     @property
     def sampled(self) -> bool:
         return self.ids is not None
+
+    @property
+    def response_format(self) -> str:
+        """How the completions are read (``data.response_format``, carried by the examples)."""
+        return self.examples[0].response_format if self.examples else "answer"
 
 
 def _generator(device: torch.device, *keys: Any) -> torch.Generator:
@@ -99,13 +106,15 @@ def rollout(model, examples: list[Example], cfg, generator: torch.Generator, sam
     comp = rollout_backend(cfg).generate(model, batch, [e.prompt for e in examples], [e.noisy for e in examples],
                                          t.num_generations, max_new_tokens=t.max_completion_length,
                                          temperature=t.temperature, top_p=t.top_p, generator=generator)
+    reasoning = cfg.data.response_format == "reasoning"  # the evidence tokens: the grounding signal's span
+    evidence = evidence_mask(model.tokenizer, comp.ids, comp.mask) if reasoning else None
     return Rollout(examples, batch, comp.ids, comp.mask, answer_mask(model, comp.ids, comp.mask), comp.texts,
-                   comp.logprobs)
+                   comp.logprobs, evidence_mask=evidence)
 
 
 def _accuracy(r: Rollout, targets: list, t) -> torch.Tensor:
     return R.accuracy_rewards(r.texts, [e.choices for e in r.examples], targets, t.num_generations,
-                              wrong=t.wrong_answer_reward)
+                              wrong=t.wrong_answer_reward, response_format=r.response_format)
 
 
 def teacher_phase(model, r: Rollout, signals: SignalSet, t) -> None:
@@ -131,7 +140,8 @@ def compute_rewards(r: Rollout, signals: SignalSet, t) -> None:
     targets = signals.targets(r)
     r.targets = [e.target for e in r.examples] if targets is None else targets
     acc = _accuracy(r, r.targets, t)
-    fmt = R.format_rewards(r.texts, choices, t.num_generations, fmt=t.answer_format)
+    fmt = R.format_rewards(r.texts, choices, t.num_generations, fmt=t.answer_format,
+                           response_format=r.response_format)
     task = R.total_rewards(acc, fmt, None, None, 0.0, dict(t.reward_weights))
     w = signals.snr_weight([e.snr for e in r.examples])
     r.rewards.update(accuracy=acc, format=fmt, snr_weight=w, task=task, total=task)
@@ -423,7 +433,7 @@ class GRPORecipe(Recipe):
             i = n // G
             e = r.examples[i]
             rows.append([e.item.id, e.item.question, e.noise_type, round(e.snr, 2), text,
-                         shown(e, R.read_answer(text, e.choices)), shown(e, r.targets[i]),
+                         shown(e, R.read_answer(text, e.choices, r.response_format)), shown(e, r.targets[i]),
                          round(float(r.rewards["total"][n]), 4), round(float(adv[n]), 4), teacher[i]])
         return head + ["completion", "answer", "target", "reward", "advantage", "teacher_answer"], rows
 

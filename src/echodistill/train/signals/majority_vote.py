@@ -22,4 +22,4 @@ class MajorityVote(Signal):
 
     def targets(self, r):
         G = len(r.texts) // len(r.examples)
-        return R.majority_vote(r.texts, [e.choices for e in r.examples], G)
+        return R.majority_vote(r.texts, [e.choices for e in r.examples], G, r.response_format)
