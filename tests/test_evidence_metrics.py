@@ -82,3 +82,15 @@ def test_report_shows_evidence_with_seeds(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Evidence (reasoning format)" in md and "Hallucinated evidence, silent audio" in md
     assert "Evidence F1 per SNR" in md and "| 0 dB |" in md
+
+
+def test_seed_aware_evidence_scores():
+    from echodistill.eval.seeds import compare, item_scores
+
+    assert item_scores(ROWS, "CleanEvidenceF1") == {"a": 1.0, "b": 1.0}
+    assert item_scores(ROWS, "EvidenceF1") == {"a": 0.0, "b": 0.0}
+    assert item_scores(ROWS, "RightWrongReason") == {"a": 1.0}  # b has no correct noisy answer
+    assert item_scores(ROWS, "Hallucinated") == {"a": 1.0, "b": 0.0}
+    better = [dict(r, evidence=r["evidence_target"]) if r["condition"] == "noisy" else r for r in ROWS]
+    c = compare([better, better], [ROWS, ROWS], "EvidenceF1", n_boot=200)
+    assert c["diff"] == 1.0 and c["n_items"] == 2 and c["boot_low"] == 1.0

@@ -35,6 +35,8 @@ import numpy as np
 from ..errors import UserError
 
 METRICS = ("Acc", "Noisy", "StrongNoisy", "GSR", "StrongGSR", "Consistency", "NoAudio", "Invalid")
+# The reasoning format's evidence figures per item (eval/evidence.py), for seed-aware comparisons.
+EVIDENCE_METRICS = ("CleanEvidenceF1", "EvidenceF1", "StrongEvidenceF1", "RightWrongReason", "Hallucinated")
 
 
 def item_scores(rows: Iterable[dict], metric: str, strong_snr_max: float = 0.0) -> dict[str, float]:
@@ -45,7 +47,12 @@ def item_scores(rows: Iterable[dict], metric: str, strong_snr_max: float = 0.0) 
     ``Consistency``: mean over noisy cells of (noisy answer == clean answer, both valid).
     ``NoAudio``: correct on silent audio (the text-prior control; items evaluated silent only).
     ``Invalid``: share of clean+noisy answers naming no choice.
+    Reasoning format (``EVIDENCE_METRICS``): ``CleanEvidenceF1``, ``EvidenceF1`` / ``StrongEvidenceF1``
+    (mean over the noisy cells), ``RightWrongReason`` (among the item's correct noisy answers, the share
+    whose evidence is not exact), ``Hallucinated`` (silent audio).
     """
+    if metric in EVIDENCE_METRICS:
+        return _evidence_scores(rows, metric, strong_snr_max)
     clean: dict[str, dict] = {}
     noisy: dict[str, list[dict]] = defaultdict(list)
     silent: dict[str, dict] = {}
@@ -79,6 +86,24 @@ def item_scores(rows: Iterable[dict], metric: str, strong_snr_max: float = 0.0) 
         else:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     return out
+
+
+def _evidence_scores(rows: Iterable[dict], metric: str, strong_snr_max: float) -> dict[str, float]:
+    from .evidence import implied_answers, row_values
+
+    rows = list(rows)
+    implied = implied_answers(rows)
+    name, cond = {"CleanEvidenceF1": ("EvidenceF1", "clean"), "EvidenceF1": ("EvidenceF1", "noisy"),
+                  "StrongEvidenceF1": ("EvidenceF1", "noisy"), "RightWrongReason": ("RightWrongReason", "noisy"),
+                  "Hallucinated": ("Hallucinated", "silent")}[metric]
+    vals: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["condition"] != cond or (metric.startswith("Strong") and float(r["snr"]) > strong_snr_max):
+            continue
+        v = row_values(r, implied)[name]
+        if v is not None:
+            vals[str(r["id"])].append(v)
+    return {i: float(np.mean(v)) for i, v in vals.items()}
 
 
 def score_matrix(row_sets: Sequence[Iterable[dict]], metric: str, strong_snr_max: float = 0.0,
@@ -587,7 +612,7 @@ def readme_table(store: str, split: str, regimes: Sequence[Regime], strong_snr_m
     return "\n".join(lines + [""] + notes) + "\n"
 
 
-__all__ = ["METRICS", "item_scores", "score_matrix", "two_level_bootstrap", "two_level_interval", "seed_t_test",
-           "compare", "gain_recovered", "seeds_needed", "nested_mean", "three_level_bootstrap", "three_level_interval",
+__all__ = ["METRICS", "EVIDENCE_METRICS", "item_scores", "score_matrix", "two_level_bootstrap", "two_level_interval",
+           "seed_t_test",           "compare", "gain_recovered", "seeds_needed", "nested_mean", "three_level_bootstrap", "three_level_interval",
            "bootstrap_p", "holm", "compare_nested", "Regime", "regimes_from_spec", "recovered_share", "store_report",
            "readme_table"]
