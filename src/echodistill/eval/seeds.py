@@ -613,6 +613,7 @@ def readme_table(store: str, split: str, regimes: Sequence[Regime], strong_snr_m
 
 
 __all__ = ["METRICS", "EVIDENCE_METRICS", "item_scores", "score_matrix", "two_level_bootstrap", "two_level_interval",
-           "seed_t_test",           "compare", "gain_recovered", "seeds_needed", "nested_mean", "three_level_bootstrap", "three_level_interval",
+           "seed_t_test", "compare", "gain_recovered", "seeds_needed", "nested_mean", "three_level_bootstrap",
+           "three_level_interval",
            "bootstrap_p", "holm", "compare_nested", "Regime", "regimes_from_spec", "recovered_share", "store_report",
            "readme_table"]
