@@ -23,6 +23,8 @@ Benchmarks (docs/performance.md explains each target):
 9. memmodel -- memory_model.py's activation term vs measured on tiny Qwen2-Audio models scaled up.
 10. generate -- long completions (G = 8, T = 24): each prompt run once and its KV cache shared by its
              G samples vs the prompt repeated G times; equal samples at temperature 0 and 1 (bench_generate.py).
+11. reasoning -- a step in the reasoning format (T = 24) vs the answer format, grpo and echodistill
+             (bench_reasoning.py).
 
 One torch thread per process by default (``--threads``): on 2 shared cores two multi-threaded runs slow
 each other 5-20x. The embedded model is built into the temporary folder when ``--embedded-path`` has none.
@@ -58,6 +60,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_generate import bench_generate  # noqa: E402 -- issue 22 item 7
 from bench_update import (bench_memmodel, bench_trl, bench_update, bench_update_peak,  # noqa: E402 -- issue 11
                           update_probe)
+from bench_reasoning import bench_reasoning  # noqa: E402 -- issue 22
 
 WORDS = ["low", "high", "mid", "rising"]
 SR = 16000
@@ -602,6 +605,8 @@ def run_model(name, backbone, path, window_s, a, rows, which):
             bench_update_peak(backbone, path, window_s, name, a, rows, row)
     if "trl" in which and backbone == "embedded":
         bench_trl(adapter, backbone, path, window_s, name, a, rows, row)
+    if "reasoning" in which and backbone == "embedded":
+        bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med)
 
 
 def run_real(model_path: Path, bench_dir: Path, a, rows):
@@ -644,7 +649,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--models", default="embedded,omni", help="comma list of embedded, omni")
-    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate",
+    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate,reasoning",
                     help="comma list of benchmarks")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)

@@ -1,0 +1,69 @@
+"""Benchmark row set ``reasoning`` (issue 22): a training step in the reasoning response format
+(``<think>evidence</think><answer>choice</answer>``, ``max_completion_length`` 24) against the answer
+format (``Sizes.T`` tokens), same items, same model, interleaved; the phase split of each.
+
+The untrained embedded model never stops early, so every completion runs its full length: the worst
+case of each format. Variants: grpo and echodistill (the teacher scores every completion token).
+"""
+
+from __future__ import annotations
+
+import time
+
+REASONING_T = 24  # config.FORMAT_PRESETS["reasoning"]["train.max_completion_length"]
+
+
+def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med) -> None:
+    import torch
+
+    from echodistill.data.prompts import format_question
+    from echodistill.train import trainer as T
+    from echodistill.train.signals import build_signals
+
+    G, B = a.G, a.B_step
+    answer_ex = make_examples(B, window_s * 0.75)
+    reasoning_ex = [type(e)(e.item, format_question(e.item.question, e.choices, "reasoning"), e.choices, e.target,
+                            e.clean, e.noisy, e.noise_type, e.snr, "reasoning") for e in answer_ex]
+    cases = {}
+    for variant in ("grpo", "echodistill"):
+        cases[("answer", variant)] = (model_cfg(backbone, path, G=G, B=B, T=a.T, variant=variant, window_s=window_s),
+                                      answer_ex)
+        cases[("reasoning", variant)] = (model_cfg(backbone, path, G=G, B=B, T=REASONING_T, variant=variant,
+                                                   window_s=window_s, extra=("data.response_format=reasoning",)),
+                                         reasoning_ex)
+    signals = {k: build_signals(c) for k, (c, _) in cases.items()}
+    params = adapter.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)  # lr 0: the weights stay fixed
+
+    def step(key) -> dict:
+        cfg, ex = cases[key]
+        sig = signals[key]
+        t0 = time.perf_counter()
+        r = T.rollout(adapter, ex, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
+        t1 = time.perf_counter()
+        T.teacher_phase(adapter, r, sig, cfg.train)
+        t2 = time.perf_counter()
+        T.compute_rewards(r, sig, cfg.train)
+        T.compute_advantages(r, sig, cfg.train)
+        t3 = time.perf_counter()
+        loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        return {"rollout": t1 - t0, "teacher": t2 - t1, "rewards": t3 - t2, "update": t4 - t3, "total": t4 - t0,
+                "tokens": float(r.mask.sum()) / max(1, r.mask.shape[0])}
+
+    for _ in range(a.warmup):
+        for k in cases:
+            step(k)
+    runs = {k: [] for k in cases}
+    for _ in range(a.reps):  # interleaved: load drift hits every case alike
+        for k in cases:
+            runs[k].append(step(k))
+    res = {k: {p: med([x[p] for x in v]) for p in v[0]} for k, v in runs.items()}
+    for variant in ("grpo", "echodistill"):
+        r_, a_ = res[("reasoning", variant)], res[("answer", variant)]
+        rows.append(row("11 reasoning", name, f"{variant} step time reasoning (T={REASONING_T}) / answer (T={a.T})",
+                        "reasoning", r_["total"], "answer", a_["total"], "s", "(cost of the format)", True,
+                        reasoning_phases=r_, answer_phases=a_, B=B, G=G))
