@@ -83,8 +83,9 @@ class Rollout:
 
     @property
     def response_format(self) -> str:
-        """How the completions are read (``data.response_format``, carried by the examples)."""
-        return self.examples[0].response_format if self.examples else "answer"
+        """How the completions are read (``data.response_format``, carried by the examples; a stand-in
+        example without the field reads as the answer format)."""
+        return getattr(self.examples[0], "response_format", "answer") if self.examples else "answer"
 
 
 def _generator(device: torch.device, *keys: Any) -> torch.Generator:
