@@ -7,7 +7,7 @@ completion tokens (up to and including EOS) and 0 on padding.
 ``extract_choice`` (``data/answers.py``, re-exported here) is THE answer extractor: the accuracy
 reward here and the evaluation both call it (METHOD.md section 4, flaw 6). ``response_format``
 (``data.response_format``): in the ``reasoning`` format the answer is read from the ``<answer>`` span
-only and a broken completion names nothing (``extract_answer``); the format reward checks the tags too.
+only and a broken completion names nothing (``read_answer``); the format reward checks the tags too.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _target_index(target: Union[str, int], choices: Sequence[str]) -> Union[int,
 def accuracy_rewards(texts: Sequence[str], choices_per_item: Sequence[Sequence[str]],
                      targets: Sequence[Union[str, int, None]], num_generations: int,
                      wrong: float = 0.0, response_format: str = "answer") -> torch.Tensor:
-    """``r_acc [N]``: 1.0 where ``extract_answer`` (in ``response_format``) gives the target, else
+    """``r_acc [N]``: 1.0 where ``read_answer`` (in ``response_format``) gives the target, else
     ``wrong`` (0 or -1).
 
     ``texts``: N completions, item-major. ``choices_per_item``: B lists in displayed order; an empty
