@@ -47,8 +47,11 @@ if (location.search.indexOf('selftest') >= 0) {
   const show = () => { out.textContent = JSON.stringify(res); };
   els.forEach((a, i) => {
     a.addEventListener('error', () => { res[i].error = a.error ? a.error.code : 'error'; show(); });
-    a.addEventListener('loadedmetadata', () => { res[i].duration = a.duration; res[i].ready = a.readyState; show(); });
-    a.addEventListener('timeupdate', () => { res[i].played = Math.max(res[i].played, a.currentTime); show(); });
+    // metadata may already be there when the listener is added (a data: URI on a busy machine): read it then too
+    const meta = () => { if (a.readyState >= 1) { res[i].duration = a.duration; res[i].ready = a.readyState; show(); } };
+    a.addEventListener('loadedmetadata', meta);
+    a.addEventListener('timeupdate', () => { meta(); res[i].played = Math.max(res[i].played, a.currentTime); show(); });
+    meta();
     a.muted = true;
     a.play().catch(e => { res[i].error = String(e); show(); });
   });
