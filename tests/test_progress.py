@@ -30,10 +30,10 @@ def test_line_progress_prints_plain_lines_per_interval():
     bar.update(10)
     bar.set_postfix(loss=0.123456, refresh=False)
     bar.update(40)
+    bar.close()  # the last interval's line already said 50/100: nothing repeated
     bar.close()
-    bar.close()  # once only
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert len(lines) == 2 and "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
     assert lines[0].startswith("train: 10/100 step (10%)") and "left" in lines[0]
     assert lines[-1].startswith("train: 50/100 step (50%)") and "loss=0.1235" in lines[-1]
     quiet = io.StringIO()

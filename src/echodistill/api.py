@@ -123,6 +123,9 @@ class Trainer:
     """
 
     def __init__(self, config: Any = None):
+        from .progress import quiet_library_bars
+
+        quiet_library_bars()  # our progress lines only, as on the command line
         self.config = _as_config(config)
         self.final: Optional[Path] = None
 
@@ -194,7 +197,10 @@ def load_model(checkpoint: str | Path, config: Any = None, *, trust_remote_code:
     import torch
 
     from .models import load_adapter
+    from .progress import quiet_library_bars
     from .run_config import config_for_checkpoint
+
+    quiet_library_bars()
 
     if config is None:
         cfg = config_for_checkpoint(checkpoint, overrides=_group_items(groups), trust_remote_code=trust_remote_code)

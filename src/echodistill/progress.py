@@ -71,6 +71,7 @@ class LineProgress:
         self.postfix: dict = {}
         self._start = self._last = time.monotonic()
         self._start_n = initial
+        self._printed_n: Optional[int] = None
         self._closed = False
 
     def __enter__(self) -> "LineProgress":
@@ -119,12 +120,14 @@ class LineProgress:
 
     def _print(self) -> None:
         if not self.disable:
+            self._printed_n = self.n
             print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._print()
+            if self._printed_n != self.n:  # the last interval's line already said it
+                self._print()
 
 
 def _short(v: Any) -> str:
