@@ -158,8 +158,7 @@ def compute_advantages(r: Rollout, signals: SignalSet, t) -> None:
     if r.sampled:
         signals.advantages(r, t.scale_rewards)
     else:
-        for s in signals.signals:
-            s.select(r, t.num_generations)
+        signals.select(r)
 
 
 def prepare(model, examples: list[Example], cfg, signals: SignalSet, generator: torch.Generator) -> Rollout:

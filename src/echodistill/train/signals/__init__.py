@@ -225,8 +225,12 @@ class SignalSet:
         if credits:
             adv = grpo.add_token_credit(adv, sum(credits[1:], credits[0]), r.mask)
         r.advantages = adv
+        self.select(r)
+
+    def select(self, r) -> None:
+        """Each signal's ``select``: what its loss will use (e.g. the rows to distill)."""
         for s in self.signals:
-            s.select(r, G)
+            s.select(r, self.G)
 
     def losses(self, model, r, max_completion_length: int) -> tuple[dict[str, torch.Tensor], dict]:
         terms, stats = {}, {}
