@@ -295,3 +295,72 @@ def test_hard_distillation_is_cross_entropy_on_the_teachers_answer():
     assert not s.samples and not s.needs_labels and not s.passes.answer_logits  # the answer's tokens suffice
     s = build_signals(_cfg("train.variant=echodistill-unlabeled"))
     assert s.samples and not s.needs_labels and s.passes.scores
+
+
+def test_supervised_signal_reads_the_label_completion_the_warm_up_teaches(tiny_qwen2_audio_dir):
+    """``supervised``: each example's labeled completion (answer: the target's text; reasoning: evidence
+    + answer tags), + the end-of-turn token, right-padded; no target or no evidence -> masked out."""
+    import numpy as np
+
+    from echodistill.data.prompts import target_text
+    from echodistill.models import load_adapter
+    from echodistill.train.data import Example
+    from echodistill.train.signals.supervised import label_completions
+
+    cfg = _cfg("model.backbone=embedded", f"model.path={tiny_qwen2_audio_dir}")
+    model = load_adapter(cfg.model, train=False)
+    wav = np.zeros(1600, np.float32)
+
+    def ex(target, evidence, fmt):
+        item = Item(id="x", audio="x.wav", question="q", choices=["alpha", "bravo"], target=None, evidence=evidence)
+        return Example(item, "q", ["alpha", "bravo"], target, wav, wav, "white", 0.0, fmt)
+
+    ids, mask, labeled = label_completions(model, [ex(1, None, "answer"), ex(None, None, "answer"),
+                                                   ex(0, "alpha heard", "reasoning"), ex(0, None, "reasoning")])
+    assert labeled.tolist() == [True, False, True, False]
+    for row, text in ((0, "bravo"), (2, target_text("alpha", "alpha heard", "reasoning"))):
+        want = model.tokenizer(text, add_special_tokens=False)["input_ids"] + [model.end_of_turn_id]
+        assert ids[row, :len(want)].tolist() == want and int(mask[row].sum()) == len(want)
+    assert int(mask[1].sum()) == 0 and int(mask[3].sum()) == 0
+
+    s = build_signals(_cfg("train.variant=sft-distill"))
+    assert s.names == ["distill", "supervised"] or sorted(s.names) == ["distill", "supervised"]
+    assert not s.samples and s.needs_labels and s.passes.answer_logits  # nothing sampled; labels + soft KL
+
+
+def test_warmup_items_select_the_hidden_labels_and_refuse_absent_ones(tmp_path):
+    from echodistill.config import ConfigError
+    with pytest.raises(ConfigError, match="warmup.sft_items=unlabeled needs data.labeled_fraction < 1"):
+        _cfg("warmup.sft_items=unlabeled")
+    with pytest.raises(ConfigError, match="warmup.sft_items"):
+        _cfg("warmup.sft_items=some")
+
+
+@pytest.mark.slow
+def test_sft_distill_and_the_supervised_reference_on_hidden_labels_end_to_end(tmp_path, tiny_qwen2_audio_dir,
+                                                                            monkeypatch):
+    """Round 4's two knobs: `sft-distill` (label cross-entropy + KL toward the clean teacher, nothing sampled)
+    trains and logs both terms; `warmup.sft_items=unlabeled` trains on exactly the items the split hides."""
+    import json
+
+    from echodistill.train import sft
+    from echodistill.train.sft import run_warmup
+    from echodistill.train.trainer import run_train
+    from train_helpers import make_dataset, tiny_config
+
+    data = make_dataset(tmp_path / "data", n_train=8)
+    cfg = tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "sd", "train.variant=sft-distill")
+    run_train(cfg)
+    rows = [r for r in read_metrics(tmp_path / "sd") if "sft" in r]
+    assert len(rows) == 2 and all(r["sft"] > 0 and r["kd"] >= 0 for r in rows)
+    assert all(r["sft_items_frac"] == 1.0 for r in rows)
+
+    seen = []
+    real = sft.WarmupData
+    monkeypatch.setattr(sft, "WarmupData", lambda c, items: seen.extend(it.id for it in items) or real(c, items))
+    split = ["data.labeled_fraction=0.5", "data.label_seed=1"]
+    run_warmup(tiny_config(data, tiny_qwen2_audio_dir, tmp_path / "ref", *split, "warmup.sft_items=unlabeled",
+                           "warmup.noisy=true", "warmup.max_steps=1", "warmup.prompts_per_device=2",
+                           "warmup.eval_steps=0"))
+    sheet = json.loads((tmp_path / "ref" / "labels.json").read_text())
+    assert sheet["stage_uses"] == "unlabeled" and sorted(seen) == sheet["unlabeled_ids"] and len(seen) == 4

@@ -103,6 +103,9 @@ class ModelConfig:
 class WarmupConfig:
     noisy: bool = False  # True = the `sft-noisy` baseline (same training on noisy mixes)
     init_from: str = ""  # checkpoint to start from (e.g. a clean warm-up's final/ for sft-noisy); "" = model.path
+    # training items it reads (data.labeled_fraction's split): labeled = the labels the teacher-to-be may see;
+    # unlabeled = the hidden true labels of the others (the supervised reference of the label-free regime); all
+    sft_items: str = "labeled"
     prompts_per_device: int = 32  # B items per step and process, one target completion each
     max_steps: int = 300  # ~80-90 % clean val on the embedded model: sharp enough to answer, not saturated
     max_minutes: float = 10.0  # wall-clock cap (evaluation included); stops cleanly and saves
@@ -273,6 +276,9 @@ VARIANTS: dict[str, Variant] = {
         "label-free baseline: supervised training on the noisy clips toward the clean teacher's greedy answers "
         "(hard pseudo-labels, the noisy student); nothing sampled",
         {"distill": {"weight": 1.0, "target": "hard"}}, _NO_TASK_REWARD, research=True),
+    "sft-distill": Variant(
+        "supervised + distillation in one run: the label's cross-entropy on the noisy clip + KL toward the clean "
+        "teacher's answer (nothing sampled)", {"supervised": 1.0, "distill": 1.0}, _NO_TASK_REWARD, research=True),
     "echodistill-unlabeled": Variant(
         "label-free EchoDistill: GRPO with the clean teacher's consistency as the only reward",
         {"consistency": 1.0}, _NO_TASK_REWARD, research=True),
@@ -492,6 +498,7 @@ _CHOICES = {
     "train.scale_rewards": set(SCALE_REWARDS),
     "train.answer_format": {"choice"},
     "train.rl_items": {"all", "labeled", "unlabeled"},
+    "warmup.sft_items": {"all", "labeled", "unlabeled"},
     "train.rollout_backend": {"builtin", "vllm"},
     "teacher.shaping_direction": {"noisier", "cleaner"},
     "teacher.advantage": {"joint", "decoupled"},
@@ -539,6 +546,8 @@ def validate(cfg: Any, *, plugin_files: bool = True) -> None:
         raise ConfigError(f"data.labeled_fraction must be in [0, 1], got {cfg.data.labeled_fraction}")
     if cfg.train.rl_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
         raise ConfigError("train.rl_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
+    if cfg.warmup.sft_items == "unlabeled" and cfg.data.labeled_fraction >= 1:
+        raise ConfigError("warmup.sft_items=unlabeled needs data.labeled_fraction < 1 (every item is labeled)")
     signals = build_signals(cfg)  # also refuses two signals that both replace the labels
     if not signals.samples and not signals.signals:
         raise ConfigError(f"train.variant={cfg.train.variant}: no reward weight, no KL and no teacher signal: "

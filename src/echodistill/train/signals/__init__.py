@@ -73,6 +73,7 @@ class Signal:
     Config: ClassVar[type]  # a dataclass with at least ``weight: float = 0.0``
     needs_samples: ClassVar[bool] = False  # reads the sampled completions (a policy-gradient term)
     reads_groups: ClassVar[bool] = False  # reads the accuracy groups (labels, when no signal replaces them)
+    reads_labels: ClassVar[bool] = False  # reads the items' labels themselves (a supervised term)
     choices: ClassVar[dict[str, tuple]] = {}  # config field -> allowed values (checked by ``load_config``)
 
     def __init__(self, cfg: Any, teacher: Any):
@@ -155,8 +156,11 @@ class SignalSet:
 
     @property
     def needs_labels(self) -> bool:
-        """Whether a run reads the manifest's targets: an accuracy reward against them, or a signal (or the
-        ``equal_groups`` gate) that reads the groups of their accuracy. A signal replacing them reads none."""
+        """Whether a run reads the manifest's targets: a signal supervised by them (``supervised``), an
+        accuracy reward against them, or a signal (or the ``equal_groups`` gate) that reads the groups of
+        their accuracy. A signal replacing them as accuracy targets reads none."""
+        if any(s.reads_labels for s in self.signals):
+            return True
         if self.target_source is not None:
             return False
         return (self.accuracy_weight != 0 or any(s.reads_groups for s in self.signals)
