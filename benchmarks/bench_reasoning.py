@@ -13,7 +13,8 @@ import time
 REASONING_T = 24  # config.FORMAT_PRESETS["reasoning"]["train.max_completion_length"]
 
 
-def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med) -> None:
+def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med,
+                    clock=time.perf_counter) -> None:
     import torch
 
     from echodistill.data.prompts import format_question
@@ -38,19 +39,19 @@ def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model
     def step(key) -> dict:
         cfg, ex = cases[key]
         sig = signals[key]
-        t0 = time.perf_counter()
+        t0 = clock()
         r = T.rollout(adapter, ex, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
-        t1 = time.perf_counter()
+        t1 = clock()
         T.teacher_phase(adapter, r, sig, cfg.train)
-        t2 = time.perf_counter()
+        t2 = clock()
         T.compute_rewards(r, sig, cfg.train)
         T.compute_advantages(r, sig, cfg.train)
-        t3 = time.perf_counter()
+        t3 = clock()
         loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
+        t4 = clock()
         return {"rollout": t1 - t0, "teacher": t2 - t1, "rewards": t3 - t2, "update": t4 - t3, "total": t4 - t0,
                 "tokens": float(r.mask.sum()) / max(1, r.mask.shape[0])}
 

@@ -208,8 +208,9 @@ def _trl_prompts(adapter, examples):
     return texts, lengths
 
 
-def bench_trl(adapter, backbone, path, window_s, name, a, rows, row):
-    """TRL GRPOTrainer (1.16) vs our grpo step at B x G, interleaved step by step via a callback."""
+def bench_trl(adapter, backbone, path, window_s, name, a, rows, row, T=None, clock=time.perf_counter):
+    """TRL GRPOTrainer (1.16) vs our grpo step at B x G x T (default ``a.T``), interleaved step by step via a
+    callback. ``clock``: wall (``perf_counter``) or this process's CPU seconds (``run_all.py --clock cpu``)."""
     try:
         import trl
         from datasets import Dataset
@@ -226,7 +227,7 @@ def bench_trl(adapter, backbone, path, window_s, name, a, rows, row):
     from echodistill.train import trainer as TR
     from echodistill.train.signals import build_signals
 
-    B, G, T = a.B_step, 8, a.T
+    B, G, T = a.B_step, 8, T or a.T
     examples = make_examples(B, window_s * 0.75)
     texts, lengths = _trl_prompts(adapter, examples)
     ours_lengths = adapter.build_inputs([e.prompt for e in examples], [e.noisy for e in examples])["attention_mask"].sum(-1)
@@ -248,17 +249,17 @@ def bench_trl(adapter, backbone, path, window_s, name, a, rows, row):
     times = {"trl": [], "ours": []}
 
     def ours_step():
-        t0 = time.perf_counter()
+        t0 = clock()
         r = TR.prepare(adapter, examples, cfg, build_signals(cfg), TR._generator(adapter.device, 0, "rollout", 0, 0))
         _update(adapter, r, cfg, opt, params)
-        times["ours"].append(time.perf_counter() - t0)
+        times["ours"].append(clock() - t0)
 
     class Interleave(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, args, state, control, **kw):
-            times["trl"].append(time.perf_counter() - self.t0)
+            times["trl"].append(clock() - self.t0)
             ours_step()  # one of ours after each of TRL's: load drift hits both alike
 
     steps = a.warmup + a.reps

@@ -19,7 +19,8 @@ Benchmarks (docs/performance.md explains each target):
 6. eval   -- greedy evaluation throughput, batched vs one item at a time.
 7. update -- the update with each prompt once (packed) vs repeated G times: grpo step before/after at
              B = 8, G = 8; update time and activation bytes vs G; gradient checkpointing (bench_update.py).
-8. trl    -- the same grpo step in TRL's GRPOTrainer at equal shapes, interleaved (optional: TRL installed).
+8. trl    -- the same grpo step in TRL's GRPOTrainer at equal shapes, interleaved (optional: TRL installed);
+             with `reasoning` also at the reasoning format's T = 24.
 9. memmodel -- memory_model.py's activation term vs measured on tiny Qwen2-Audio models scaled up.
 10. generate -- long completions (G = 8, T = 24): each prompt run once and its KV cache shared by its
              G samples vs the prompt repeated G times; equal samples at temperature 0 and 1 (bench_generate.py).
@@ -60,7 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_generate import bench_generate  # noqa: E402 -- issue 22 item 7
 from bench_update import (bench_memmodel, bench_trl, bench_update, bench_update_peak,  # noqa: E402 -- issue 11
                           update_probe)
-from bench_reasoning import bench_reasoning  # noqa: E402 -- issue 22
+from bench_reasoning import REASONING_T, bench_reasoning  # noqa: E402 -- issue 22
 
 WORDS = ["low", "high", "mid", "rising"]
 SR = 16000
@@ -604,9 +605,12 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         if not a.quick:
             bench_update_peak(backbone, path, window_s, name, a, rows, row)
     if "trl" in which and backbone == "embedded":
-        bench_trl(adapter, backbone, path, window_s, name, a, rows, row)
+        bench_trl(adapter, backbone, path, window_s, name, a, rows, row, clock=clock)
+        if "reasoning" in which:  # issue 22: the peer again at the reasoning format's completion length
+            bench_trl(adapter, backbone, path, window_s, name, a, rows, row, T=REASONING_T, clock=clock)
     if "reasoning" in which and backbone == "embedded":
-        bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med)
+        bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model_cfg, make_examples, med,
+                        clock=clock)
 
 
 def run_real(model_path: Path, bench_dir: Path, a, rows):
