@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 from .seeds import compare_nested, holm, score_matrix
 
+PREREGISTRATION = "docs/preregistration-round4.md"  # a spec's `preregistration:` names its own
 PAPER_MARGIN = 0.045  # the paper's strong-GSR margin over its GRPO-only ablation (+4.53, METHOD.md)
 
 
@@ -82,7 +83,8 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
     lines = [f"# {spec.get('title', 'Round 4')}", "", f"Split `{spec['split']}`; store `{spec['store']}`. "
              "Percent; paired a - b on (warm-up seed, training seed, item); 95 %: three-level percentile bootstrap "
              f"({n_boot} replicates: warm-ups, then seeds within each, then items); per warm-up: its own estimate "
-             "and two-level interval. Pre-registration: docs/preregistration-round4.md.", "", "## The store against "
+             f"and two-level interval. Pre-registration: {spec.get('preregistration', PREREGISTRATION)}.", "",
+             "## The store against "
              "the plan", "", *check_lines, ""]
     if not complete:
         lines += ["**Incomplete**: not every planned unit is stored, so no verdict is stated below "
@@ -93,8 +95,9 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
         fmt_metrics = [*metrics, *extra.get(fmt, [])]
         for regime, w in spec["warmups"].items():
             methods = [m for m, c in spec["methods"].items() if c["warmup"] == regime]
-            sec = [f"## {fmt} format, regime `{regime}`", "", *_method_table(fmt, methods, by, fmt_metrics,
-                                                                                strong_snr_max), ""]
+            # the regime's warm-up first: where every method of the regime starts
+            sec = [f"## {fmt} format, regime `{regime}`", "", *_method_table(fmt, [f"warmup-{regime}", *methods], by,
+                                                                                fmt_metrics, strong_snr_max), ""]
             rows = []
             for cid, c in contrasts.items():
                 if c["a"] not in methods or c["b"] not in methods:
