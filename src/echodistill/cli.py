@@ -49,6 +49,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
             return text
         return text + " (default: %(default)s)"
 
+    def _split_lines(self, text, width):
+        # never split a name at its hyphen ("echodistill-\nunlabeled"): variant and key names stay whole
+        import textwrap
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
 
 class _Parser(argparse.ArgumentParser):
     """Every (sub)parser shows defaults; subparsers inherit the class from their parent."""
