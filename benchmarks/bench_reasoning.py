@@ -17,8 +17,9 @@ def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model
                     clock=time.perf_counter) -> None:
     import torch
 
+    from run_all import timed_step
+
     from echodistill.data.prompts import format_question
-    from echodistill.train import trainer as T
     from echodistill.train.signals import build_signals
 
     G, B = a.G, a.B_step
@@ -38,22 +39,8 @@ def bench_reasoning(adapter, backbone, path, window_s, name, a, rows, row, model
 
     def step(key) -> dict:
         cfg, ex = cases[key]
-        sig = signals[key]
-        t0 = clock()
-        r = T.rollout(adapter, ex, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
-        t1 = clock()
-        T.teacher_phase(adapter, r, sig, cfg.train)
-        t2 = clock()
-        T.compute_rewards(r, sig, cfg.train)
-        T.compute_advantages(r, sig, cfg.train)
-        t3 = clock()
-        loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t4 = clock()
-        return {"rollout": t1 - t0, "teacher": t2 - t1, "rewards": t3 - t2, "update": t4 - t3, "total": t4 - t0,
-                "tokens": float(r.mask.sum()) / max(1, r.mask.shape[0])}
+        phases, r = timed_step(adapter, ex, cfg, signals[key], opt, params, clock)
+        return {**phases, "tokens": float(r.mask.sum()) / max(1, r.mask.shape[0])}
 
     for _ in range(a.warmup):
         for k in cases:

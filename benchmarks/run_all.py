@@ -191,13 +191,37 @@ def real_examples(bench_dir: Path, n: int, window_s: float):
     return examples
 
 
+def timed_step(adapter, examples, cfg, sig, opt, params, clock, clip_grad_norm=None):
+    """One training step on ``examples`` -- rollout, teacher, rewards + advantages, update -- each phase
+    timed with ``clock``. Returns ({rollout, teacher, rewards, update, total: seconds}, the rollout)."""
+    import torch
+
+    from echodistill.train import trainer as T
+
+    t0 = clock()
+    r = T.rollout(adapter, examples, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
+    t1 = clock()
+    T.teacher_phase(adapter, r, sig, cfg.train)
+    t2 = clock()
+    T.compute_rewards(r, sig, cfg.train)
+    T.compute_advantages(r, sig, cfg.train)
+    t3 = clock()
+    loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
+    loss.backward()
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t4 = clock()
+    return {"rollout": t1 - t0, "teacher": t2 - t1, "rewards": t3 - t2, "update": t4 - t3, "total": t4 - t0}, r
+
+
 def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, extra_variants=()):
     """``examples``: the items stepped on (default: synthetic tones whose answers an untrained model
     does not know, so all G samples differ: the teacher's worst case). ``extra_variants``: more
     variants timed against grpo in the same interleaved repetitions."""
     import torch
 
-    from echodistill.train import trainer as T
     from echodistill.train.signals import build_signals
 
     G, B, L = a.G, a.B_step, a.T
@@ -209,23 +233,7 @@ def bench_step(adapter, backbone, path, window_s, name, a, rows, examples=None, 
     opt = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)  # lr 0: weights stay fixed across repetitions
 
     def step(v) -> dict:
-        cfg, sig, out = cfgs[v], signals[v], {}
-        t0 = clock()
-        r = T.rollout(adapter, examples, cfg, T._generator(adapter.device, 0, "rollout", 0, 0), sample=sig.samples)
-        t1 = clock()
-        T.teacher_phase(adapter, r, sig, cfg.train)
-        t2 = clock()
-        T.compute_rewards(r, sig, cfg.train)
-        T.compute_advantages(r, sig, cfg.train)
-        t3 = clock()
-        loss, _ = T.micro_loss(adapter, r, sig, cfg.train, first_iteration=True, num_tokens=None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t4 = clock()
-        out.update(rollout=t1 - t0, teacher=t2 - t1, rewards=t3 - t2, update=t4 - t3, total=t4 - t0)
-        return out
+        return timed_step(adapter, examples, cfgs[v], signals[v], opt, params, clock, clip_grad_norm=1.0)[0]
 
     def set_opt(optimised: bool):
         adapter.cache_encoder_output = optimised  # encoder-output cache + per-clip teacher cache
