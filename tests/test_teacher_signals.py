@@ -334,6 +334,16 @@ def test_warmup_items_select_the_hidden_labels_and_refuse_absent_ones(tmp_path):
         _cfg("warmup.sft_items=unlabeled")
     with pytest.raises(ConfigError, match="warmup.sft_items"):
         _cfg("warmup.sft_items=some")
+    from echodistill.data.labels import select_items
+    from echodistill.errors import UserError
+    items = [Item(id=f"t{i}", audio="x.wav", question="q", choices=["a", "b"], target="a" if i < 4 else None,
+                  task="num", split="train") for i in range(6)]
+    cfg = _cfg("data.labeled_fraction=0.5", "train.variant=grpo")
+    labeled = select_items(items, cfg, "labeled", supervised=True)
+    assert labeled == split_labeled(items, 0.5, cfg.data.label_seed)[0] and len(labeled) == 2
+    with pytest.raises(UserError, match=r"item t4 has no target \(2 of 4 items of warmup.sft_items=unlabeled\); "
+                                        "the warm-up is supervised: add targets or use warmup.sft_items=labeled"):
+        select_items(items, cfg, "unlabeled", supervised=True)
 
 
 @pytest.mark.slow

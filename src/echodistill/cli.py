@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from .config import LONG_AUDIO
@@ -51,7 +52,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     def _split_lines(self, text, width):
         # never split a name at its hyphen ("echodistill-\nunlabeled"): variant and key names stay whole
-        import textwrap
         return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 

@@ -73,11 +73,12 @@ def require_labels(items: Sequence[Item], cfg, source: str) -> None:
                     f"that needs none ({', '.join(label_free_variants())}), or add targets")
 
 
-def select_items(items: Sequence[Item], cfg, which: str) -> list[Item]:
+def select_items(items: Sequence[Item], cfg, which: str, supervised: bool = False) -> list[Item]:
     """The training items a stage uses: ``which`` = all | labeled | unlabeled (see module doc).
 
-    Refuses items without a target when the method needs labels (``require_labels``), and a ``labeled``
-    selection (the supervised warm-up) with nothing in it."""
+    Refuses items without a target when the method needs labels (``require_labels``; ``supervised``: the
+    warm-up, which reads every chosen item's label whatever ``train.variant`` needs), and a ``labeled``
+    selection with nothing in it."""
     source = cfg.data.train_manifest
     if which == "all":
         chosen = list(items)
@@ -90,7 +91,12 @@ def select_items(items: Sequence[Item], cfg, which: str) -> list[Item]:
                         f"data.labeled_fraction={cfg.data.labeled_fraction:g}); the warm-up is supervised. A real "
                         "backbone (Qwen2-Audio, Qwen2.5-Omni) already answers: skip the warm-up and train a "
                         f"label-free variant ({', '.join(label_free_variants())}) from the base model")
-    require_labels(chosen, cfg, source)
+    if not supervised:
+        require_labels(chosen, cfg, source)
+    elif missing := [it for it in chosen if not it.labeled]:  # `unlabeled`/`all`: hidden labels, not absent ones
+        raise UserError(f"{source}: item {missing[0].id} has no target ({len(missing)} of {len(chosen)} items of "
+                        f"warmup.sft_items={which}); the warm-up is supervised: add targets or use "
+                        "warmup.sft_items=labeled")
     return chosen
 
 

@@ -256,12 +256,8 @@ class SFTRecipe(Recipe):
         cfg, w = self.cfg, self.cfg.warmup
         path_map = dict(cfg.data.path_map) if cfg.data.path_map else None
         all_items = read_manifest(cfg.data.train_manifest, path_map=path_map, columns=dict(cfg.data.columns))
-        items = select_items(all_items, cfg, w.sft_items)  # labeled: the teacher-to-be sees only these labels
-        unlabeled = [it for it in items if not it.labeled]
-        if unlabeled:  # `unlabeled`/`all` select items whose label is hidden, not absent: supervision needs it
-            raise UserError(f"{cfg.data.train_manifest}: item {unlabeled[0].id} has no target ({len(unlabeled)} of "
-                            f"{len(items)} items of warmup.sft_items={w.sft_items}); the warm-up is supervised: "
-                            "add targets or use warmup.sft_items=labeled")
+        # labeled: the teacher-to-be sees only these labels
+        items = select_items(all_items, cfg, w.sft_items, supervised=True)
         if all_items:  # the checks `data check` makes: prompts that fit, long clips counted (data/validate.py)
             items = usable_training_items(items, cfg, cfg.data.train_manifest, model_path=w.init_from or None)
         if cfg.data.labeled_fraction < 1 and self.accelerator.is_main_process:
