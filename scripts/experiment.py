@@ -382,6 +382,9 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     if not write_choice:
         return
     out = Path(args.out or spec.get("choice_file") or Path(args.spec).with_name(Path(args.spec).stem + "_chosen.yaml"))
+    if not chosen:  # an empty choice file would read as "tuned, nothing chosen"
+        say(f"no method's grid is complete yet: {out} not written (the table is in {Path(spec.store) / 'tuning.md'})")
+        return
     header = (f"# Written by `python scripts/experiment.py choose {args.spec}` from {spec.store} (split {spec.split});\n"
               "# the rule: docs/preregistration-round4.md section 4. Do not edit by hand.\n")
     OmegaConf.save(OmegaConf.create({"source": str(spec.store), "chosen": chosen}), out)

@@ -84,6 +84,18 @@ def test_choose_applies_the_rule_and_the_test_spec_reads_the_choice(tmp_path):
     assert all("not tuned yet" in u.blocked for u in tu if u.method == "other")
 
 
+def test_choose_writes_no_choice_file_before_any_grid_is_complete(tmp_path):
+    spec = _spec(tmp_path, warmup_seeds=[0], methods={"grpo": {"warmup": "full", "grid": "g",
+                                                               "train": ["train.variant=grpo"]}})
+    spec_path = tmp_path / "tune.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "chosen.yaml"
+    res = _run(spec_path, "choose", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert not out.exists() and "not written" in res.stdout
+    assert "| answer | grpo | beta0-lr0.0001 | - | - |  |" in (tmp_path / "store" / "tuning.md").read_text()
+
+
 def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts_until_complete(tmp_path):
     spec = _spec(tmp_path, grids={}, seeds=[0, 1], frozen_commit="abc1234",
                  methods={"a": {"warmup": "full"}, "b": {"warmup": "full"}},
