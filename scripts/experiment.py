@@ -352,6 +352,7 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     """The pre-registered tuning choice from the tuning store -> the test spec's ``chosen`` file."""
     from echodistill.eval.plan import choose, plan_units, tuning_table
     from echodistill.eval.store import read_store
+    from echodistill.eval.tuning_plot import tuning_figure
 
     spec = load_spec(args.spec)
     units = [u for u in plan_units(spec, validate=False)]
@@ -360,9 +361,9 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     chosen: dict = {}
     lines = [f"# Tuning on {spec.split} ({args.spec}): mean strong GSR over seeds, % (docs/preregistration-round4.md)",
              "", "| format | method | point | per seed | mean | chosen |", "|---|---|---|---|---|---|"]
-    incomplete = []
+    incomplete, picks = [], {}
     for (fmt, method), points in sorted(table.items()):
-        pick = choose(points)
+        pick = picks[(fmt, method)] = choose(points)
         if pick is None:
             incomplete.append(f"{method} ({fmt}): " + ", ".join(n for p in points for n in p["missing"])[:200])
         else:
@@ -373,11 +374,13 @@ def cmd_choose(args, write_choice: bool = True) -> None:
             vals = ", ".join(f"{100 * v:.1f}" for v in p["values"]) or "-"
             mean = "-" if p["mean"] is None else f"{100 * p['mean']:.2f}"
             lines.append(f"| {fmt} | {method} | {p['label']} | {vals} | {mean} | {'**yes**' if p is pick else ''} |")
+    Path(spec.store).mkdir(parents=True, exist_ok=True)
+    if tuning_figure(table, picks, Path(spec.store) / "tuning.png", title=str(spec.get("title", ""))):
+        lines[1:1] = ["", "![strong GSR per grid point and seed](tuning.png)"]
     text = "\n".join(lines) + "\n"
     if incomplete:
         text += "\nNot chosen (grid incomplete):\n" + "\n".join(f"* {x}" for x in incomplete) + "\n"
     print(text, end="")
-    Path(spec.store).mkdir(parents=True, exist_ok=True)
     (Path(spec.store) / "tuning.md").write_text(text)
     if not write_choice:
         return

@@ -17,6 +17,7 @@ import yaml
 from echodistill.eval import plan as P
 from echodistill.eval.nested_report import nested_report, verdict
 from echodistill.eval.store import read_store, write_run
+from echodistill.eval.tuning_plot import tuning_figure
 from train_helpers import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +71,8 @@ def test_choose_applies_the_rule_and_the_test_spec_reads_the_choice(tmp_path):
     table = P.tuning_table(spec, units, runs)
     pick = P.choose(table[("answer", "grpo")])
     assert pick["point"] == {"train.beta": 0.0, "train.learning_rate": 1e-4} and pick["mean"] == 0.5
+    figure = tuning_figure(table, {("answer", "grpo"): pick}, tmp_path / "tuning.png")
+    assert figure is not None and figure.stat().st_size > 1000
     # one missing seed: no choice for that method yet
     runs.pop(units[0].name)
     assert P.choose(P.tuning_table(spec, units, runs)[("answer", "grpo")]) is None
@@ -93,6 +96,7 @@ def test_choose_writes_no_choice_file_before_any_grid_is_complete(tmp_path):
     res = _run(spec_path, "choose", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert not out.exists() and "not written" in res.stdout
+    assert not (tmp_path / "store" / "tuning.png").exists()  # nothing stored: nothing to draw
     assert "| answer | grpo | beta0-lr0.0001 | - | - |  |" in (tmp_path / "store" / "tuning.md").read_text()
 
 
