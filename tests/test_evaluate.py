@@ -83,6 +83,23 @@ def test_conditions_counts_metrics_and_bad_items(bench, tiny_qwen2_audio_dir, tm
     assert m1["metrics"]["counts"]["items"] == 1 and m1["n_predictions"] == 5
 
 
+def test_a_feature_cache_folder_changes_no_prediction(bench, tiny_qwen2_audio_dir, tmp_path):
+    """model.feature_cache_dir: the second evaluation of the grid reads every batch's encoder output
+    from the folder; the rows are those of an evaluation without it."""
+    run_eval(_cfg(bench, tiny_qwen2_audio_dir), out_dir=tmp_path / "plain")
+    ref = read_jsonl(tmp_path / "plain" / "predictions.jsonl")
+    feats = tmp_path / "feats"
+    for i in range(2):  # cold, then warm
+        cfg = _cfg(bench, tiny_qwen2_audio_dir, f"model.feature_cache_dir={feats}")
+        out = tmp_path / f"cached{i}"
+        run_eval(cfg, out_dir=out)
+        assert read_jsonl(out / "predictions.jsonl") == ref
+        if i == 0:
+            kept = sorted(feats.rglob("batch-*.safetensors"))
+            assert kept
+    assert sorted(feats.rglob("batch-*.safetensors")) == kept  # every batch was a hit
+
+
 def test_resume_after_a_crash_writes_no_duplicates(bench, tiny_qwen2_audio_dir, tmp_path, monkeypatch):
     from echodistill.models.base import AudioLLM
 

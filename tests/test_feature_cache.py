@@ -17,11 +17,11 @@ def _waves(seed=0):
     return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 16000)]
 
 
-def _load(path, lora, **kw):
+def _load(path, lora, train=True, **kw):
     cfg = ModelConfig(backbone="qwen2_audio", path=str(path), **kw)
     cfg.lora.enabled, cfg.lora.r, cfg.lora.alpha = lora, 4, 8
     torch.manual_seed(0)
-    return load_adapter(cfg, train=True)
+    return load_adapter(cfg, train=train)
 
 
 def _teacher_scores(a, waves):
@@ -117,3 +117,29 @@ def test_batch_features_live_in_the_service_not_on_the_batch(tiny_qwen2_audio_di
     del b
     gc.collect()
     assert a.features.batches_held == held - 1
+
+
+def _batch_files(folder):
+    return sorted(p.name for p in folder.rglob("batch-*.safetensors"))
+
+
+def test_an_inference_model_keeps_whole_batches_on_disk(tiny_qwen2_audio_dir, tmp_path):
+    """Evaluating a second checkpoint of the same base on the same batches encodes nothing, and its
+    features are the uncached ones bit for bit; another batch of the same clips is another entry."""
+    waves = _waves() + _waves(seed=3)
+    prompts = PROMPTS * 2
+    plain = _load(tiny_qwen2_audio_dir, False, train=False)  # no disk folder: the reference computation
+    ref = plain.audio_features(plain.build_inputs(prompts, waves))
+    first = _load(tiny_qwen2_audio_dir, False, train=False, feature_cache_dir=str(tmp_path))
+    assert torch.equal(first.audio_features(first.build_inputs(prompts, waves)), ref)
+    assert len(_batch_files(tmp_path)) == 1
+    later = _load(tiny_qwen2_audio_dir, False, train=False, feature_cache_dir=str(tmp_path))  # next checkpoint
+    c0 = later.encoder_calls
+    assert torch.equal(later.audio_features(later.build_inputs(prompts, waves)), ref)
+    assert later.encoder_calls == c0 and later.features.clips.disk_hits == 1
+    later.audio_features(later.build_inputs(prompts[:2], waves[:2]))  # a sub-batch: its own entry
+    assert later.encoder_calls == c0 + 1 and len(_batch_files(tmp_path)) == 2
+    # a training run's batches never recur: its disk folder holds the teacher's clips only
+    trainee = _load(tiny_qwen2_audio_dir, True, feature_cache_dir=str(tmp_path / "train"))
+    trainee.audio_features(trainee.build_inputs(prompts, waves))
+    assert _batch_files(tmp_path / "train") == []

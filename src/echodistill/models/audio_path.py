@@ -9,6 +9,10 @@
   across steps (``FeatureCache.clips``, keyed by the audio path's weights fingerprint and the clip's
   content); on a miss with a separate projector the encoder output per clip comes from the same
   store (the warm-up's encodings), and only the projector runs.
+* A frozen inference model with a disk folder (``cache.keeps_batches``: eval, predict): the whole
+  batch's encoder output (the projected features where the family has no separate projector) is kept
+  on disk under the batch's content, so evaluating the next checkpoint from the same base model on the
+  same grid encodes nothing; per batch, not per clip, so the predictions keep every bit.
 * ``cache_encoder_output = False`` (benchmarks): one encoder pass per call.
 
 ``m`` is the HF model computing (the student's, or the teacher's frozen copy); ``family`` the
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from .family import Family
-from .feature_cache import FeatureCache
+from .feature_cache import FeatureCache, batch_key
 
 
 def _frozen(modules: list[nn.Module]) -> bool:
@@ -43,6 +47,8 @@ def audio_features(family: Family, cache: FeatureCache, m: nn.Module, batch: Any
     n_clips = family.clip_count(batch)
     if frozen and cache_encoder_output and teacher and cache.clips.enabled and clip_keys is not None:
         feats = teacher_clip_features(family, cache, m, batch, clip_keys, device=device)
+    elif frozen and cache_encoder_output and cache.keeps_batches and clip_keys is not None:
+        feats = kept_batch_features(family, cache, m, batch, clip_keys, device=device)
     elif (not frozen and cache_encoder_output and family.has_separate_projector
           and _frozen([family.audio_encoder(m)])):
         hkey = ("hidden", id(family.audio_encoder(m)), str(device))
@@ -79,6 +85,26 @@ def teacher_clip_features(family: Family, cache: FeatureCache, m: nn.Module, bat
             parts[i] = part
             cache.clips.put((fp, clip_keys[i]), part)
     return torch.cat([p.to(device) for p in parts])
+
+
+def kept_batch_features(family: Family, cache: FeatureCache, m: nn.Module, batch: Any, clip_keys: list[str], *,
+                        device: torch.device) -> torch.Tensor:
+    """A frozen inference model's projected features [n_placeholders, D] of ``batch``, its encoder output
+    ([n, H], or the projected features without a separate projector) read from or written to the disk
+    layer under the whole batch's content key (``batch_key``): exact, as the same batch is the same
+    computation. No gradients."""
+    separate = family.has_separate_projector
+    fp = (encoder_fingerprint(family, cache, m) if separate
+          else "audio-" + cache.fingerprint(family.audio_modules(m)))
+    key = (fp, batch_key(clip_keys))
+    with torch.no_grad():
+        kept = cache.clips.get(key)
+        if kept is None:
+            kept = family.encode_audio_hidden(m, batch) if separate else family.encode_audio(m, batch)
+            cache.encoder_clips += len(clip_keys)
+            cache.clips.put(key, kept)
+        kept = kept.to(device)
+        return family.project_audio(m, kept) if separate else kept
 
 
 def encoder_output(family: Family, cache: FeatureCache, m: nn.Module, batch: Any, rows: list[int],
@@ -119,4 +145,4 @@ def placeholder_counts(family: Family, m: nn.Module, batch: Any) -> list[int]:
     return (batch["input_ids"] == family.audio_token_id(m)).sum(-1).tolist()
 
 
-__all__ = ["audio_features", "teacher_clip_features", "encoder_output", "encoder_fingerprint", "placeholder_counts"]
+__all__ = ["audio_features", "teacher_clip_features", "kept_batch_features", "encoder_output", "encoder_fingerprint", "placeholder_counts"]

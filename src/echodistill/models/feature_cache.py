@@ -18,6 +18,12 @@ teacher view, the warm-up): nothing is stored in batch objects. It holds
   oldest files go first). Safetensors files: loading one runs no code. The warm-up pins the encoder
   outputs of the clips it trains on (reused every epoch: never evicted, kept on the CPU); the RL
   teacher then reads them under the same keys.
+* per batch, on disk -- an inference model (``load(train=False)``: eval, predict) with a disk folder
+  keeps each batch's encoder output in ``clips`` under the batch's content (``batch_key``: its clips'
+  keys in order). Evaluating another checkpoint from the same base model on the same grid (same items,
+  order, batch size) then encodes nothing, and gets the same bits: a clip's features depend in their
+  last bits on the batch they were encoded in (its size, its neighbours), so the entries are whole
+  batches, never assembled from clips encoded elsewhere.
 * counters -- ``encoder_calls`` (forwards of an audio encoder), ``encoder_clips`` (clips encoded).
 """
 
@@ -37,6 +43,11 @@ from torch import nn
 def clip_key(wav: np.ndarray) -> str:
     """Content key of one float32 clip: sha1 of its samples + its length."""
     return hashlib.sha1(wav.tobytes()).hexdigest() + f":{wav.size}"
+
+
+def batch_key(clip_keys: list[str]) -> str:
+    """Content key of a whole batch: its clips' keys, in order."""
+    return "batch-" + hashlib.sha1("|".join(clip_keys).encode()).hexdigest()
 
 
 def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
@@ -176,8 +187,9 @@ class ClipFeatureCache:
 class FeatureCache:
     """The service (see the module docstring): per-batch features, per-clip ``clips``, encoder counters."""
 
-    def __init__(self, clips: Optional[ClipFeatureCache] = None):
+    def __init__(self, clips: Optional[ClipFeatureCache] = None, inference: bool = False):
         self.clips = clips if clips is not None else ClipFeatureCache()
+        self.inference = inference  # a model loaded for prediction only (see ``keeps_batches``)
         self._batches: dict[int, tuple[Optional[list[str]], dict]] = {}  # id(batch) -> (clip keys, features)
         self._fingerprints: dict[tuple, str] = {}  # ids of frozen modules -> fingerprint of their weights
         self.encoder_calls = 0
@@ -202,6 +214,12 @@ class FeatureCache:
         return entry[1] if entry is not None else self.register(batch, None)
 
     @property
+    def keeps_batches(self) -> bool:
+        """Whole batches' encoder outputs go to the disk layer: an inference model with a disk folder
+        (a training run's batches never recur; its disk layer is for the teacher's clips)."""
+        return self.inference and self.clips.disk_dir is not None
+
+    @property
     def batches_held(self) -> int:
         """Batches with an entry now (each ends when its batch is collected)."""
         return len(self._batches)
@@ -222,4 +240,4 @@ class FeatureCache:
         self.clips.clear()
 
 
-__all__ = ["FeatureCache", "ClipFeatureCache", "clip_key", "weights_fingerprint"]
+__all__ = ["FeatureCache", "ClipFeatureCache", "clip_key", "batch_key", "weights_fingerprint"]

@@ -93,7 +93,8 @@ def load(cls: type, family: Any, path: str | Path, cfg_model: Any, *, lora: Any 
         hf.requires_grad_(False)
     features = FeatureCache(ClipFeatureCache(max_mb=getattr(cfg_model, "feature_cache_mb", 256.0),
                                              disk_dir=getattr(cfg_model, "feature_cache_dir", "") or None,
-                                             disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0)))
+                                             disk_mb=getattr(cfg_model, "feature_cache_disk_mb", 4096.0)),
+                            inference=not train)
     obj = cls(family, hf, processor, peft_model=peft_model, teacher_model=teacher, teacher_mode=teacher_mode,
               base_path=str(base.resolve()) if base.is_dir() else str(base), features=features)
     obj.merged_adapters = merged
