@@ -72,9 +72,9 @@ def base_overrides(spec) -> list[str]:
     return [f"data.bench_dir={spec.bench}", f"model.path={spec.model}"]
 
 
-def sh(cmd: list[str], log: Path, threads: int, env_extra: dict | None = None) -> None:
+def sh(cmd: list[str], log: Path, threads: int) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), **(env_extra or {}))
+               MKL_NUM_THREADS=str(threads))
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
@@ -85,16 +85,17 @@ def sh(cmd: list[str], log: Path, threads: int, env_extra: dict | None = None) -
 
 
 def prepare(spec) -> None:
-    """The benchmark and the embedded model, built deterministically if missing."""
-    from echodistill.data.bench import build_benchmark
-    from echodistill.models.embedded import build_embedded_model, read_bench_texts
-
-    if not (Path(spec.bench) / "datasheet.json").is_file() and not (Path(spec.bench) / f"{spec.split}.jsonl").is_file():
-        say(f"building the benchmark in {spec.bench}")
-        build_benchmark(Path(spec.bench), seed=0, size="default")
-    if not (Path(spec.model) / "config.json").is_file():
-        say(f"building the embedded model in {spec.model}")
-        build_embedded_model(Path(spec.model), seed=0, corpus_texts=read_bench_texts(Path(spec.bench)))
+    """The benchmark and the embedded model, built deterministically if missing. As commands, so that a round-4
+    run's kernel pins (REPRODUCIBLE_ENV) reach numpy's OpenBLAS too, which a few clips' rendering goes through."""
+    bench, model = Path(spec.bench), Path(spec.model)
+    if not (bench / "datasheet.json").is_file() and not (bench / f"{spec.split}.jsonl").is_file():
+        say(f"building the benchmark in {bench}")
+        sh(ED + ["data", "build", "--out", str(bench), "--seed", "0", "--size", "default"],
+           bench.parent / f"{bench.name}-build.log", 1)
+    if not (model / "config.json").is_file():
+        say(f"building the embedded model in {model}")
+        sh(ED + ["model", "build", "--out", str(model), "--seed", "0", "--bench", str(bench)],
+           model.parent / f"{model.name}-build.log", 1)
 
 
 def runs_dir(spec) -> Path:
@@ -129,9 +130,14 @@ def store_eval(spec, name: str, method: str, seed, ckpt: Path, start: Path, thre
     if (store / name / "run.json").is_file():
         return
     ev = runs_dir(spec) / "eval" / spec.split / name
+    # the spec's feature_cache: every unit's evaluation reads the frozen encoder's output of each batch from one
+    # folder. A cache, not a setting (the rows are the same bits with or without it: tests/test_evaluate.py), so
+    # it is not among the recorded overrides.
+    cache = [f"model.feature_cache_dir={spec.feature_cache}"] if spec.get("feature_cache") else []
     sh(ED + ["eval", *eval_args, "--checkpoint", str(ckpt), "--manifest", str(Path(spec.bench) / f"{spec.split}.jsonl"),
              "--out", str(ev), "--name", name, "--split-name", spec.split, *base_overrides(spec),
-             f"run.num_threads={threads}", *spec.get("eval", []), *eval_extra], ev.parent / f"{name}.log", threads)
+             f"run.num_threads={threads}", *spec.get("eval", []), *eval_extra, *cache], ev.parent / f"{name}.log",
+       threads)
     extra = dict(meta or {})
     if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
         import json
@@ -222,7 +228,12 @@ def cmd_run(args) -> None:
 # The warm-ups' build is made bit-reproducible rather than stored (docs/preregistration-round4.md): one
 # thread, no wall-clock cap, and the CPU kernels pinned to one instruction set, so a later run on another
 # machine rebuilds the same weights and adds seeds to the stored units (the store checks the sha256).
-REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# Every library that picks kernels by the CPU is pinned to AVX2: MKL, ATen, oneDNN (the encoder's
+# convolutions) and OpenBLAS (numpy: two benchmark clips' rendering). Unpinned, an AVX-512 machine builds
+# another benchmark and other warm-up weights than an AVX2 one. Every command a round-4 run starts gets them
+# (the benchmark's and the model's builds included), so a unit continued elsewhere is the same computation.
+REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                    "OPENBLAS_CORETYPE": "Haswell"}
 
 
 def nested_warmup_dir(spec, w) -> Path:
@@ -237,7 +248,7 @@ def run_nested_warmup(spec, w, threads: int) -> Path:
         sh(ED + ["warmup", "--resume", *base_overrides(spec), f"run.output_dir={out}", "run.num_threads=1",
                  *spec.get("common", []), *spec.formats[w.fmt], *spec.warmups[w.key].get("overrides", []),
                  f"run.seed={w.seed}", "warmup.max_minutes=0"],
-           out.parent / f"{w.name}.log", 1, REPRODUCIBLE_ENV)
+           out.parent / f"{w.name}.log", 1)
     return out / "final"
 
 
@@ -317,6 +328,7 @@ def cmd_run_nested(spec, args) -> None:
         say(f"skipping {len(blocked)} blocked units:\n{msg}")
     units = [u for u in units if not u.blocked]
     threads = args.threads or (1 if args.jobs > 1 else 2)
+    os.environ.update(REPRODUCIBLE_ENV)  # inherited by every command below (sh copies os.environ)
     prepare(spec)
     todo = [u for u in units if not (Path(spec.store) / u.name / "run.json").is_file()]
     say(f"{len(units)} units selected, {len(todo)} to run")
@@ -350,7 +362,7 @@ def cmd_check(args) -> None:
 
 def cmd_choose(args, write_choice: bool = True) -> None:
     """The pre-registered tuning choice from the tuning store -> the test spec's ``chosen`` file."""
-    from echodistill.eval.plan import choose, plan_units, tuning_table
+    from echodistill.eval.plan import check_store, choose, plan_units, tuning_table
     from echodistill.eval.store import read_store
     from echodistill.eval.tuning_plot import tuning_figure
 
@@ -380,11 +392,18 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     text = "\n".join(lines) + "\n"
     if incomplete:
         text += "\nNot chosen (grid incomplete):\n" + "\n".join(f"* {x}" for x in incomplete) + "\n"
+    other_build = check_store(spec, units, {n: r.meta for n, r in runs.items()}).other_build
+    if other_build:  # their grid points started elsewhere: no choice until they are rerun
+        text += ("\n**Started from another build of their warm-up** (rerun them; no choice is written meanwhile): "
+                 + ", ".join(other_build) + "\n")
     print(text, end="")
     (Path(spec.store) / "tuning.md").write_text(text)
     if not write_choice:
         return
     out = Path(args.out or spec.get("choice_file") or Path(args.spec).with_name(Path(args.spec).stem + "_chosen.yaml"))
+    if other_build:
+        say(f"{len(other_build)} units started from another build of their warm-up: {out} not written")
+        return
     if not chosen:  # an empty choice file would read as "tuned, nothing chosen"
         say(f"no method's grid is complete yet: {out} not written (the table is in {Path(spec.store) / 'tuning.md'})")
         return

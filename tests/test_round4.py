@@ -100,6 +100,20 @@ def test_choose_writes_no_choice_file_before_any_grid_is_complete(tmp_path):
     assert "| answer | grpo | beta0-lr0.0001 | - | - |  |" in (tmp_path / "store" / "tuning.md").read_text()
 
 
+def test_a_unit_from_another_build_of_its_warmup_keeps_the_store_incomplete(tmp_path):
+    """A warm-up rebuilt elsewhere with other bits (an AVX-512 machine's kernels) is another starting point."""
+    spec = _spec(tmp_path, grids={}, warmup_seeds=[0], methods={"a": {"warmup": "full"}, "b": {"warmup": "full"}})
+    units = P.plan_units(spec)
+    metas = {n: {"start_sha256": "w0", "method": u.method, "format": "answer", "warmup_seed": 0, "seed": u.seed}
+             for n, u in ((u.name, u) for u in units)}
+    metas["warmup-full-answer-w0"] = {"start_sha256": "w0"}
+    assert P.check_store(spec, units, metas).complete
+    metas["b-answer-w0-s1"]["start_sha256"] = "elsewhere"
+    check = P.check_store(spec, units, metas)
+    assert check.other_build == ["b-answer-w0-s1"] and not check.complete
+    assert any("another build of their warm-up" in line for line in check.lines())
+
+
 def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts_until_complete(tmp_path):
     spec = _spec(tmp_path, grids={}, seeds=[0, 1], frozen_commit="abc1234",
                  methods={"a": {"warmup": "full"}, "b": {"warmup": "full"}},
@@ -155,7 +169,8 @@ def test_a_seed_added_later_by_a_fresh_process_rebuilds_the_warmup_bit_identical
             "train": ["train.num_generations=2", "train.prompts_per_device=2", "train.max_completion_length=3",
                       "train.max_steps=1", "train.eval_steps=0", "train.save_steps=1", "train.learning_rate=1e-3"],
             "eval": ["eval.snr_levels=[0]", "eval.noise_types=[white]", "eval.no_audio=false"],
-            "methods": {"grpo": {"warmup": "full", "train": ["train.variant=grpo"]}}}
+            "methods": {"grpo": {"warmup": "full", "train": ["train.variant=grpo"]}},
+            "feature_cache": str(tmp_path / "feats")}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     p1 = _run(path, "run", "--threads", "1")
@@ -163,6 +178,11 @@ def test_a_seed_added_later_by_a_fresh_process_rebuilds_the_warmup_bit_identical
     first = json.loads((tmp_path / "store" / "grpo-answer-w0-s0" / "run.json").read_text())
     warm_sha = json.loads((tmp_path / "store" / "warmup-full-answer-w0" / "run.json").read_text())["final_sha256"]
     assert first["start_sha256"] == warm_sha and first["machine"]["threads"] == 1
+    # every command ran with the CPU kernels pinned (recorded), and the evaluations shared the feature cache,
+    # which is not a recorded setting
+    assert first["machine"]["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and first["machine"]["env"]["OPENBLAS_CORETYPE"]
+    assert any((tmp_path / "feats").rglob("batch-*.safetensors"))
+    assert not any("feature_cache" in o for o in first["eval"]["overrides"])
 
     shutil.rmtree(work)  # a fresh clone: only the committed store is left
     spec["seeds"] = [0, 1]

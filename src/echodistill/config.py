@@ -89,7 +89,9 @@ class ModelConfig:
     teacher_mode: str = "auto"  # auto | adapter_disabled | frozen_copy  (auto: adapter if LoRA)
     freeze_audio_encoder: bool = True  # the encoder is a pretrained listener: keep it
     # The frozen teacher's clean-clip features, keyed by (weights, clip content): memory bound, and an
-    # optional folder that keeps them for later runs from the same model (no first-epoch miss).
+    # optional folder that keeps them for later runs from the same model (no first-epoch miss). In eval and
+    # predict the folder also keeps each batch's encoder output: the next checkpoint from the same base model
+    # evaluated on the same grid encodes nothing (the same bits: models/feature_cache.py).
     feature_cache_mb: float = 256.0
     feature_cache_dir: str = ""  # "" = memory only
     feature_cache_disk_mb: float = 4096.0

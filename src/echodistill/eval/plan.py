@@ -176,6 +176,7 @@ class PlanCheck:
     extra: list[str] = field(default_factory=list)  # in the store, not in the plan
     off_commit: list[str] = field(default_factory=list)  # stored from another code version than the frozen one
     mismatched: list[str] = field(default_factory=list)  # stored under a planned name with other settings
+    other_build: list[str] = field(default_factory=list)  # started from another build of its warm-up (sha256)
 
     def lines(self) -> list[str]:
         out = [f"Plan: {self.planned} units (training units and warm-up evaluations); stored "
@@ -192,11 +193,15 @@ class PlanCheck:
         if self.mismatched:
             out.append(f"* **stored with other settings than planned** ({len(self.mismatched)}): "
                        + ", ".join(self.mismatched))
+        if self.other_build:
+            out.append(f"* **started from another build of their warm-up than the others** ({len(self.other_build)}; "
+                       "they pair and compare with none of them: rerun them on a machine that rebuilds the others' "
+                       "warm-up): " + ", ".join(self.other_build))
         return out
 
     @property
     def complete(self) -> bool:
-        return not (self.missing or self.blocked)
+        return not (self.missing or self.blocked or self.other_build)
 
 
 def _few(names: Sequence[str], k: int = 6) -> str:
@@ -225,11 +230,28 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
         else:
             check.missing.append(name)
     check.extra = sorted(n for n in store_meta if n not in planned)
+    check.other_build = _other_builds(planned, check.stored, store_meta)
     frozen = str(spec.get("frozen_commit") or "")
     if frozen:
         check.off_commit = sorted(n for n, m in store_meta.items()
                                   if n in planned and not made_from(str(m.get("code_version", "")), frozen))
     return check
+
+
+def _other_builds(planned: Mapping[str, Optional[Unit]], stored: Sequence[str],
+                  store_meta: Mapping[str, dict]) -> list[str]:
+    """Stored units whose starting weights (``start_sha256``) differ from those of most units of the same
+    warm-up: a warm-up rebuilt with other bits (another machine's kernels) is another starting point."""
+    builds: dict[str, dict[str, list[str]]] = {}  # warm-up -> start sha256 -> stored units
+    for name in stored:
+        u = planned[name]
+        warmup = u.warmup.name if u is not None else name
+        builds.setdefault(warmup, {}).setdefault(str(store_meta[name].get("start_sha256")), []).append(name)
+    out: list[str] = []
+    for by_sha in builds.values():
+        most = max(by_sha.values(), key=len)
+        out += [n for names in by_sha.values() if names is not most for n in names]
+    return sorted(out)
 
 
 def made_from(code_version: str, commit: str) -> bool:

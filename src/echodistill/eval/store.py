@@ -39,7 +39,10 @@ TRAIN_KEYS = ("step", "epoch", "loss", "reward_accuracy_mean", "reward_total_mea
 
 
 # Environment variables that decide which kernels and how many threads a CPU run uses (its float results)
-NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPABILITY", "CUBLAS_WORKSPACE_CONFIG")
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+               "OPENBLAS_CORETYPE", "CUBLAS_WORKSPACE_CONFIG")
+# The CPU's vector extensions that kernel libraries choose by (unpinned, AVX-512 and AVX2 give other bits)
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
 def cpu_model() -> str:
@@ -53,8 +56,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vector_flags() -> list[str]:
+    """Which of ``VECTOR_FLAGS`` this CPU has (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info(threads: Optional[int] = None) -> dict:
-    """Where a run was made: CPU model, logical CPUs, the torch threads it ran with, library versions and
+    """Where a run was made: CPU model and vector extensions, logical CPUs, the torch threads it ran with, library versions and
     the numeric environment. Recorded in every run.json, so runs added later on another machine can be
     told apart (a different CPU or thread count changes results at float level)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -65,7 +80,7 @@ def machine_info(threads: Optional[int] = None) -> dict:
             libs[lib] = version(lib)
         except PackageNotFoundError:
             pass
-    return {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads,
+    return {"cpu_model": cpu_model(), "cpu_flags": cpu_vector_flags(), "logical_cpus": os.cpu_count(), "threads": threads,
             "platform": platform.platform(), "python": platform.python_version(), **libs,
             "env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
 

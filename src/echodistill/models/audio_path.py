@@ -96,7 +96,7 @@ def kept_batch_features(family: Family, cache: FeatureCache, m: nn.Module, batch
     separate = family.has_separate_projector
     fp = (encoder_fingerprint(family, cache, m) if separate
           else "audio-" + cache.fingerprint(family.audio_modules(m)))
-    key = (fp, batch_key(clip_keys))
+    key = (fp, batch_key(clip_keys, str(device)))
     with torch.no_grad():
         kept = cache.clips.get(key)
         if kept is None:

@@ -45,9 +45,15 @@ def clip_key(wav: np.ndarray) -> str:
     return hashlib.sha1(wav.tobytes()).hexdigest() + f":{wav.size}"
 
 
-def batch_key(clip_keys: list[str]) -> str:
-    """Content key of a whole batch: its clips' keys, in order."""
-    return "batch-" + hashlib.sha1("|".join(clip_keys).encode()).hexdigest()
+# Environment variables that pin which CPU kernels run (other kernels, other last bits)
+KERNEL_ENV = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
+
+
+def batch_key(clip_keys: list[str], device: str = "cpu") -> str:
+    """Content key of a whole batch: its clips' keys in order, and what decides the computation's last bits
+    besides the weights (the device type, torch's version, the kernel pins of ``KERNEL_ENV``)."""
+    context = [str(device).split(":")[0], torch.__version__, *(os.environ.get(k, "") for k in KERNEL_ENV)]
+    return "batch-" + hashlib.sha1("|".join([*clip_keys, *context]).encode()).hexdigest()
 
 
 def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
