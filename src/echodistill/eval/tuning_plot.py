@@ -74,7 +74,7 @@ def tuning_figure(table: Mapping[tuple, list], chosen: Mapping[tuple, Optional[d
             ax.legend(fontsize=6, loc="best")
     fig.suptitle((title + "\n" if title else "") + "dots: one seed each; line: mean over seeds (complete points "
                  "only); ring: the chosen point", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # room for the two-line title
+    fig.tight_layout()  # leaves room for the suptitle (matplotlib counts it)
     fig.savefig(path, dpi=100)
     return Path(path)
 
