@@ -69,9 +69,9 @@ def cpu_vector_flags() -> list[str]:
 
 
 def machine_info(threads: Optional[int] = None) -> dict:
-    """Where a run was made: CPU model and vector extensions, logical CPUs, the torch threads it ran with, library versions and
-    the numeric environment. Recorded in every run.json, so runs added later on another machine can be
-    told apart (a different CPU or thread count changes results at float level)."""
+    """Where a run was made: CPU model and vector extensions, logical CPUs, the torch threads it ran with,
+    library versions and the numeric environment. Recorded in every run.json, so runs added later on
+    another machine can be told apart (a different CPU or thread count changes results at float level)."""
     from importlib.metadata import PackageNotFoundError, version
 
     libs = {}
@@ -80,8 +80,8 @@ def machine_info(threads: Optional[int] = None) -> dict:
             libs[lib] = version(lib)
         except PackageNotFoundError:
             pass
-    return {"cpu_model": cpu_model(), "cpu_flags": cpu_vector_flags(), "logical_cpus": os.cpu_count(), "threads": threads,
-            "platform": platform.platform(), "python": platform.python_version(), **libs,
+    return {"cpu_model": cpu_model(), "cpu_flags": cpu_vector_flags(), "logical_cpus": os.cpu_count(),
+            "threads": threads, "platform": platform.platform(), "python": platform.python_version(), **libs,
             "env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
 
 

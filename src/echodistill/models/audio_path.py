@@ -145,4 +145,5 @@ def placeholder_counts(family: Family, m: nn.Module, batch: Any) -> list[int]:
     return (batch["input_ids"] == family.audio_token_id(m)).sum(-1).tolist()
 
 
-__all__ = ["audio_features", "teacher_clip_features", "kept_batch_features", "encoder_output", "encoder_fingerprint", "placeholder_counts"]
+__all__ = ["audio_features", "teacher_clip_features", "kept_batch_features", "encoder_output", "encoder_fingerprint",
+           "placeholder_counts"]

@@ -51,8 +51,9 @@ KERNEL_ENV = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS
 
 def batch_key(clip_keys: list[str], device: str = "cpu") -> str:
     """Content key of a whole batch: its clips' keys in order, and what decides the computation's last bits
-    besides the weights (the device type, torch's version, the kernel pins of ``KERNEL_ENV``)."""
-    context = [str(device).split(":")[0], torch.__version__, *(os.environ.get(k, "") for k in KERNEL_ENV)]
+    besides the weights (the device type, torch's version and threads, the kernel pins of ``KERNEL_ENV``)."""
+    context = [str(device).split(":")[0], torch.__version__, str(torch.get_num_threads()),
+               *(os.environ.get(k, "") for k in KERNEL_ENV)]
     return "batch-" + hashlib.sha1("|".join([*clip_keys, *context]).encode()).hexdigest()
 
 
