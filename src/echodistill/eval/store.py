@@ -45,27 +45,26 @@ NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPAB
 VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+def _cpuinfo(field: str) -> Optional[str]:
+    """The value of ``field`` on its first line in ``/proc/cpuinfo`` (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
+            if line.lower().startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_vector_flags() -> list[str]:
     """Which of ``VECTOR_FLAGS`` this CPU has (``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo("flags") or "").split())
+    return [f for f in VECTOR_FLAGS if f in have]
 
 
 def machine_info(threads: Optional[int] = None) -> dict:
