@@ -86,7 +86,7 @@ def sh(cmd: list[str], log: Path, threads: int) -> None:
 
 def prepare(spec) -> None:
     """The benchmark and the embedded model, built deterministically if missing. As commands, so that a round-4
-    run's kernel pins (REPRODUCIBLE_ENV) reach numpy's OpenBLAS too, which a few clips' rendering goes through."""
+    run's kernel pins (``provenance.KERNEL_PINS``) reach numpy's OpenBLAS too, which a few clips' rendering goes through."""
     bench, model = Path(spec.bench), Path(spec.model)
     if not (bench / "datasheet.json").is_file() and not (bench / f"{spec.split}.jsonl").is_file():
         say(f"building the benchmark in {bench}")
@@ -226,14 +226,11 @@ def cmd_run(args) -> None:
 
 # ------------------------------------------------------------------ round 4: formats x warm-up seeds x seeds
 # The warm-ups' build is made bit-reproducible rather than stored (docs/preregistration-round4.md): one
-# thread, no wall-clock cap, and the CPU kernels pinned to one instruction set, so a later run on another
-# machine rebuilds the same weights and adds seeds to the stored units (the store checks the sha256).
-# Every library that picks kernels by the CPU is pinned to AVX2: MKL, ATen, oneDNN (the encoder's
-# convolutions) and OpenBLAS (numpy: two benchmark clips' rendering). Unpinned, an AVX-512 machine builds
-# another benchmark and other warm-up weights than an AVX2 one. Every command a round-4 run starts gets them
-# (the benchmark's and the model's builds included), so a unit continued elsewhere is the same computation.
-REPRODUCIBLE_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                    "OPENBLAS_CORETYPE": "Haswell"}
+# thread, no wall-clock cap, and the CPU kernels pinned to one instruction set (``provenance.KERNEL_PINS``),
+# so a later run on another machine rebuilds the same weights and adds seeds to the stored units (the store
+# checks the sha256). Unpinned, an AVX-512 machine builds another benchmark (numpy's OpenBLAS renders two
+# clips differently) and other warm-up weights than an AVX2 one. Every command a round-4 run starts gets the
+# pins (the benchmark's and the model's builds included), so a unit continued elsewhere is the same computation.
 
 
 def nested_warmup_dir(spec, w) -> Path:
@@ -328,7 +325,8 @@ def cmd_run_nested(spec, args) -> None:
         say(f"skipping {len(blocked)} blocked units:\n{msg}")
     units = [u for u in units if not u.blocked]
     threads = args.threads or (1 if args.jobs > 1 else 2)
-    os.environ.update(REPRODUCIBLE_ENV)  # inherited by every command below (sh copies os.environ)
+    from echodistill.provenance import KERNEL_PINS
+    os.environ.update(KERNEL_PINS)  # inherited by every command below (sh copies os.environ)
     prepare(spec)
     todo = [u for u in units if not (Path(spec.store) / u.name / "run.json").is_file()]
     say(f"{len(units)} units selected, {len(todo)} to run")

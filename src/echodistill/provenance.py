@@ -24,6 +24,13 @@ from typing import Any, Iterable, Optional
 from .errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# The CPU kernels a reproducible run pins, all to one instruction set (AVX2): MKL, ATen, oneDNN (the audio
+# encoder's convolutions) and OpenBLAS (numpy). Unpinned, each picks kernels by the CPU, and an AVX-512
+# machine computes other last bits than an AVX2 one. The round-4 runs set these; the results store records
+# them, and the eval feature cache keys its entries by them.
+KERNEL_PINS = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+               "OPENBLAS_CORETYPE": "Haswell"}
+KERNEL_ENV = tuple(KERNEL_PINS)
 _CHUNK = 1 << 20
 _file_hashes: dict[tuple, str] = {}  # _stat_key -> sha256 (hash each file once per process)
 _weight_hashes: dict[tuple, str] = {}  # ((name, *_stat_key), ...) -> weights_sha256

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from ..provenance import code_version
+from ..provenance import KERNEL_ENV, code_version
 
 RUN_FILE = "run.json"
 PRED_FILE = "predictions.json.gz"
@@ -39,8 +39,7 @@ TRAIN_KEYS = ("step", "epoch", "loss", "reward_accuracy_mean", "reward_total_mea
 
 
 # Environment variables that decide which kernels and how many threads a CPU run uses (its float results)
-NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-               "OPENBLAS_CORETYPE", "CUBLAS_WORKSPACE_CONFIG")
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", *KERNEL_ENV, "CUBLAS_WORKSPACE_CONFIG")
 # The CPU's vector extensions that kernel libraries choose by (unpinned, AVX-512 and AVX2 give other bits)
 VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 

@@ -40,13 +40,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..provenance import KERNEL_ENV
+
 def clip_key(wav: np.ndarray) -> str:
     """Content key of one float32 clip: sha1 of its samples + its length."""
     return hashlib.sha1(wav.tobytes()).hexdigest() + f":{wav.size}"
-
-
-# Environment variables that pin which CPU kernels run (other kernels, other last bits)
-KERNEL_ENV = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
 
 
 def batch_key(clip_keys: list[str], device: str = "cpu") -> str:
