@@ -26,6 +26,8 @@ Benchmarks (docs/performance.md explains each target):
              G samples vs the prompt repeated G times; equal samples at temperature 0 and 1 (bench_generate.py).
 11. reasoning -- a step in the reasoning format (T = 24) vs the answer format, grpo and echodistill
              (bench_reasoning.py).
+12. evalcache -- evaluation with each batch's encoder output read from the disk folder vs encoded, at
+             bit-equal outputs (bench_eval_cache.py).
 
 One torch thread per process by default (``--threads``): on 2 shared cores two multi-threaded runs slow
 each other 5-20x. The embedded model is built into the temporary folder when ``--embedded-path`` has none.
@@ -36,7 +38,6 @@ Output: a Markdown table on stdout and JSON (``--out``, default benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_eval_cache import bench_eval_cache  # noqa: E402 -- issue 27: round 4's evaluations
 from bench_generate import bench_generate  # noqa: E402 -- issue 22 item 7
 from bench_update import (bench_memmodel, bench_trl, bench_update, bench_update_peak,  # noqa: E402 -- issue 11
                           update_probe)
@@ -606,6 +608,8 @@ def run_model(name, backbone, path, window_s, a, rows, which):
         bench_eval(adapter, name, a, rows, window_s)
     if "generate" in which:
         bench_generate(adapter, name, a, rows, window_s, row)
+    if "evalcache" in which:
+        bench_eval_cache(backbone, path, window_s, name, a, rows, row)
     if "memory" in which:
         bench_memory(backbone, path, name, rows, window_s)
     if "update" in which and backbone == "embedded":
@@ -661,7 +665,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--models", default="embedded,omni", help="comma list of embedded, omni")
-    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate,reasoning",
+    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate,reasoning,evalcache",
                     help="comma list of benchmarks")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)

@@ -19,7 +19,7 @@ def test_bench_quick_shape(tmp_path):
     out = tmp_path / "results.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--models", "omni",
-                        "--bench", "step,encode,teacher,eval,noise", "--threads", "1", "--out", str(out)],
+                        "--bench", "step,encode,teacher,eval,noise,evalcache", "--threads", "1", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| # | model | metric | A | B | A/B | target | met |" in p.stdout
@@ -27,7 +27,7 @@ def test_bench_quick_shape(tmp_path):
     assert data["quick"] is True and data["machine"]["nproc"] >= 1
     rows = data["rows"]
     benches = {r["bench"] for r in rows}
-    assert {"1 step", "2 encode", "4 teacher", "5 noise", "6 eval"} <= benches
+    assert {"1 step", "2 encode", "4 teacher", "5 noise", "6 eval", "12 evalcache"} <= benches
     for r in rows:
         for k in ("bench", "model", "metric", "a_name", "a", "b_name", "b", "unit", "ratio", "target", "met", "extra"):
             assert k in r, (k, r)
@@ -37,3 +37,6 @@ def test_bench_quick_shape(tmp_path):
     assert enc["ratio"] >= 4  # G = 4 in quick mode: each clip encoded once, not once per sample
     teacher = next(r for r in rows if r["bench"] == "4 teacher")
     assert teacher["extra"]["max_abs_logprob_diff"] < 1e-4  # batched and per-candidate scores agree
+    kept = next(r for r in rows if r["bench"] == "12 evalcache")["extra"]
+    assert kept["equal_ids_and_logprobs"] and kept["encoder_clips_from_folder"] == 0  # the folder keeps every bit
+    assert kept["disk_hits"] > 0 and kept["folder_bytes"] > 0

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..provenance import KERNEL_ENV
 
+
 def clip_key(wav: np.ndarray) -> str:
     """Content key of one float32 clip: sha1 of its samples + its length."""
     return hashlib.sha1(wav.tobytes()).hexdigest() + f":{wav.size}"
