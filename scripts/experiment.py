@@ -360,7 +360,7 @@ def cmd_check(args) -> None:
 
 def cmd_choose(args, write_choice: bool = True) -> None:
     """The pre-registered tuning choice from the tuning store -> the test spec's ``chosen`` file."""
-    from echodistill.eval.plan import check_store, choose, plan_units, tuning_table
+    from echodistill.eval.plan import TIE, check_store, choose, plan_units, tuning_table
     from echodistill.eval.store import read_store
     from echodistill.eval.tuning_plot import tuning_figure
 
@@ -370,6 +370,8 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     table = tuning_table(spec, units, runs)
     chosen: dict = {}
     lines = [f"# Tuning on {spec.split} ({args.spec}): mean strong GSR over seeds, % (docs/preregistration-round4.md)",
+             "", f"Chosen: the highest mean once every point of the method's grid is stored; means within "
+             f"{100 * TIE:.2f} points of it tie, and a tie goes to the lower learning rate, then to beta 0.",
              "", "| format | method | point | per seed | mean | chosen |", "|---|---|---|---|---|---|"]
     incomplete, picks = [], {}
     for (fmt, method), points in sorted(table.items()):
