@@ -54,3 +54,28 @@ def test_no_weights_is_one_line_when_required(tmp_path):
 def test_code_version_form():
     v = code_version()
     assert v and not v.startswith("git:")  # the form stored runs record: "99f092f" or "99f092f-dirty"
+
+
+def test_code_version_is_dirty_only_for_code(tmp_path):
+    """A run growing the results store (or a regenerated report) leaves the checkout the commit it was;
+    a changed source file or spec makes it ``-dirty`` (round 4's frozen-commit check relies on both)."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for rel in ("src/pkg/mod.py", "configs/spec.yaml", "results/store/run.json", "docs/results.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    clean = code_version(tmp_path / "src" / "pkg")
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "results/store/run.json").write_text("v2\n")
+    (tmp_path / "docs/results.md").write_text("v2\n")
+    (tmp_path / "results/store/new_unit.json").write_text("{}\n")
+    assert code_version(tmp_path / "src" / "pkg") == clean
+    (tmp_path / "configs/spec.yaml").write_text("v2\n")
+    assert code_version(tmp_path / "src" / "pkg") == clean + "-dirty"

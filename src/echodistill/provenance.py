@@ -149,15 +149,26 @@ def verify_weights(path: str | Path, base_fallback: Optional[str | Path] = None,
                                 "copy is incomplete or corrupt: copy it again or re-save the model") from None
 
 
-def code_version() -> str:
-    """``git describe --always --dirty`` of the source tree when it is a git checkout (e.g. ``99f092f`` or
-    ``99f092f-dirty``, the form every stored result records), else ``echodistill <package version>``."""
-    here = Path(__file__).resolve().parent
+# What decides a result besides its inputs: the package, the drivers and the experiment specs. Other tracked
+# files (the results store, docs) do not make a checkout dirty: a run growing the store in the checkout it
+# runs from, or a regenerated report, leaves it the commit it was (a frozen commit's units stay on it).
+CODE_PATHS = ("src", "scripts", "configs", "pyproject.toml")
+
+
+def code_version(where: str | Path | None = None) -> str:
+    """``git describe --always`` of the checkout holding ``where`` (default: this package), with ``-dirty``
+    when a tracked file under ``CODE_PATHS`` differs from that commit (e.g. ``99f092f`` or ``99f092f-dirty``,
+    the form every stored result records); outside a git checkout ``echodistill <package version>``."""
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+        head, root = git("describe", "--always"), git("rev-parse", "--show-toplevel")
+        if head.returncode == 0 and head.stdout.strip() and root.returncode == 0:
+            changed = git("-C", root.stdout.strip(), "diff", "--quiet", "HEAD", "--", *CODE_PATHS).returncode
+            return head.stdout.strip() + ("" if changed == 0 else "-dirty")
     except (OSError, subprocess.SubprocessError):
         pass
     try:
