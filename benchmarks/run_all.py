@@ -665,8 +665,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repetition")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--models", default="embedded,omni", help="comma list of embedded, omni")
-    ap.add_argument("--bench", default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate,reasoning,evalcache",
-                    help="comma list of benchmarks")
+    ap.add_argument("--bench", help="comma list of benchmarks",
+                    default="step,encode,memory,teacher,noise,eval,update,trl,memmodel,generate,reasoning,evalcache")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)

@@ -86,7 +86,8 @@ def sh(cmd: list[str], log: Path, threads: int) -> None:
 
 def prepare(spec) -> None:
     """The benchmark and the embedded model, built deterministically if missing. As commands, so that a round-4
-    run's kernel pins (``provenance.KERNEL_PINS``) reach numpy's OpenBLAS too, which a few clips' rendering goes through."""
+    run's kernel pins (``provenance.KERNEL_PINS``) reach numpy's OpenBLAS too, which a few clips' rendering
+    goes through."""
     bench, model = Path(spec.bench), Path(spec.model)
     if not (bench / "datasheet.json").is_file() and not (bench / f"{spec.split}.jsonl").is_file():
         say(f"building the benchmark in {bench}")
