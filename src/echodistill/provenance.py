@@ -165,9 +165,9 @@ def code_version(where: str | Path | None = None) -> str:
         return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
 
     try:
-        head, root = git("describe", "--always"), git("rev-parse", "--show-toplevel")
-        if head.returncode == 0 and head.stdout.strip() and root.returncode == 0:
-            changed = git("-C", root.stdout.strip(), "diff", "--quiet", "HEAD", "--", *CODE_PATHS).returncode
+        head = git("describe", "--always")
+        if head.returncode == 0 and head.stdout.strip():  # ":/" roots each path at the checkout's top
+            changed = git("diff", "--quiet", "HEAD", "--", *(":/" + p for p in CODE_PATHS)).returncode
             return head.stdout.strip() + ("" if changed == 0 else "-dirty")
     except (OSError, subprocess.SubprocessError):
         pass
