@@ -297,21 +297,26 @@ def select_units(spec, args):
     return [u for u in units if keep(u)]
 
 
+def check_frozen_commit(spec, spec_path: str, formats: set) -> None:
+    """Refuse test units without their format's frozen commit, or from other code than it."""
+    from echodistill.eval.plan import frozen_commit, made_from
+    from echodistill.provenance import code_version
+
+    for fmt in sorted(formats):
+        commit = frozen_commit(spec, fmt)
+        if str(spec.split).startswith("test") and not commit:
+            raise SystemExit(f"{spec_path}: split test and no frozen_commit for the {fmt} format: the "
+                             "pre-registration asks for every test unit from the frozen commit that holds its "
+                             f"committed tuning choice; set frozen_commit ({{{fmt}: <commit>}}) to it")
+        if commit and not made_from(code_version(), commit):
+            raise SystemExit(f"{spec_path}: the code imported is {code_version()}, the {fmt} format's frozen_commit "
+                             f"is {commit}: run that format with that commit's code (git worktree add --detach "
+                             f"../r4-frozen {commit}; then PYTHONPATH=../r4-frozen/src ... --formats {fmt})")
+
+
 def cmd_run_nested(spec, args) -> None:
     from echodistill.eval.plan import warmup_units
 
-    if str(spec.split).startswith("test") and not spec.get("frozen_commit"):
-        raise SystemExit(f"{args.spec}: split test and no frozen_commit: the pre-registration asks for every test "
-                         "unit from one frozen commit (the one with the committed tuning choice, after issues 26 "
-                         "and 22 landed); set frozen_commit to it")
-    if spec.get("frozen_commit"):
-        from echodistill.eval.plan import made_from
-        from echodistill.provenance import code_version
-
-        if not made_from(code_version(), str(spec.frozen_commit)):
-            raise SystemExit(f"{args.spec}: the code imported is {code_version()}, the spec's frozen_commit is "
-                             f"{spec.frozen_commit}: run with that commit's code (git worktree add --detach "
-                             f"../r4-frozen {spec.frozen_commit}; then PYTHONPATH=../r4-frozen/src)")
     units = select_units(spec, args)
     blocked = [u for u in units if u.blocked and not (Path(spec.store) / u.name / "run.json").is_file()]
     if blocked:
@@ -325,6 +330,7 @@ def cmd_run_nested(spec, args) -> None:
                              "Select the others (--formats, --only) or pass --skip-blocked to run the rest.")
         say(f"skipping {len(blocked)} blocked units:\n{msg}")
     units = [u for u in units if not u.blocked]
+    check_frozen_commit(spec, args.spec, {u.fmt for u in units})
     threads = args.threads or (1 if args.jobs > 1 else 2)
     from echodistill.provenance import KERNEL_PINS
     os.environ.update(KERNEL_PINS)  # inherited by every command below (sh copies os.environ)

@@ -135,7 +135,7 @@ def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts
     assert check.extra == ["a-answer-w5-s0"]
     assert len(check.off_commit) == 7  # none of them was made from commit abc1234
     text = nested_report(spec, read_store(store, "val"), check.lines(), n_boot=500, complete=check.complete)
-    assert "**extra, not in the plan** (1): a-answer-w5-s0" in text
+    assert "**extra, not in the plan** (1): a-answer-w5-s0" in text and "Frozen commit: answer `abc1234`." in text
     assert "(incomplete: no verdict)" in text and "| P1/answer | +25.0 |" in text
     res = {"diff": 0.01, "low": -0.02, "high": 0.04}
     assert verdict(res, 0.3, ">0") == "not shown (excludes the paper's margin)"
@@ -201,6 +201,31 @@ def test_made_from_accepts_a_clean_checkout_of_the_frozen_commit_only():
     assert P.made_from("45b579b", "45b579b1c2d3") and P.made_from("v0.4-12-g45b579b", "45b579b")
     assert not P.made_from("45b579b-dirty", "45b579b") and not P.made_from("7f66f16", "45b579b")
     assert not P.made_from("45b579b", "45b")  # too short to name a commit
+
+
+def test_each_format_can_have_its_own_frozen_commit_and_a_test_run_without_one_is_refused(tmp_path):
+    """``frozen_commit: {answer: A}``: the answer half is checked against A while the reasoning half, still
+    being tuned, has none -- and `run` refuses its test units rather than run them from any code."""
+    spec = _spec(tmp_path, grids={}, warmup_seeds=[0], seeds=[0], formats={"answer": [], "reasoning": []},
+                 methods={"a": {"warmup": "full"}}, frozen_commit={"answer": "abc1234"})
+    units = P.plan_units(spec, validate=False)
+    assert (P.frozen_commit(spec, "answer"), P.frozen_commit(spec, "reasoning")) == ("abc1234", "")
+    assert P.frozen_commit({"frozen_commit": "abc1234"}, "reasoning") == "abc1234"  # one commit for every format
+    store = Path(spec["store"])
+    for name, version in (("a-answer-w0-s0", "abc1234"), ("warmup-full-answer-w0", "def5678"),
+                          ("a-reasoning-w0-s0", "def5678")):
+        write_run(store, name, method="a", seed=0, split="val", rows=_rows(1), start_sha256="w", final_sha256="f",
+                  eval_settings={}, extra={"code_version": version})
+    metas = {d.name: json.loads((d / "run.json").read_text()) for d in store.iterdir()}
+    assert P.check_store(spec, units, metas).off_commit == ["warmup-full-answer-w0"]
+
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump({**spec, "split": "test"}))
+    refused = _run(path, "run", "--formats", "reasoning")
+    assert refused.returncode != 0 and "no frozen_commit for the reasoning format" in refused.stderr, refused.stderr
+    refused = _run(path, "run", "--formats", "answer")  # this checkout is not commit abc1234
+    assert refused.returncode != 0 and "the answer format's frozen_commit is abc1234" in refused.stderr, \
+        refused.stderr
 
 
 def test_the_store_keeps_the_reasoning_formats_evidence_fields_and_old_stores_still_read(tmp_path):

@@ -16,6 +16,7 @@ import math
 from collections import defaultdict
 from typing import Mapping, Optional, Sequence
 
+from .plan import frozen_commit
 from .seeds import compare_nested, holm, score_matrix
 
 PREREGISTRATION = "docs/preregistration-round4.md"  # a spec's `preregistration:` names its own
@@ -84,8 +85,8 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
              "Percent; paired a - b on (warm-up seed, training seed, item); 95 %: three-level percentile bootstrap "
              f"({n_boot} replicates: warm-ups, then seeds within each, then items); per warm-up: its own estimate "
              f"and two-level interval. Pre-registration: {spec.get('preregistration', PREREGISTRATION)}.", "",
-             "## The store against "
-             "the plan", "", *check_lines, ""]
+             "Frozen commit: " + "; ".join(f"{fmt} `{frozen_commit(spec, fmt) or 'not set'}`" for fmt in spec["formats"])
+             + ".", "", "## The store against the plan", "", *check_lines, ""]
     if not complete:
         lines += ["**Incomplete**: not every planned unit is stored, so no verdict is stated below "
                   "(pre-registration, section 5).", ""]

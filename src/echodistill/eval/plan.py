@@ -104,6 +104,16 @@ def unit_overrides(spec: Mapping, unit: Unit) -> list[str]:
             *unit.overrides()]
 
 
+def frozen_commit(spec: Mapping, fmt: str) -> str:
+    """The commit a format's test units must be made from ('' when none is set).
+
+    ``frozen_commit`` is one commit for every format, or ``{format: commit}``: each format's choice is
+    committed once its own tuning is complete (pre-registration section 10), so the answer half can run
+    while the reasoning half is still being tuned."""
+    frozen = spec.get("frozen_commit") or ""
+    return str((frozen.get(fmt) or "") if isinstance(frozen, Mapping) else frozen)
+
+
 def check_config(overrides: Sequence[str]) -> str:
     """'' when the overrides make a valid config in this checkout, else the one-line reason."""
     from ..config import load_config
@@ -211,8 +221,8 @@ def _few(names: Sequence[str], k: int = 6) -> str:
 def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, dict]) -> PlanCheck:
     """Compare the planned units (and their warm-ups' evaluations) with the store's run.json files
     (``store_meta``: run name -> meta). A stored unit whose method, format, seeds or point differ from
-    its planned name's is listed as mismatched; with ``frozen_commit`` set, one whose code version does
-    not start with it as off-commit."""
+    its planned name's is listed as mismatched; where its format has a ``frozen_commit``, one whose code
+    version is not a clean checkout of it as off-commit."""
     planned: dict[str, Optional[Unit]] = {u.name: u for u in units}
     planned.update({w.name: None for w in warmup_units(spec, units)})
     check = PlanCheck(planned=len(planned))
@@ -231,10 +241,9 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
             check.missing.append(name)
     check.extra = sorted(n for n in store_meta if n not in planned)
     check.other_build = _other_builds(planned, check.stored, store_meta)
-    frozen = str(spec.get("frozen_commit") or "")
-    if frozen:
-        check.off_commit = sorted(n for n, m in store_meta.items()
-                                  if n in planned and not made_from(str(m.get("code_version", "")), frozen))
+    fmt_of = {**{u.name: u.fmt for u in units}, **{w.name: w.fmt for w in warmup_units(spec, units)}}
+    check.off_commit = sorted(n for n, m in store_meta.items() if n in planned and frozen_commit(spec, fmt_of[n])
+                              and not made_from(str(m.get("code_version", "")), frozen_commit(spec, fmt_of[n])))
     return check
 
 
