@@ -308,8 +308,8 @@ def check_frozen_commit(spec, spec_path: str, formats: set) -> None:
             raise SystemExit(f"{spec_path}: split test and no frozen_commit for the {fmt} format: the "
                              "pre-registration asks for every test unit from the frozen commit that holds its "
                              f"committed tuning choice; set frozen_commit ({{{fmt}: <commit>}}) to it")
-        if commit and not made_from(code_version(), commit):
-            raise SystemExit(f"{spec_path}: the code imported is {code_version()}, the {fmt} format's frozen_commit "
+        if commit and not made_from(version := code_version(), commit):
+            raise SystemExit(f"{spec_path}: the code imported is {version}, the {fmt} format's frozen_commit "
                              f"is {commit}: run that format with that commit's code (git worktree add --detach "
                              f"../r4-frozen {commit}; then PYTHONPATH=../r4-frozen/src ... --formats {fmt})")
 

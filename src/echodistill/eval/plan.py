@@ -223,8 +223,9 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
     (``store_meta``: run name -> meta). A stored unit whose method, format, seeds or point differ from
     its planned name's is listed as mismatched; where its format has a ``frozen_commit``, one whose code
     version is not a clean checkout of it as off-commit."""
+    warmups = warmup_units(spec, units)
     planned: dict[str, Optional[Unit]] = {u.name: u for u in units}
-    planned.update({w.name: None for w in warmup_units(spec, units)})
+    planned.update({w.name: None for w in warmups})
     check = PlanCheck(planned=len(planned))
     runnable_warmups = {u.warmup.name for u in units if not u.blocked}
     for name, u in planned.items():
@@ -241,9 +242,9 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
             check.missing.append(name)
     check.extra = sorted(n for n in store_meta if n not in planned)
     check.other_build = _other_builds(planned, check.stored, store_meta)
-    fmt_of = {**{u.name: u.fmt for u in units}, **{w.name: w.fmt for w in warmup_units(spec, units)}}
-    check.off_commit = sorted(n for n, m in store_meta.items() if n in planned and frozen_commit(spec, fmt_of[n])
-                              and not made_from(str(m.get("code_version", "")), frozen_commit(spec, fmt_of[n])))
+    commit_of = {x.name: frozen_commit(spec, x.fmt) for x in (*units, *warmups)}  # planned name -> its commit
+    check.off_commit = sorted(n for n, m in store_meta.items()
+                              if commit_of.get(n) and not made_from(str(m.get("code_version", "")), commit_of[n]))
     return check
 
 
