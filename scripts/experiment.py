@@ -367,7 +367,7 @@ def cmd_check(args) -> None:
 
 def cmd_choose(args, write_choice: bool = True) -> None:
     """The pre-registered tuning choice from the tuning store -> the test spec's ``chosen`` file."""
-    from echodistill.eval.plan import TIE, check_store, choose, plan_units, tuning_table
+    from echodistill.eval.plan import TIE, check_store, choose, grid_edges, plan_units, tuning_table
     from echodistill.eval.store import read_store
     from echodistill.eval.tuning_plot import tuning_figure
 
@@ -397,6 +397,11 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     if tuning_figure(table, picks, Path(spec.store) / "tuning.png", title=str(spec.get("title", ""))):
         lines[1:1] = ["", "![strong GSR per grid point and seed](tuning.png)"]
     text = "\n".join(lines) + "\n"
+    edges = [f"* {method} ({fmt}): " + ", ".join(e) for (fmt, method), pick in sorted(picks.items()) if pick
+             for e in [grid_edges(pick["point"], OmegaConf.to_container(spec.grids))] if e]
+    if edges:  # honest reading of a tie or a win: its best may lie beyond what was tried
+        text += ("\nChosen at an end of its grid (its best may lie beyond the pre-registered grid, which is not "
+                 "extended):\n" + "\n".join(edges) + "\n")
     if incomplete:
         text += "\nNot chosen (grid incomplete):\n" + "\n".join(f"* {x}" for x in incomplete) + "\n"
     other_build = check_store(spec, units, {n: r.meta for n, r in runs.items()}).other_build

@@ -87,6 +87,23 @@ def test_choose_applies_the_rule_and_the_test_spec_reads_the_choice(tmp_path):
     assert all("not tuned yet" in u.blocked for u in tu if u.method == "other")
 
 
+def test_a_choice_at_an_end_of_its_grid_is_flagged_in_the_report(tmp_path):
+    grids = {"g": {"train.learning_rate": [3e-5, 1e-4, 3e-4], "train.beta": [0.0, 0.04]},
+             "sft": {"warmup.learning_rate": [3e-5, 1e-4, 3e-4]}}
+    assert P.grid_edges({"train.learning_rate": 3e-4, "train.beta": 0.04}, grids) == [
+        "learning_rate 0.0003 (the grid's highest)"]  # beta has 2 values: no inside to be at an end of
+    assert P.grid_edges({"warmup.learning_rate": 3e-5}, grids) == ["learning_rate 3e-05 (the grid's lowest)"]
+    assert P.grid_edges({"train.learning_rate": 1e-4, "train.beta": 0.0}, grids) == []
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text(yaml.safe_dump({"chosen": {"answer": {
+        "grpo": {"point": {"train.learning_rate": 1e-4, "train.beta": 0.04}},
+        "sft-noisy": {"point": {"warmup.learning_rate": 3e-4}}}}}))
+    spec = _spec(tmp_path, grids=grids, chosen=str(chosen), methods={"grpo": {"warmup": "full"}})
+    text = nested_report(spec, [], [], n_boot=10)
+    assert "| answer | grpo | beta0.04-lr0.0001 | no |" in text
+    assert "| answer | sft-noisy | lr0.0003 | learning_rate 0.0003 (the grid's highest) |" in text
+
+
 def test_choose_writes_no_choice_file_before_any_grid_is_complete(tmp_path):
     spec = _spec(tmp_path, warmup_seeds=[0], methods={"grpo": {"warmup": "full", "grid": "g",
                                                                "train": ["train.variant=grpo"]}})

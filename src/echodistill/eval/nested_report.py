@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from typing import Mapping, Optional, Sequence
 
-from .plan import frozen_commit
+from .plan import frozen_commit, grid_edges, point_label, read_chosen
 from .seeds import compare_nested, holm, score_matrix
 
 PREREGISTRATION = "docs/preregistration-round4.md"  # a spec's `preregistration:` names its own
@@ -141,7 +141,22 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
                          f"{res['p']:.4f} | {adj[k]:.4f} | {word} |")
     else:
         lines.append("No primary contrast has paired runs yet.")
-    return "\n".join(lines + [""] + sections) + "\n"
+    return "\n".join(lines + [""] + sections + _chosen_points(spec)) + "\n"
+
+
+def _chosen_points(spec: Mapping) -> list[str]:
+    """Each method's chosen point (the spec's ``chosen:`` file), flagged where it sits at an end of its
+    grid: a method chosen at its highest learning rate may be under-tuned against one chosen inside."""
+    chosen = read_chosen(spec.get("chosen"))
+    if not chosen:
+        return []
+    lines = [f"## The chosen points (`{spec.get('chosen')}`, tuned on val)", "",
+             "| format | method | point | at an end of its grid |", "|---|---|---|---|"]
+    for fmt, methods in chosen.items():
+        for method, point in methods.items():
+            edges = ", ".join(grid_edges(point, spec.get("grids") or {})) or "no"
+            lines.append(f"| {fmt} | {method} | {point_label(point)} | {edges} |")
+    return lines + [""]
 
 
 __all__ = ["nested_runs", "verdict", "nested_report"]

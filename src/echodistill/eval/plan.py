@@ -328,5 +328,21 @@ def choose(points: Sequence[dict], lr_keys: Sequence[str] = ("learning_rate",)) 
     return min(tied, key=simpler)
 
 
+def grid_edges(point: Mapping[str, Any], grids: Mapping[str, Mapping[str, Sequence]]) -> list[str]:
+    """Where a chosen point sits at an end of its grid: one phrase per key of 3+ values whose chosen value
+    is the grid's lowest or highest ("learning_rate 0.0003 (the grid's highest)"). The method's best may
+    then lie beyond the pre-registered grid, which is not extended; the report says so. The grid is the
+    one of ``grids`` (the spec's ``grids:``) with the point's keys (the families tune distinct keys)."""
+    grid = next((g for g in grids.values() if set(g) == set(point)), {})
+    out = []
+    for key, value in point.items():
+        values = sorted(float(v) for v in grid.get(key, ()))
+        if len(values) >= 3 and float(value) in (values[0], values[-1]):
+            end = "highest" if float(value) == values[-1] else "lowest"
+            out.append(f"{key.rsplit('.', 1)[-1]} {float(value):g} (the grid's {end})")
+    return out
+
+
 __all__ = ["is_nested_spec", "point_label", "grid_points", "WarmupUnit", "Unit", "read_chosen", "unit_overrides",
-           "check_config", "plan_units", "warmup_units", "PlanCheck", "check_store", "made_from", "tuning_table", "choose"]
+           "check_config", "plan_units", "warmup_units", "PlanCheck", "check_store", "made_from", "tuning_table", "choose",
+           "grid_edges"]
