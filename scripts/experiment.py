@@ -450,6 +450,20 @@ def cmd_power(args) -> None:
                   f"| {n if n is not None else '> 200'} |")
 
 
+def frozen_commits_diff(spec) -> list[str]:
+    """``git diff --stat`` of the code between the formats' frozen commits (section 10 of the
+    pre-registration promises it holds only logged changes); [] while fewer than two differ."""
+    from echodistill.eval.plan import frozen_commit
+    from echodistill.provenance import CODE_PATHS
+
+    commits = sorted({c for fmt in spec.formats if (c := frozen_commit(spec, fmt))})
+    if len(commits) < 2:
+        return []
+    res = subprocess.run(["git", "diff", "--stat", *commits, "--", *CODE_PATHS], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    return res.stdout.splitlines() if res.returncode == 0 else [f"(git diff failed: {res.stderr.strip()})"]
+
+
 def cmd_report_nested(spec, args) -> None:
     """Round 4: a tuning spec's table (``<store>/tuning.md``), or a test spec's report (``<store>/report.md``)."""
     from echodistill.eval.nested_report import nested_report
@@ -459,7 +473,8 @@ def cmd_report_nested(spec, args) -> None:
     if any(m.get("grid") for m in spec.methods.values()):
         return cmd_choose(args, write_choice=False)
     check = check_store(spec, plan_units(spec), store_metas(spec))
-    text = nested_report(spec, read_store(spec.store, spec.split), check.lines(), complete=check.complete)
+    text = nested_report(spec, read_store(spec.store, spec.split), check.lines(), complete=check.complete,
+                         commit_diff=frozen_commits_diff(spec))
     Path(spec.store).mkdir(parents=True, exist_ok=True)
     (Path(spec.store) / "report.md").write_text(text)
     print(text, end="")

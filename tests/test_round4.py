@@ -87,7 +87,7 @@ def test_choose_applies_the_rule_and_the_test_spec_reads_the_choice(tmp_path):
     assert all("not tuned yet" in u.blocked for u in tu if u.method == "other")
 
 
-def test_a_choice_at_an_end_of_its_grid_is_flagged_in_the_report(tmp_path):
+def test_the_report_flags_choices_at_an_end_of_their_grid_and_states_the_code_between_frozen_commits(tmp_path):
     grids = {"g": {"train.learning_rate": [3e-5, 1e-4, 3e-4], "train.beta": [0.0, 0.04]},
              "sft": {"warmup.learning_rate": [3e-5, 1e-4, 3e-4]}}
     assert P.grid_edges({"train.learning_rate": 3e-4, "train.beta": 0.04}, grids) == [
@@ -102,6 +102,9 @@ def test_a_choice_at_an_end_of_its_grid_is_flagged_in_the_report(tmp_path):
     text = nested_report(spec, [], [], n_boot=10)
     assert "| answer | grpo | beta0.04-lr0.0001 | no |" in text
     assert "| answer | sft-noisy | lr0.0003 | learning_rate 0.0003 (the grid's highest) |" in text
+    assert "The code between" not in text  # one frozen commit: no diff to state
+    diff = [" src/x.py | 2 +-", " 1 file changed, 1 insertion(+), 1 deletion(-)"]
+    assert "```\n" + "\n".join(diff) + "\n```" in nested_report(spec, [], [], n_boot=10, commit_diff=diff)
 
 
 def test_choose_writes_no_choice_file_before_any_grid_is_complete(tmp_path):

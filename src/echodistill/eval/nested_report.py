@@ -75,9 +75,10 @@ def _method_table(fmt: str, methods: Sequence[str], by: Mapping, metrics: Sequen
 
 def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequence[str] = (
         "StrongGSR", "Acc", "Noisy", "Consistency"), n_boot: int = 10_000, strong_snr_max: float = 0.0,
-        complete: bool = False) -> str:
+        complete: bool = False, commit_diff: Sequence[str] = ()) -> str:
     """The Markdown report. ``runs``: the stored runs of the spec's split; ``check_lines``: the plan check;
-    ``complete``: every planned unit is stored (otherwise no verdict is stated, only estimates)."""
+    ``complete``: every planned unit is stored (otherwise no verdict is stated, only estimates);
+    ``commit_diff``: ``git diff --stat`` of the code between the formats' frozen commits, when they differ."""
     by = nested_runs(runs)
     contrasts = dict(spec.get("contrasts") or {})
     extra = spec.get("format_metrics") or {}  # e.g. {reasoning: [StrongEvidenceF1]}
@@ -86,7 +87,11 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
              f"({n_boot} replicates: warm-ups, then seeds within each, then items); per warm-up: its own estimate "
              f"and two-level interval. Pre-registration: {spec.get('preregistration', PREREGISTRATION)}.", "",
              "Frozen commit: " + "; ".join(f"{fmt} `{frozen_commit(spec, fmt) or 'not set'}`" for fmt in spec["formats"])
-             + ".", "", "## The store against the plan", "", *check_lines, ""]
+             + ".", ""]
+    if commit_diff:  # pre-registration section 10: only logged changes may separate them
+        lines += ["The code between the frozen commits (every change is logged in the pre-registration's "
+                  "section 10):", "", "```", *commit_diff, "```", ""]
+    lines += ["## The store against the plan", "", *check_lines, ""]
     if not complete:
         lines += ["**Incomplete**: not every planned unit is stored, so no verdict is stated below "
                   "(pre-registration, section 5).", ""]
