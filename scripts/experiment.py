@@ -399,7 +399,7 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     text = "\n".join(lines) + "\n"
     edges = [f"* {method} ({fmt}): " + ", ".join(e) for (fmt, method), pick in sorted(picks.items()) if pick
              for e in [grid_edges(pick["point"], OmegaConf.to_container(spec.grids))] if e]
-    if edges:  # honest reading of a tie or a win: its best may lie beyond what was tried
+    if edges:  # such a method may be under-tuned against one chosen inside its grid
         text += ("\nChosen at an end of its grid (its best may lie beyond the pre-registered grid, which is not "
                  "extended):\n" + "\n".join(edges) + "\n")
     if incomplete:
