@@ -397,8 +397,9 @@ def cmd_choose(args, write_choice: bool = True) -> None:
     if tuning_figure(table, picks, Path(spec.store) / "tuning.png", title=str(spec.get("title", ""))):
         lines[1:1] = ["", "![strong GSR per grid point and seed](tuning.png)"]
     text = "\n".join(lines) + "\n"
+    grids = OmegaConf.to_container(spec.grids)
     edges = [f"* {method} ({fmt}): " + ", ".join(e) for (fmt, method), pick in sorted(picks.items()) if pick
-             for e in [grid_edges(pick["point"], OmegaConf.to_container(spec.grids))] if e]
+             for e in [grid_edges(pick["point"], grids)] if e]
     if edges:  # such a method may be under-tuned against one chosen inside its grid
         text += ("\nChosen at an end of its grid (its best may lie beyond the pre-registered grid, which is not "
                  "extended):\n" + "\n".join(edges) + "\n")
@@ -551,7 +552,12 @@ def main() -> None:
     pw.add_argument("--power", type=float, default=0.8)
     pw.set_defaults(fn=cmd_power)
     args = p.parse_args()
-    args.fn(args)
+    from echodistill.errors import UserError
+
+    try:
+        args.fn(args)
+    except UserError as e:  # a mistake in the spec or the store: its message names the key and the fix
+        raise SystemExit(f"{args.spec}: {e}")
 
 
 if __name__ == "__main__":

@@ -246,6 +246,11 @@ def test_each_format_can_have_its_own_frozen_commit_and_a_test_run_without_one_i
     refused = _run(path, "run", "--formats", "answer")  # this checkout is not commit abc1234
     assert refused.returncode != 0 and "the answer format's frozen_commit is abc1234" in refused.stderr, \
         refused.stderr
+    # the commit reaches git's command line (the report's diff): anything but a hash is refused, clearly
+    path.write_text(yaml.safe_dump({**spec, "split": "test", "frozen_commit": {"answer": "--output=x"}}))
+    refused = _run(path, "check")
+    assert refused.returncode != 0 and "frozen_commit (answer): '--output=x' is not a commit hash" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (REPO / "x").exists()
 
 
 def test_the_store_keeps_the_reasoning_formats_evidence_fields_and_old_stores_still_read(tmp_path):

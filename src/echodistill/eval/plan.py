@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,12 @@ def frozen_commit(spec: Mapping, fmt: str) -> str:
     committed once its own tuning is complete (pre-registration section 10), so the answer half can run
     while the reasoning half is still being tuned."""
     frozen = spec.get("frozen_commit") or ""
-    return str((frozen.get(fmt) or "") if isinstance(frozen, Mapping) else frozen)
+    commit = str((frozen.get(fmt) or "") if isinstance(frozen, Mapping) else frozen)
+    # a commit hash or nothing: the value reaches git's command line (the report's diff), never as an option
+    if commit and not re.fullmatch(r"[0-9a-fA-F]{7,40}", commit):
+        raise UserError(f"frozen_commit ({fmt}): {commit!r} is not a commit hash (7 to 40 hex digits): set it to "
+                        "the commit that holds the format's tuning choice (git log --oneline)")
+    return commit
 
 
 def check_config(overrides: Sequence[str]) -> str:
