@@ -153,6 +153,9 @@ def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts
     check = P.check_store(spec, units, metas)
     assert check.missing == ["b-answer-w1-s1", "warmup-full-answer-w0", "warmup-full-answer-w1"]
     assert check.extra == ["a-answer-w5-s0"]
+    # one row per (format, method), the warm-up first: counts, not hundreds of unit names
+    table = [line for line in check.lines() if line.startswith("| answer |")]
+    assert table == ["| answer | warmup-full | 0 | 2 | 0 |", "| answer | a | 4 | 0 | 0 |", "| answer | b | 3 | 1 | 0 |"]
     assert len(check.off_commit) == 7  # none of them was made from commit abc1234
     text = nested_report(spec, read_store(store, "val"), check.lines(), n_boot=500, complete=check.complete)
     assert "**extra, not in the plan** (1): a-answer-w5-s0" in text and "Frozen commit: answer `abc1234`." in text

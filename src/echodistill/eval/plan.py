@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -193,15 +193,22 @@ class PlanCheck:
     off_commit: list[str] = field(default_factory=list)  # stored from another code version than the frozen one
     mismatched: list[str] = field(default_factory=list)  # stored under a planned name with other settings
     other_build: list[str] = field(default_factory=list)  # started from another build of its warm-up (sha256)
+    # (format, method or warm-up) -> {"stored": n, "missing": n, "blocked": n}; warm-ups first in each format
+    groups: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"Plan: {self.planned} units (training units and warm-up evaluations); stored "
                f"{len(self.stored)}, missing {len(self.missing)}, blocked "
                f"{sum(len(v) for v in self.blocked.values())}, extra {len(self.extra)}."]
+        if self.groups:  # one row per method and format: readable where 300 unit names are not
+            out += ["", "| format | method | stored | missing | blocked |", "|---|---|---|---|---|"]
+            out += [f"| {fmt} | {method} | {g['stored']} | {g['missing']} | {g['blocked']} |"
+                    for (fmt, method), g in self.groups.items()]
+            out.append("")
         if self.missing:
-            out.append(f"* missing ({len(self.missing)}): " + ", ".join(self.missing))
+            out.append(f"* missing ({len(self.missing)}): " + _few(self.missing))
         for reason, names in self.blocked.items():
-            out.append(f"* blocked ({len(names)}): {reason} -- " + _few(names))
+            out.append(f"* blocked ({len(names)}): {reason}")
         if self.extra:
             out.append(f"* **extra, not in the plan** ({len(self.extra)}): " + ", ".join(self.extra))
         if self.off_commit:
@@ -234,18 +241,23 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
     planned.update({w.name: None for w in warmups})
     check = PlanCheck(planned=len(planned))
     runnable_warmups = {u.warmup.name for u in units if not u.blocked}
+    group_of = {x.name: (x.fmt, f"warmup-{x.key}") for x in warmups} | {u.name: (u.fmt, u.method) for u in units}
+    fmt_order = {f: i for i, f in enumerate(dict.fromkeys(x.fmt for x in (*units, *warmups)))}
+    for x in sorted([*warmups, *units], key=lambda x: fmt_order[x.fmt]):  # stable: warm-ups lead their format
+        check.groups.setdefault(group_of[x.name], Counter())
     for name, u in planned.items():
         meta = store_meta.get(name)
+        reason = "" if meta is not None or (u is None and name in runnable_warmups) else (
+            u.blocked if u is not None else "its methods are all blocked")
         if meta is not None:
             check.stored.append(name)
             if u is not None and _settings(meta) != _settings_of(u):
                 check.mismatched.append(name)
-        elif u is not None and u.blocked:
-            check.blocked.setdefault(u.blocked, []).append(name)
-        elif u is None and name not in runnable_warmups:
-            check.blocked.setdefault("its methods are all blocked", []).append(name)
+        elif reason:
+            check.blocked.setdefault(reason, []).append(name)
         else:
             check.missing.append(name)
+        check.groups[group_of[name]]["stored" if meta is not None else "blocked" if reason else "missing"] += 1
     check.extra = sorted(n for n in store_meta if n not in planned)
     check.other_build = _other_builds(planned, check.stored, store_meta)
     commit_of = {x.name: frozen_commit(spec, x.fmt) for x in (*units, *warmups)}  # planned name -> its commit
