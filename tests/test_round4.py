@@ -160,6 +160,9 @@ def test_the_store_is_checked_against_the_plan_and_the_report_withholds_verdicts
     text = nested_report(spec, read_store(store, "val"), check.lines(), n_boot=500, complete=check.complete)
     assert "**extra, not in the plan** (1): a-answer-w5-s0" in text and "Frozen commit: answer `abc1234`." in text
     assert "(incomplete: no verdict)" in text and "| P1/answer | +25.0 |" in text
+    only_a = [r for r in read_store(store, "val") if r.method == "a"]  # nothing to pair with: one row, not four
+    text = nested_report(spec, only_a, check.lines(), n_boot=500, complete=False)
+    assert text.count("no paired runs yet") == 1 and "| P1 | `a` - `b` | every metric | - |" in text
     res = {"diff": 0.01, "low": -0.02, "high": 0.04}
     assert verdict(res, 0.3, ">0") == "not shown (excludes the paper's margin)"
     assert verdict({**res, "diff": 0.05}, 0.01, ">0") == "shown better"

@@ -109,9 +109,12 @@ def nested_report(spec: Mapping, runs, check_lines: Sequence[str], metrics: Sequ
                 if c["a"] not in methods or c["b"] not in methods:
                     continue
                 a, b = by.get((fmt, c["a"])), by.get((fmt, c["b"]))
+                if not (a and b):  # one row, not one per metric
+                    rows.append((cid, c, "every metric", None))
+                    continue
                 for metric in fmt_metrics:
                     try:
-                        res = compare_nested(a, b, metric, strong_snr_max, n_boot) if a and b else None
+                        res = compare_nested(a, b, metric, strong_snr_max, n_boot)
                     except ValueError:  # not defined in this code yet
                         res = None
                     if res is None:
