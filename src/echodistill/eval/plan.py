@@ -247,17 +247,19 @@ def check_store(spec: Mapping, units: Sequence[Unit], store_meta: Mapping[str, d
         check.groups.setdefault(group_of[x.name], Counter())
     for name, u in planned.items():
         meta = store_meta.get(name)
-        reason = "" if meta is not None or (u is None and name in runnable_warmups) else (
-            u.blocked if u is not None else "its methods are all blocked")
+        blocked = u.blocked if u is not None else "" if name in runnable_warmups else "its methods are all blocked"
         if meta is not None:
+            status = "stored"
             check.stored.append(name)
             if u is not None and _settings(meta) != _settings_of(u):
                 check.mismatched.append(name)
-        elif reason:
-            check.blocked.setdefault(reason, []).append(name)
+        elif blocked:
+            status = "blocked"
+            check.blocked.setdefault(blocked, []).append(name)
         else:
+            status = "missing"
             check.missing.append(name)
-        check.groups[group_of[name]]["stored" if meta is not None else "blocked" if reason else "missing"] += 1
+        check.groups[group_of[name]][status] += 1
     check.extra = sorted(n for n in store_meta if n not in planned)
     check.other_build = _other_builds(planned, check.stored, store_meta)
     commit_of = {x.name: frozen_commit(spec, x.fmt) for x in (*units, *warmups)}  # planned name -> its commit
